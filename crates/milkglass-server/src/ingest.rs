@@ -1,0 +1,453 @@
+//! Streamed uploads: JSON Lines or Arrow IPC in, atomic batches out.
+//!
+//! The body is read synchronously on a blocking thread (through `SyncIoBridge`), so
+//! at most one batch of records is in memory however large the upload is.
+
+use crate::error::ApiError;
+use crate::json::parse_json;
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
+use arrow::ipc::reader::StreamReader;
+use milkglass_core::{Frame, Geometry, Invalid, Label, Sensor, SensorKind};
+use milkglass_store::{BatchReport, EmbeddingRecord, EmbeddingTarget, Store, Upload, UploadKind};
+use serde::Deserialize;
+use std::io::{BufRead, Read};
+
+/// Body formats an upload accepts, chosen by Content-Type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    JsonLines,
+    ArrowStream,
+}
+
+impl Format {
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Format, ApiError> {
+        let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match mime.as_str() {
+            "application/x-ndjson" | "application/jsonl" | "application/json-lines" | "application/jsonlines" => {
+                Ok(Format::JsonLines)
+            }
+            "application/vnd.apache.arrow.stream" => Ok(Format::ArrowStream),
+            _ => Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "uploads are JSON Lines (Content-Type: application/x-ndjson) or Arrow IPC streams \
+                     (Content-Type: application/vnd.apache.arrow.stream); got {:?}",
+                    mime
+                ),
+            )),
+        }
+    }
+}
+
+/// Longest accepted JSON line: a frame with a 12,000-d embedding fits many times over.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// One embedding line: `{"frame_id": ..., "embedding": [...]}` or `{"label_id": ..., ...}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmbeddingLine {
+    #[serde(default)]
+    frame_id: Option<String>,
+    #[serde(default)]
+    label_id: Option<String>,
+    embedding: Vec<f32>,
+}
+
+impl EmbeddingLine {
+    fn into_record(self) -> Result<EmbeddingRecord, Invalid> {
+        let target = match (self.frame_id, self.label_id) {
+            (Some(id), None) => EmbeddingTarget::Frame(id),
+            (None, Some(id)) => EmbeddingTarget::Label(id),
+            _ => return Err(Invalid::new("frame_id", "give exactly one of frame_id or label_id")),
+        };
+        Ok(EmbeddingRecord { target, vector: self.embedding })
+    }
+}
+
+/// Records of one upload, parsed lazily from the body.
+enum Records {
+    Frames(Vec<Frame>),
+    Labels(Vec<Label>),
+    Embeddings(Vec<EmbeddingRecord>),
+}
+
+impl Records {
+    fn empty(kind: UploadKind) -> Records {
+        match kind {
+            UploadKind::Frames => Records::Frames(Vec::new()),
+            UploadKind::Labels | UploadKind::Inferences => Records::Labels(Vec::new()),
+            UploadKind::Embeddings | UploadKind::Delete => Records::Embeddings(Vec::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Records::Frames(v) => v.len(),
+            Records::Labels(v) => v.len(),
+            Records::Embeddings(v) => v.len(),
+        }
+    }
+
+    fn write(&mut self, store: &Store, upload: &mut Upload) -> Result<BatchReport, ApiError> {
+        let report = match self {
+            Records::Frames(v) => store.write_frames(upload, v)?,
+            Records::Labels(v) => store.write_labels(upload, v)?,
+            Records::Embeddings(v) => store.write_embeddings(upload, v)?,
+        };
+        match self {
+            Records::Frames(v) => v.clear(),
+            Records::Labels(v) => v.clear(),
+            Records::Embeddings(v) => v.clear(),
+        }
+        Ok(report)
+    }
+}
+
+/// Reads the whole body and writes it batch by batch. On error, the batches written
+/// before it stay committed; the error says how many.
+pub fn run_upload(
+    store: &Store,
+    upload: &mut Upload,
+    format: Format,
+    body: impl Read,
+    batch_size: usize,
+) -> Result<(), ApiError> {
+    let mut pending = Records::empty(upload.kind);
+    let mut parsed = 0usize;
+    let flush = |pending: &mut Records, upload: &mut Upload| -> Result<(), ApiError> {
+        if pending.len() > 0 {
+            pending.write(store, upload)?;
+        }
+        Ok(())
+    };
+    match format {
+        Format::JsonLines => {
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, body);
+            let mut line = Vec::new();
+            let mut line_no = 0usize;
+            loop {
+                line.clear();
+                let n = read_line(&mut reader, &mut line)?;
+                if n == 0 {
+                    break;
+                }
+                line_no += 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let index = parsed;
+                let locate = |e: ApiError| -> ApiError {
+                    let field = e.field.clone().unwrap_or_default();
+                    let field = if field.is_empty() { format!("[{index}]") } else { format!("[{index}].{field}") };
+                    ApiError { field: Some(field), message: format!("line {line_no}: {}", e.message), ..e }
+                };
+                match &mut pending {
+                    Records::Frames(v) => v.push(parse_json(&line).map_err(locate)?),
+                    Records::Labels(v) => v.push(parse_json(&line).map_err(locate)?),
+                    Records::Embeddings(v) => v.push(
+                        parse_json::<EmbeddingLine>(&line)
+                            .map_err(locate)?
+                            .into_record()
+                            .map_err(|e| locate(e.into()))?,
+                    ),
+                }
+                parsed += 1;
+                if pending.len() >= batch_size {
+                    flush(&mut pending, upload)?;
+                }
+            }
+        }
+        Format::ArrowStream => {
+            let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, body), None)
+                .map_err(|e| ApiError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| arrow_read_error(e))?;
+                for start in (0..batch.num_rows()).step_by(batch_size.max(1)) {
+                    let slice = batch.slice(start, batch_size.min(batch.num_rows() - start));
+                    let base = parsed;
+                    let fail = |e: Invalid| ApiError::from(e.within(format!("[{base}]")));
+                    match &mut pending {
+                        Records::Frames(v) => v.extend(frames_from_arrow(&slice).map_err(fail)?),
+                        Records::Labels(v) => v.extend(labels_from_arrow(&slice).map_err(fail)?),
+                        Records::Embeddings(v) => v.extend(embeddings_from_arrow(&slice).map_err(fail)?),
+                    }
+                    parsed += slice.num_rows();
+                    if pending.len() >= batch_size {
+                        flush(&mut pending, upload)?;
+                    }
+                }
+            }
+        }
+    }
+    flush(&mut pending, upload)
+}
+
+/// Reads one line, refusing lines longer than `MAX_LINE_BYTES`.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> Result<usize, ApiError> {
+    let n = reader.take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', line).map_err(body_read_error)?;
+    if line.len() > MAX_LINE_BYTES {
+        return Err(ApiError::invalid("body", format!("a line is longer than {MAX_LINE_BYTES} bytes")));
+    }
+    Ok(n)
+}
+
+/// The body stream failed: over the size limit, or the client went away.
+pub fn body_read_error(e: std::io::Error) -> ApiError {
+    if is_length_limit(&e) {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "the upload is larger than the server's limit",
+        );
+    }
+    ApiError::invalid("body", format!("could not read the request body: {e}"))
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<http_body_util::LengthLimitError>() || err.to_string().contains("length limit exceeded") {
+            return true;
+        }
+        current = err.source();
+    }
+    false
+}
+
+fn arrow_read_error(e: arrow::error::ArrowError) -> ApiError {
+    match e {
+        arrow::error::ArrowError::IoError(_, io) => body_read_error(io),
+        other => ApiError::invalid("body", format!("malformed Arrow IPC stream: {other}")),
+    }
+}
+
+/// Column access by name with type errors that name the column.
+struct Columns<'a> {
+    batch: &'a RecordBatch,
+    allowed: &'static [&'static str],
+}
+
+impl<'a> Columns<'a> {
+    fn new(batch: &'a RecordBatch, allowed: &'static [&'static str]) -> Result<Self, Invalid> {
+        for field in batch.schema().fields() {
+            if !allowed.contains(&field.name().as_str()) {
+                return Err(Invalid::new(
+                    field.name().as_str(),
+                    format!("unknown column; expected some of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+        Ok(Columns { batch, allowed })
+    }
+
+    fn get(&self, name: &str) -> Option<&'a dyn Array> {
+        debug_assert!(self.allowed.contains(&name));
+        self.batch.column_by_name(name).map(|c| c.as_ref())
+    }
+
+    fn strings(&self, name: &str, required: bool) -> Result<Vec<Option<String>>, Invalid> {
+        let Some(col) = self.get(name) else {
+            return if required {
+                Err(Invalid::new(name, "required column is missing"))
+            } else {
+                Ok(vec![None; self.batch.num_rows()])
+            };
+        };
+        let cast =
+            arrow::compute::cast(col, &DataType::Utf8).map_err(|_| Invalid::new(name, "must be a string column"))?;
+        let strings = cast.as_string::<i32>();
+        let values: Vec<Option<String>> =
+            (0..strings.len()).map(|i| strings.is_valid(i).then(|| strings.value(i).to_string())).collect();
+        if required && let Some(i) = values.iter().position(Option::is_none) {
+            return Err(Invalid::new(format!("{name}[{i}]"), "must not be null"));
+        }
+        Ok(values)
+    }
+
+    fn floats(&self, name: &str) -> Result<Option<Vec<Option<f64>>>, Invalid> {
+        let Some(col) = self.get(name) else { return Ok(None) };
+        let cast = arrow::compute::cast(col, &DataType::Float64)
+            .map_err(|_| Invalid::new(name, "must be a numeric column"))?;
+        let values = cast.as_primitive::<Float64Type>();
+        Ok(Some((0..values.len()).map(|i| values.is_valid(i).then(|| values.value(i))).collect()))
+    }
+
+    fn ints(&self, name: &str) -> Result<Option<Vec<Option<i64>>>, Invalid> {
+        let Some(col) = self.get(name) else { return Ok(None) };
+        let cast =
+            arrow::compute::cast(col, &DataType::Int64).map_err(|_| Invalid::new(name, "must be an integer column"))?;
+        let values = cast.as_primitive::<Int64Type>();
+        Ok(Some((0..values.len()).map(|i| values.is_valid(i).then(|| values.value(i))).collect()))
+    }
+
+    /// A list (or fixed-size list) of numbers per row, as f32 vectors.
+    fn vectors(&self, name: &str) -> Result<Option<Vec<Option<Vec<f32>>>>, Invalid> {
+        let Some(col) = self.get(name) else { return Ok(None) };
+        Ok(Some(vectors_of(col).map_err(|m| Invalid::new(name, m))?))
+    }
+}
+
+fn vectors_of(col: &dyn Array) -> Result<Vec<Option<Vec<f32>>>, String> {
+    let (values, offsets): (&dyn Array, Vec<(usize, usize)>) = match col.data_type() {
+        DataType::FixedSizeList(_, size) => {
+            let list = col.as_fixed_size_list();
+            let size = *size as usize;
+            (list.values().as_ref(), (0..list.len()).map(|i| (i * size, size)).collect())
+        }
+        DataType::List(_) => {
+            let list = col.as_list::<i32>();
+            let o = list.value_offsets();
+            (list.values().as_ref(), (0..list.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect())
+        }
+        DataType::LargeList(_) => {
+            let list = col.as_list::<i64>();
+            let o = list.value_offsets();
+            (list.values().as_ref(), (0..list.len()).map(|i| (o[i] as usize, (o[i + 1] - o[i]) as usize)).collect())
+        }
+        other => return Err(format!("must be a list of numbers, not {other}")),
+    };
+    let floats =
+        arrow::compute::cast(values, &DataType::Float32).map_err(|_| "list items must be numbers".to_string())?;
+    let floats = floats.as_primitive::<Float32Type>();
+    if floats.null_count() > 0 {
+        return Err("vectors must not contain nulls".into());
+    }
+    let raw = floats.values();
+    Ok(offsets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (start, len))| col.is_valid(i).then(|| raw[start..start + len].to_vec()))
+        .collect())
+}
+
+const FRAME_COLUMNS: &[&str] =
+    &["frame_id", "timestamp", "image_url", "width", "height", "sensors", "metadata", "embedding", "labels"];
+
+/// Frames from Arrow. Columns: `frame_id` (required), `timestamp`, `image_url` with
+/// `width`/`height` (one image sensor named DEFAULT), or `sensors` as JSON text,
+/// `metadata` as JSON text, `embedding` as a list of numbers, and `labels` as a list
+/// of structs `{label_id, class, top, left, width, height}` (2D boxes).
+fn frames_from_arrow(batch: &RecordBatch) -> Result<Vec<Frame>, Invalid> {
+    let c = Columns::new(batch, FRAME_COLUMNS)?;
+    let ids = c.strings("frame_id", true)?;
+    let timestamps = c.strings("timestamp", false)?;
+    let urls = c.strings("image_url", false)?;
+    let widths = c.ints("width")?;
+    let heights = c.ints("height")?;
+    let sensors = c.strings("sensors", false)?;
+    let metadata = c.strings("metadata", false)?;
+    let embeddings = c.vectors("embedding")?;
+    let labels = match c.get("labels") {
+        Some(col) => Some(boxes_of(col).map_err(|e| e.within("labels"))?),
+        None => None,
+    };
+    let mut frames = Vec::with_capacity(batch.num_rows());
+    for (i, id) in ids.into_iter().enumerate() {
+        let row = |e: Invalid| e.within(format!("[{i}]"));
+        let mut value = serde_json::json!({ "frame_id": id });
+        if let Some(t) = &timestamps[i] {
+            value["timestamp"] = t.clone().into();
+        }
+        if let Some(s) = &sensors[i] {
+            value["sensors"] =
+                serde_json::from_str(s).map_err(|e| row(Invalid::new("sensors", format!("not JSON: {e}"))))?;
+        }
+        if let Some(m) = &metadata[i] {
+            value["metadata"] =
+                serde_json::from_str(m).map_err(|e| row(Invalid::new("metadata", format!("not JSON: {e}"))))?;
+        }
+        let mut frame: Frame = serde_json::from_value(value).map_err(|e| row(Invalid::new("", e.to_string())))?;
+        if let Some(url) = &urls[i] {
+            let dim = |v: &Option<Vec<Option<i64>>>| v.as_ref().and_then(|v| v[i]).and_then(|x| u32::try_from(x).ok());
+            frame.sensors.push(Sensor {
+                sensor_id: "DEFAULT".into(),
+                kind: SensorKind::Image,
+                url: url.clone(),
+                width: dim(&widths),
+                height: dim(&heights),
+            });
+        }
+        frame.embedding = embeddings.as_ref().and_then(|e| e[i].clone());
+        frame.labels = labels.as_ref().and_then(|l| l[i].clone());
+        frames.push(frame);
+    }
+    Ok(frames)
+}
+
+/// `labels: list<struct<label_id, class, top, left, width, height[, confidence]>>`.
+fn boxes_of(col: &dyn Array) -> Result<Vec<Option<Vec<Label>>>, Invalid> {
+    let list = match col.data_type() {
+        DataType::List(_) => col.as_list::<i32>(),
+        other => return Err(Invalid::new("", format!("must be a list of structs, not {other}"))),
+    };
+    let structs = list.values();
+    let DataType::Struct(_) = structs.data_type() else {
+        return Err(Invalid::new("", "list items must be structs {label_id, class, top, left, width, height}"));
+    };
+    let batch = RecordBatch::from(structs.as_struct());
+    let labels = labels_from_arrow(&batch)?;
+    let offsets = list.value_offsets();
+    Ok((0..list.len())
+        .map(|i| list.is_valid(i).then(|| labels[offsets[i] as usize..offsets[i + 1] as usize].to_vec()))
+        .collect())
+}
+
+const LABEL_COLUMNS: &[&str] =
+    &["label_id", "frame_id", "class", "top", "left", "width", "height", "confidence", "embedding"];
+
+/// 2D box labels or inferences from Arrow (other kinds go through JSON Lines).
+fn labels_from_arrow(batch: &RecordBatch) -> Result<Vec<Label>, Invalid> {
+    let c = Columns::new(batch, LABEL_COLUMNS)?;
+    let ids = c.strings("label_id", true)?;
+    let frames = c.strings("frame_id", false)?;
+    let classes = c.strings("class", true)?;
+    let coords: Vec<Vec<Option<f64>>> = ["top", "left", "width", "height"]
+        .iter()
+        .map(|name| c.floats(name)?.ok_or_else(|| Invalid::new(*name, "required column is missing")))
+        .collect::<Result<_, _>>()?;
+    let confidence = c.floats("confidence")?;
+    let embeddings = c.vectors("embedding")?;
+    let mut labels = Vec::with_capacity(batch.num_rows());
+    for (i, id) in ids.into_iter().enumerate() {
+        let coord = |k: usize, name: &str| {
+            coords[k][i].ok_or_else(|| Invalid::new(format!("[{i}].{name}"), "must not be null"))
+        };
+        labels.push(Label {
+            label_id: id.expect("required column"),
+            frame_id: frames[i].clone(),
+            class: classes[i].clone(),
+            sensor_id: None,
+            geometry: Geometry::Box2d {
+                top: coord(0, "top")?,
+                left: coord(1, "left")?,
+                width: coord(2, "width")?,
+                height: coord(3, "height")?,
+            },
+            attributes: Default::default(),
+            iscrowd: false,
+            confidence: confidence.as_ref().and_then(|c| c[i]),
+            embedding: embeddings.as_ref().and_then(|e| e[i].clone()),
+        });
+    }
+    Ok(labels)
+}
+
+const EMBEDDING_COLUMNS: &[&str] = &["frame_id", "label_id", "embedding"];
+
+fn embeddings_from_arrow(batch: &RecordBatch) -> Result<Vec<EmbeddingRecord>, Invalid> {
+    let c = Columns::new(batch, EMBEDDING_COLUMNS)?;
+    let frames = c.strings("frame_id", false)?;
+    let labels = c.strings("label_id", false)?;
+    let vectors = c.vectors("embedding")?.ok_or_else(|| Invalid::new("embedding", "required column is missing"))?;
+    vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, vector)| {
+            let vector = vector.ok_or_else(|| Invalid::new(format!("[{i}].embedding"), "must not be null"))?;
+            let line = EmbeddingLine { frame_id: frames[i].clone(), label_id: labels[i].clone(), embedding: vector };
+            line.into_record().map_err(|e| e.within(format!("[{i}]")))
+        })
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! JSON request bodies with errors that name the field.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::extract::{FromRequest, Request};
+use axum::http::header::CONTENT_TYPE;
+use serde::de::DeserializeOwned;
+
+/// Like `axum::Json`, but a bad body gets a 400 naming the offending field
+/// (`classes[1].id`) and an oversized one a 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let is_json =
+            req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+                v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !is_json {
+            return Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let limit = state.config.max_json_bytes;
+        let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit))
+            .await
+            .map_err(|_| ApiError::too_large(limit as u64))?
+            .to_bytes();
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses JSON, naming the failing field path in the error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let field = e.path().to_string();
+        ApiError::invalid(if field == "." { String::new() } else { field }, e.inner().to_string())
+    })?;
+    de.end().map_err(|e| ApiError::invalid("", format!("trailing data after the JSON value: {e}")))?;
+    Ok(value)
+}

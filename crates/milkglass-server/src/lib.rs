@@ -1,0 +1,62 @@
+//! The milkglass HTTP API: thin axum handlers over the store.
+//!
+//! Handlers parse and authorize; the store validates and writes. Blocking store
+//! calls run on tokio's blocking pool so the async workers stay free.
+
+mod auth;
+mod error;
+mod ingest;
+mod json;
+mod routes;
+
+pub use error::ApiError;
+
+use axum::Router;
+use milkglass_store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Limits and switches of one server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest accepted upload body, in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest accepted JSON body for everything that is not an upload.
+    pub max_json_bytes: usize,
+    /// Records per atomic batch in uploads.
+    pub batch_size: usize,
+    /// Directory served under `/sample/` (the demo's images), if any.
+    pub sample_dir: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { max_upload_bytes: 16 << 30, max_json_bytes: 1 << 20, batch_size: 5000, sample_dir: None }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<ServerConfig>,
+}
+
+/// The whole HTTP application.
+pub fn app(store: Store, config: ServerConfig) -> Router {
+    routes::router(AppState { store, config: Arc::new(config) })
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = app(store, config);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,67 @@
+use crate::{StoreError, StoreResult, migrations};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// SQLite connections: one writer (SQLite allows one at a time anyway) and a pool
+/// of readers, which WAL mode lets run beside the writer.
+pub(crate) struct Db {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+const MAX_IDLE_READERS: usize = 8;
+
+impl Db {
+    pub(crate) fn open(path: &Path) -> StoreResult<Db> {
+        let mut writer = open_connection(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        migrations::migrate(&mut writer)?;
+        Ok(Db { path: path.to_path_buf(), writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a read connection; it sees the last committed state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let pooled = self.readers.lock().expect("reader pool poisoned").pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut pool = self.readers.lock().expect("reader pool poisoned");
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` in one write transaction: everything it does commits together or not at all.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Transaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+pub(crate) fn open_connection(path: &Path) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::Corrupt(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    // NORMAL is durable in WAL mode except for the last transactions on power loss;
+    // a process crash (the SIGKILL case) loses nothing that committed.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -65536)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(conn)
+}

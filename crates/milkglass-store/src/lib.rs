@@ -1,0 +1,79 @@
+//! Embedded storage for milkglass.
+//!
+//! One data directory holds everything:
+//! - `catalog.db`: SQLite in WAL mode with the catalog (users, tokens, projects,
+//!   datasets, uploads, jobs) and the dataset rows (frames, labels, inferences).
+//!   Rows are versioned (`valid_from`/`valid_to`), so every upload is a version and
+//!   older versions stay readable.
+//! - `embeddings/<dataset id>/{frames,labels}.f32`: append-only little-endian f32
+//!   vectors, memory-mapped for reading; rows refer to vectors by ordinal.
+//!
+//! Atomicity: a batch appends its vectors and syncs them *before* the SQLite
+//! transaction that references them commits. A crash leaves at most an
+//! unreferenced tail in a vector file, which is harmless and trimmed on open.
+
+mod catalog;
+mod db;
+mod embeddings;
+mod error;
+mod ingest;
+mod migrations;
+mod rows;
+mod tables;
+mod users;
+
+pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
+pub use embeddings::{EmbeddingFile, Space};
+pub use error::{StoreError, StoreResult};
+pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
+pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
+pub use tables::{frames_schema, labels_schema};
+pub use users::{User, UserInfo};
+
+use db::Db;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The store over one data directory. Cheap to clone; safe to share across threads.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: Db,
+    embeddings: embeddings::EmbeddingFiles,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` and brings its schema up to date.
+    pub fn open(dir: impl AsRef<Path>) -> StoreResult<Store> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let db = Db::open(&dir.join("catalog.db"))?;
+        let embeddings = embeddings::EmbeddingFiles::new(dir.join("embeddings"));
+        Ok(Store { inner: Arc::new(Inner { dir, db, embeddings }) })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    /// Runs SQLite's own consistency check; returns its report (`["ok"]` when healthy).
+    pub fn integrity_check(&self) -> StoreResult<Vec<String>> {
+        self.db().read(|conn| {
+            let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+}
+
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,155 @@
+//! Schema migrations, versioned in the code. `PRAGMA user_version` records how many
+//! have run; each runs once, in its own transaction, in order. Never edit a
+//! migration that has shipped: add a new one.
+
+use crate::StoreResult;
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: catalog, users and dataset rows.
+    r#"
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'owner', 'scientist', 'viewer')),
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT
+    );
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        access_mode TEXT NOT NULL,
+        classes TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_by INTEGER REFERENCES users(id),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE project_members (
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL CHECK (role IN ('owner', 'viewer')),
+        PRIMARY KEY (project_id, user_id)
+    );
+    CREATE TABLE datasets (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        frame_embedding_dim INTEGER,
+        label_embedding_dim INTEGER,
+        version INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    CREATE TABLE inference_sets (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        UNIQUE (dataset_id, name)
+    );
+    CREATE TABLE uploads (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        inference_set_id INTEGER,
+        kind TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'interrupted')),
+        records INTEGER NOT NULL DEFAULT 0,
+        batches INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER REFERENCES datasets(id) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'interrupted')),
+        progress INTEGER NOT NULL DEFAULT 0,
+        total INTEGER,
+        message TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    -- Frame revisions: a row is visible at version v when valid_from <= v < valid_to.
+    CREATE TABLE frames (
+        row_id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL,
+        frame_id TEXT NOT NULL,
+        valid_from INTEGER NOT NULL,
+        valid_to INTEGER,
+        timestamp TEXT,
+        sensors TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        geo_lat REAL,
+        geo_lon REAL,
+        label_count INTEGER NOT NULL DEFAULT 0,
+        embedding INTEGER
+    );
+    CREATE UNIQUE INDEX frames_current ON frames (dataset_id, frame_id) WHERE valid_to IS NULL;
+    CREATE INDEX frames_history ON frames (dataset_id, frame_id, valid_from);
+    -- Ground-truth labels (inference_set_id = 0) and inferences, versioned like frames.
+    CREATE TABLE labels (
+        row_id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL,
+        inference_set_id INTEGER NOT NULL,
+        frame_id TEXT NOT NULL,
+        label_id TEXT NOT NULL,
+        valid_from INTEGER NOT NULL,
+        valid_to INTEGER,
+        class_id INTEGER,
+        kind TEXT NOT NULL,
+        sensor_id TEXT,
+        top REAL, "left" REAL, width REAL, height REAL,
+        confidence REAL,
+        iscrowd INTEGER NOT NULL DEFAULT 0,
+        geometry TEXT NOT NULL,
+        attributes TEXT,
+        embedding INTEGER
+    );
+    CREATE UNIQUE INDEX labels_current ON labels (dataset_id, inference_set_id, label_id) WHERE valid_to IS NULL;
+    CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id) WHERE valid_to IS NULL;
+    CREATE INDEX labels_history ON labels (dataset_id, frame_id, valid_from);
+    "#,
+];
+
+/// Brings the schema to the newest version. Refuses a database written by a newer milkglass.
+pub(crate) fn migrate(conn: &mut Connection) -> StoreResult<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if current > MIGRATIONS.len() {
+        return Err(crate::StoreError::Corrupt(format!(
+            "the data directory has schema version {current}, newer than this milkglass ({}); upgrade milkglass",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    // A process killed mid-upload leaves its upload running; it will never finish.
+    conn.execute("UPDATE uploads SET state = 'interrupted', finished_at = ?1 WHERE state = 'running'", [crate::now()])?;
+    conn.execute(
+        "UPDATE jobs SET state = 'interrupted', updated_at = ?1 WHERE state IN ('queued', 'running')",
+        [crate::now()],
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) fn schema_version() -> usize {
+    MIGRATIONS.len()
+}

@@ -1,0 +1,319 @@
+//! The read path: one frame with everything attached, and filtered, paged listings.
+
+use crate::catalog::load_dataset;
+use crate::{DatasetInfo, Store, StoreError, StoreResult};
+use milkglass_core::{Geometry, Invalid, SensorKind};
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A frame as stored, in the shape the API returns it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameRow {
+    pub frame_id: String,
+    pub timestamp: Option<String>,
+    pub sensors: serde_json::Value,
+    pub metadata: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub geo: Option<serde_json::Value>,
+    pub label_count: i64,
+    pub has_embedding: bool,
+    /// The dataset version that wrote this revision of the frame.
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelRow {
+    pub label_id: String,
+    pub frame_id: String,
+    pub class: Option<String>,
+    pub class_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensor_id: Option<String>,
+    pub geometry: Geometry,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Value>,
+    pub iscrowd: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    pub has_embedding: bool,
+}
+
+/// One frame with its labels and every inference set's outputs for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredFrame {
+    #[serde(flatten)]
+    pub frame: FrameRow,
+    pub labels: Vec<LabelRow>,
+    /// Inference set name to its outputs on this frame.
+    pub inferences: BTreeMap<String, Vec<LabelRow>>,
+}
+
+/// Comparison in a metadata predicate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    /// A list value contains the operand.
+    Contains,
+    /// The key is present (operand ignored).
+    Exists,
+}
+
+impl std::str::FromStr for MetaOp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "eq" => MetaOp::Eq,
+            "ne" => MetaOp::Ne,
+            "lt" => MetaOp::Lt,
+            "le" => MetaOp::Le,
+            "gt" => MetaOp::Gt,
+            "ge" => MetaOp::Ge,
+            "contains" => MetaOp::Contains,
+            "exists" => MetaOp::Exists,
+            other => return Err(format!("unknown operator {other:?}; use eq, ne, lt, le, gt, ge, contains or exists")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaPredicate {
+    pub key: String,
+    pub op: MetaOp,
+    pub value: serde_json::Value,
+}
+
+/// Which frames to list. All conditions must hold.
+#[derive(Debug, Clone, Default)]
+pub struct FrameFilter {
+    pub metadata: Vec<MetaPredicate>,
+    /// Frames with at least one ground-truth label of this class.
+    pub class: Option<String>,
+    pub min_labels: Option<i64>,
+    pub max_labels: Option<i64>,
+    pub sensor_kind: Option<SensorKind>,
+    /// Keyset cursor: list frames whose id sorts after this one.
+    pub after: Option<String>,
+    pub limit: usize,
+    /// Read the dataset as it was at this version (default: the latest).
+    pub version: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FramePage {
+    pub frames: Vec<FrameRow>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<String>,
+    pub version: i64,
+}
+
+pub const MAX_PAGE: usize = 1000;
+
+/// SQL for "this revision is visible at the requested version". `?v` is bound by the caller.
+fn visible(alias: &str, version: Option<i64>) -> String {
+    match version {
+        None => format!("{alias}.valid_to IS NULL"),
+        Some(v) => format!("{alias}.valid_from <= {v} AND ({alias}.valid_to IS NULL OR {alias}.valid_to > {v})"),
+    }
+}
+
+const FRAME_COLUMNS: &str =
+    "f.frame_id, f.timestamp, f.sensors, f.metadata, f.geo_lat, f.geo_lon, f.label_count, f.embedding, f.valid_from";
+
+fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
+    let parse = |i: usize, text: String| {
+        serde_json::from_str(&text)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
+    };
+    let lat: Option<f64> = r.get(4)?;
+    let lon: Option<f64> = r.get(5)?;
+    Ok(FrameRow {
+        frame_id: r.get(0)?,
+        timestamp: r.get(1)?,
+        sensors: parse(2, r.get(2)?)?,
+        metadata: parse(3, r.get(3)?)?,
+        geo: lat.zip(lon).map(|(lat, lon)| serde_json::json!({"lat": lat, "lon": lon})),
+        label_count: r.get(6)?,
+        has_embedding: r.get::<_, Option<i64>>(7)?.is_some(),
+        version: r.get(8)?,
+    })
+}
+
+impl Store {
+    /// One frame with its labels and inferences, as of `version` (default latest).
+    pub fn frame(&self, dataset: &DatasetInfo, frame_id: &str, version: Option<i64>) -> StoreResult<StoredFrame> {
+        self.db().read(|conn| {
+            let frame = conn
+                .query_row(
+                    &format!("SELECT {FRAME_COLUMNS} FROM frames f WHERE f.dataset_id = ?1 AND f.frame_id = ?2 AND {}", visible("f", version)),
+                    rusqlite::params![dataset.id, frame_id],
+                    frame_from_row,
+                )
+                .optional()?
+                .ok_or_else(|| StoreError::not_found(format!("frame {frame_id:?}")))?;
+            let classes = class_names(conn, dataset)?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT l.label_id, l.frame_id, l.class_id, l.sensor_id, l.geometry, l.attributes, l.iscrowd, l.confidence,
+                        l.embedding, COALESCE(s.name, '')
+                 FROM labels l LEFT JOIN inference_sets s ON s.id = l.inference_set_id
+                 WHERE l.dataset_id = ?1 AND l.frame_id = ?2 AND {} ORDER BY l.inference_set_id, l.label_id",
+                visible("l", version)
+            ))?;
+            let mut labels = Vec::new();
+            let mut inferences: BTreeMap<String, Vec<LabelRow>> = BTreeMap::new();
+            let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| Ok((label_from_row(r, &classes)?, r.get::<_, String>(9)?)))?;
+            for row in rows {
+                let (label, set) = row?;
+                if set.is_empty() {
+                    labels.push(label);
+                } else {
+                    inferences.entry(set).or_default().push(label);
+                }
+            }
+            Ok(StoredFrame { frame, labels, inferences })
+        })
+    }
+
+    /// Lists frames matching `filter`, ordered by frame id, one page at a time.
+    pub fn list_frames(&self, project: &str, dataset: &str, filter: &FrameFilter) -> StoreResult<FramePage> {
+        self.db().read(|conn| {
+            let dataset = load_dataset(conn, project, dataset)?;
+            let limit = filter.limit.clamp(1, MAX_PAGE);
+            let mut conditions = vec!["f.dataset_id = ?".to_string(), visible("f", filter.version)];
+            let mut args: Vec<SqlValue> = vec![dataset.id.into()];
+            if let Some(after) = &filter.after {
+                conditions.push("f.frame_id > ?".into());
+                args.push(after.clone().into());
+            }
+            if let Some(min) = filter.min_labels {
+                conditions.push("f.label_count >= ?".into());
+                args.push(min.into());
+            }
+            if let Some(max) = filter.max_labels {
+                conditions.push("f.label_count <= ?".into());
+                args.push(max.into());
+            }
+            if let Some(kind) = filter.sensor_kind {
+                conditions.push(
+                    "EXISTS (SELECT 1 FROM json_each(f.sensors) s WHERE json_extract(s.value, '$.kind') = ?)".into(),
+                );
+                args.push(kind.as_str().to_string().into());
+            }
+            if let Some(class) = &filter.class {
+                let project = crate::catalog::load_project(conn, project)?;
+                let class_id = project
+                    .classes
+                    .by_name(class)
+                    .ok_or_else(|| StoreError::Invalid(Invalid::new("class", format!("unknown class {class:?}"))))?
+                    .id;
+                conditions.push(format!(
+                    "EXISTS (SELECT 1 FROM labels l WHERE l.dataset_id = f.dataset_id AND l.frame_id = f.frame_id
+                             AND l.inference_set_id = 0 AND l.class_id = ? AND {})",
+                    visible("l", filter.version)
+                ));
+                args.push(i64::from(class_id).into());
+            }
+            for (i, p) in filter.metadata.iter().enumerate() {
+                let (condition, mut values) = metadata_condition(i, p)?;
+                conditions.push(condition);
+                args.append(&mut values);
+            }
+            let sql = format!(
+                "SELECT {FRAME_COLUMNS} FROM frames f WHERE {} ORDER BY f.frame_id LIMIT {}",
+                conditions.join(" AND "),
+                limit + 1
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut frames = stmt.query_map(params_from_iter(args), frame_from_row)?.collect::<Result<Vec<_>, _>>()?;
+            let next = if frames.len() > limit {
+                frames.truncate(limit);
+                frames.last().map(|f| f.frame_id.clone())
+            } else {
+                None
+            };
+            Ok(FramePage { frames, next, version: filter.version.unwrap_or(dataset.version) })
+        })
+    }
+}
+
+/// SQL for one metadata predicate. Keys are checked against the metadata key alphabet,
+/// and values are always bound, never spliced into the SQL.
+fn metadata_condition(i: usize, p: &MetaPredicate) -> StoreResult<(String, Vec<SqlValue>)> {
+    let field = format!("meta[{i}]");
+    if p.key.is_empty() || !p.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(StoreError::invalid(field, "metadata keys use letters, digits and '_'"));
+    }
+    let path = SqlValue::Text(format!("$.{}", p.key));
+    let operand = |v: &serde_json::Value| -> StoreResult<SqlValue> {
+        Ok(match v {
+            serde_json::Value::String(s) => SqlValue::Text(s.clone()),
+            serde_json::Value::Bool(b) => SqlValue::Integer(*b as i64),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => SqlValue::Integer(i),
+                None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::Object(o) if o.len() == 1 && o.get("timestamp").is_some_and(|t| t.is_string()) => {
+                SqlValue::Text(o["timestamp"].as_str().unwrap_or_default().to_string())
+            }
+            _ => {
+                return Err(StoreError::invalid(
+                    field.clone(),
+                    "compare with a string, number, bool or {\"timestamp\": ...}",
+                ));
+            }
+        })
+    };
+    // Timestamps are stored as {"timestamp": "..."}; compare their text, which sorts
+    // chronologically for RFC 3339 in UTC.
+    let value_sql = "COALESCE(json_extract(f.metadata, ? || '.timestamp'), json_extract(f.metadata, ?))";
+    let sql_op = match p.op {
+        MetaOp::Eq => "=",
+        MetaOp::Ne => "<>",
+        MetaOp::Lt => "<",
+        MetaOp::Le => "<=",
+        MetaOp::Gt => ">",
+        MetaOp::Ge => ">=",
+        MetaOp::Exists => return Ok(("json_type(f.metadata, ?) IS NOT NULL".into(), vec![path])),
+        MetaOp::Contains => {
+            return Ok((
+                "EXISTS (SELECT 1 FROM json_each(f.metadata, ?) e WHERE e.value = ?)".into(),
+                vec![path, operand(&p.value)?],
+            ));
+        }
+    };
+    Ok((format!("{value_sql} {sql_op} ?"), vec![path.clone(), path, operand(&p.value)?]))
+}
+
+fn class_names(conn: &Connection, dataset: &DatasetInfo) -> StoreResult<BTreeMap<i64, String>> {
+    let classes: String =
+        conn.query_row("SELECT classes FROM projects WHERE id = ?1", [dataset.project_id], |r| r.get(0))?;
+    let classes: milkglass_core::ClassMap = serde_json::from_str(&classes)?;
+    Ok(classes.0.into_iter().map(|c| (i64::from(c.id), c.name)).collect())
+}
+
+fn label_from_row(r: &Row, classes: &BTreeMap<i64, String>) -> rusqlite::Result<LabelRow> {
+    let class_id: Option<i64> = r.get(2)?;
+    let geometry: String = r.get(4)?;
+    let attributes: Option<String> = r.get(5)?;
+    let bad = |i: usize, e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(LabelRow {
+        label_id: r.get(0)?,
+        frame_id: r.get(1)?,
+        class: class_id.and_then(|id| classes.get(&id).cloned()),
+        class_id,
+        sensor_id: r.get(3)?,
+        geometry: serde_json::from_str(&geometry).map_err(|e| bad(4, e))?,
+        attributes: attributes.map(|a| serde_json::from_str(&a)).transpose().map_err(|e| bad(5, e))?,
+        iscrowd: r.get(6)?,
+        confidence: r.get(7)?,
+        has_embedding: r.get::<_, Option<i64>>(8)?.is_some(),
+    })
+}

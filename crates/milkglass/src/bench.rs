@@ -1,0 +1,293 @@
+//! `milkglass bench`: measurements with a reference run side by side, in one process.
+//! Figures and how to reproduce them live in docs/BENCHMARKS.md.
+
+use crate::demo::progress;
+use anyhow::{Context, Result, bail};
+use arrow::array::{
+    ArrayRef, FixedSizeListBuilder, Float32Builder, Float64Builder, Int64Builder, ListBuilder, RecordBatch,
+    StringBuilder, StructBuilder,
+};
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use clap::Subcommand;
+use milkglass_core::{ClassEntry, ClassMap, DatasetSpec, ProjectSpec, Role};
+use milkglass_server::ServerConfig;
+use milkglass_store::Store;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Stream frames with boxes and embeddings from one Arrow file into a server over
+    /// HTTP; beside it, write the same rows straight to Parquet with arrow-rs.
+    Ingest {
+        /// Number of frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: usize,
+        /// Boxes per frame.
+        #[arg(long, default_value_t = 5)]
+        boxes: usize,
+        /// Frame embedding dimension.
+        #[arg(long, default_value_t = 256)]
+        dim: usize,
+        /// Working directory (input file, Parquet output, store). Reused input is not regenerated.
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
+    }
+}
+
+const CLASSES: usize = 10;
+const INPUT_BATCH: usize = 10_000;
+
+fn ingest(frames: usize, boxes: usize, dim: usize, dir: &Path) -> Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    std::fs::create_dir_all(dir)?;
+    let input = dir.join(format!("ingest-{frames}x{boxes}-{dim}d.arrows"));
+    if !input.exists() {
+        write_input(&input, frames, boxes, dim)?;
+    }
+    let input_bytes = std::fs::metadata(&input)?.len();
+    println!(
+        "input: {} ({:.1} MiB, {frames} frames x {boxes} boxes, {dim}-d embeddings)",
+        input.display(),
+        mib(input_bytes)
+    );
+
+    reset_peak_memory();
+    let start = Instant::now();
+    let parquet_rows = write_parquet(&input, &dir.join("reference.parquet"))?;
+    let parquet_secs = start.elapsed().as_secs_f64();
+    let parquet_peak = peak_memory_bytes();
+    if parquet_rows != frames {
+        bail!("the reference wrote {parquet_rows} rows, expected {frames}");
+    }
+
+    let store_dir = dir.join("store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)?;
+    }
+    reset_peak_memory();
+    let (records, milkglass_secs) = ingest_over_http(&input, &store_dir)?;
+    let milkglass_peak = peak_memory_bytes();
+    if records != frames {
+        bail!("milkglass ingested {records} frames, expected {frames}");
+    }
+    let store_bytes = dir_size(&store_dir);
+
+    let rate = |secs: f64| frames as f64 / secs;
+    println!("\n| system | frames/s | seconds | peak memory (MiB) | on disk (MiB) |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| milkglass (HTTP, Arrow IPC, SQLite + f32 files) | {:.0} | {:.1} | {} | {:.0} |",
+        rate(milkglass_secs),
+        milkglass_secs,
+        fmt_peak(milkglass_peak),
+        mib(store_bytes)
+    );
+    println!(
+        "| arrow-rs straight to Parquet (reference) | {:.0} | {:.1} | {} | {:.0} |",
+        rate(parquet_secs),
+        parquet_secs,
+        fmt_peak(parquet_peak),
+        mib(std::fs::metadata(dir.join("reference.parquet"))?.len())
+    );
+    println!("\nmilkglass / reference throughput: {:.2}", parquet_secs / milkglass_secs);
+    Ok(())
+}
+
+fn schema(dim: usize) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("frame_id", DataType::Utf8, false),
+        Field::new("image_url", DataType::Utf8, false),
+        Field::new("width", DataType::Int64, false),
+        Field::new("height", DataType::Int64, false),
+        Field::new("metadata", DataType::Utf8, true),
+        Field::new(
+            "embedding",
+            DataType::FixedSizeList(Arc::new(Field::new("item", DataType::Float32, true)), dim as i32),
+            true,
+        ),
+        Field::new("labels", DataType::List(Arc::new(Field::new("item", DataType::Struct(box_fields()), true))), true),
+    ]))
+}
+
+fn box_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("label_id", DataType::Utf8, false),
+        Field::new("class", DataType::Utf8, false),
+        Field::new("top", DataType::Float64, false),
+        Field::new("left", DataType::Float64, false),
+        Field::new("width", DataType::Float64, false),
+        Field::new("height", DataType::Float64, false),
+    ])
+}
+
+/// Synthetic frames: random boxes on 1280x720 images, random unit-scale embeddings.
+fn write_input(path: &Path, frames: usize, boxes: usize, dim: usize) -> Result<()> {
+    let schema = schema(dim);
+    let temp = path.with_extension("partial");
+    let mut writer = StreamWriter::try_new(std::io::BufWriter::new(std::fs::File::create(&temp)?), &schema)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let bar = progress(frames, "generating the input file");
+    for start in (0..frames).step_by(INPUT_BATCH) {
+        let n = INPUT_BATCH.min(frames - start);
+        let (mut ids, mut urls, mut widths, mut heights, mut meta) = (
+            StringBuilder::new(),
+            StringBuilder::new(),
+            Int64Builder::new(),
+            Int64Builder::new(),
+            StringBuilder::new(),
+        );
+        let mut embeddings = FixedSizeListBuilder::new(Float32Builder::new(), dim as i32);
+        let mut labels = ListBuilder::new(StructBuilder::from_fields(box_fields(), n * boxes));
+        for i in start..start + n {
+            ids.append_value(format!("frame_{i:08}"));
+            urls.append_value(format!("https://images.example.com/bench/{i:08}.jpg"));
+            widths.append_value(1280);
+            heights.append_value(720);
+            meta.append_value(format!(
+                r#"{{"split":"{}","speed":{:.2}}}"#,
+                if i % 5 == 0 { "val" } else { "train" },
+                rng.random::<f64>() * 30.0
+            ));
+            for _ in 0..dim {
+                embeddings.values().append_value(rng.random::<f32>() - 0.5);
+            }
+            embeddings.append(true);
+            let s = labels.values();
+            for b in 0..boxes {
+                s.field_builder::<StringBuilder>(0).expect("label_id").append_value(format!("frame_{i:08}_{b}"));
+                s.field_builder::<StringBuilder>(1)
+                    .expect("class")
+                    .append_value(format!("c{}", rng.random_range(0..CLASSES)));
+                for (f, max) in [(2, 600.0), (3, 1100.0), (4, 180.0), (5, 120.0)] {
+                    s.field_builder::<Float64Builder>(f).expect("coordinate").append_value(rng.random::<f64>() * max);
+                }
+                s.append(true);
+            }
+            labels.append(true);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(ids.finish()),
+            Arc::new(urls.finish()),
+            Arc::new(widths.finish()),
+            Arc::new(heights.finish()),
+            Arc::new(meta.finish()),
+            Arc::new(embeddings.finish()),
+            Arc::new(labels.finish()),
+        ];
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+        bar.inc(n as u64);
+    }
+    writer.finish()?;
+    std::fs::rename(&temp, path)?;
+    bar.finish();
+    Ok(())
+}
+
+/// The reference: the same rows, read from the same file, written to Parquet.
+fn write_parquet(input: &Path, output: &Path) -> Result<usize> {
+    let reader = StreamReader::try_new(std::io::BufReader::new(std::fs::File::open(input)?), None)?;
+    let file = std::fs::File::create(output)?;
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, reader.schema(), None)?;
+    let mut rows = 0;
+    for batch in reader {
+        let batch = batch?;
+        rows += batch.num_rows();
+        writer.write(&batch)?;
+    }
+    writer.close()?;
+    Ok(rows)
+}
+
+/// A real server on a loopback port, fed the file as one streamed HTTP upload.
+fn ingest_over_http(input: &Path, store_dir: &Path) -> Result<(usize, f64)> {
+    let store = Store::open(store_dir)?;
+    let token = store.add_user("bench", Role::Admin)?;
+    let admin = store.user_by_name("bench")?;
+    let classes = ClassMap(
+        (0..CLASSES as u32)
+            .map(|id| ClassEntry { id, name: format!("c{id}"), color: [0, 0, 0], train_name: None, category: None })
+            .collect(),
+    );
+    store.create_project(
+        &ProjectSpec { name: "bench".into(), classes, access_mode: Default::default(), metadata: Default::default() },
+        &admin,
+    )?;
+    store.create_dataset("bench", &DatasetSpec { name: "frames".into(), ..DatasetSpec::default() })?;
+    let runtime = crate::runtime()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(milkglass_server::serve(listener, store, ServerConfig::default(), async {
+            let _ = stopped.await;
+        }));
+        let file = tokio::fs::File::open(input).await?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let start = Instant::now();
+        let response = reqwest::Client::new()
+            .post(format!("http://{addr}/api/projects/bench/datasets/frames/frames"))
+            .bearer_auth(&token)
+            .header("content-type", "application/vnd.apache.arrow.stream")
+            .body(body)
+            .send()
+            .await
+            .context("upload request failed")?;
+        let status = response.status();
+        let summary: serde_json::Value = response.json().await?;
+        let secs = start.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        server.await??;
+        if !status.is_success() {
+            bail!("upload failed with {status}: {summary}");
+        }
+        Ok((summary["records"].as_u64().unwrap_or(0) as usize, secs))
+    })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn fmt_peak(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "n/a".into(), |b| format!("{:.0}", mib(b)))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => dir_size(&e.path()),
+                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Resets the kernel's peak-RSS mark for this process (Linux), so each phase is measured alone.
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory since the last reset (Linux `VmHWM`).
+fn peak_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

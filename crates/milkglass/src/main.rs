@@ -1,0 +1,206 @@
+//! `milkglass`: one binary for the server, the demo and administration.
+
+mod bench;
+mod demo;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use milkglass_core::Role;
+use milkglass_server::ServerConfig;
+use milkglass_store::Store;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "milkglass", version, about = "See the shape of data without seeing the people in it.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API over a data directory.
+    Serve(ServeArgs),
+    /// Create a fresh data directory with sample data and serve it.
+    Demo(DemoArgs),
+    /// Manage users and their tokens (works on the data directory directly).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Measure milkglass against a reference, on this machine.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+/// Flags shared by every command that starts a server.
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// The data directory (created if missing).
+    #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    http_addr: SocketAddr,
+    /// Largest accepted upload body, in bytes.
+    #[arg(long, default_value_t = 16 << 30)]
+    max_upload_bytes: u64,
+    /// Largest accepted JSON request body (everything but uploads), in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_json_bytes: usize,
+    /// Records per atomic batch in uploads.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    batch_size: u32,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where to create the demo's data directory. An earlier demo directory there is replaced.
+    #[arg(long, default_value = "./milkglass-demo")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    http_addr: SocketAddr,
+    /// Number of sample frames to generate.
+    #[arg(long, default_value_t = 300)]
+    frames: usize,
+    /// Load the sample data, print the tokens, and exit without serving.
+    #[arg(long)]
+    no_serve: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user and print its token (shown only once).
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// List users.
+    List {
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a user and all of its tokens.
+    Revoke {
+        name: String,
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Issue another token for an existing user.
+    Token {
+        name: String,
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MILKGLASS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let store = open_store(&args.data_dir)?;
+            let config = ServerConfig {
+                max_upload_bytes: args.max_upload_bytes,
+                max_json_bytes: args.max_json_bytes,
+                batch_size: args.batch_size as usize,
+                sample_dir: None,
+            };
+            runtime()?.block_on(serve(store, args.http_addr, config, |addr| {
+                println!("milkglass serving {} on http://{addr}", args.data_dir.display());
+            }))
+        }
+        Command::Demo(args) => demo::run(args),
+        Command::User { command } => user(command),
+        Command::Bench { command } => bench::run(command),
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> Result<Store> {
+    Store::open(dir).with_context(|| format!("cannot open the data directory {}", dir.display()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Binds, reports the bound address, and serves until Ctrl-C or SIGTERM.
+async fn serve(store: Store, addr: SocketAddr, config: ServerConfig, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; is another server running there? choose another with --http-addr")
+    })?;
+    on_ready(listener.local_addr()?);
+    milkglass_server::serve(listener, store, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn user(command: UserCommand) -> Result<()> {
+    match command {
+        UserCommand::Add { name, role, data_dir } => {
+            let token = open_store(&data_dir)?.add_user(&name, role)?;
+            println!("added {role} {name:?}; token (shown only once):\n{token}");
+        }
+        UserCommand::List { data_dir } => {
+            let users = open_store(&data_dir)?.list_users()?;
+            if users.is_empty() {
+                println!("no users yet; add one with: milkglass user add NAME --role admin");
+            }
+            for u in users {
+                let state =
+                    if u.revoked { "revoked".to_string() } else { format!("{} active token(s)", u.active_tokens) };
+                println!("{:<24} {:<10} {state}", u.name, u.role.as_str());
+            }
+        }
+        UserCommand::Revoke { name, data_dir } => {
+            open_store(&data_dir)?.revoke_user(&name)?;
+            println!("revoked {name:?} and all of its tokens");
+        }
+        UserCommand::Token { name, data_dir } => {
+            let token = open_store(&data_dir)?.new_token(&name)?;
+            println!("new token for {name:?} (shown only once):\n{token}");
+        }
+    }
+    Ok(())
+}
+
+/// Rejects data directories that obviously are not ours before anything is written.
+fn check_not_foreign(dir: &std::path::Path, marker: &str) -> Result<()> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() && !dir.join(marker).exists() {
+        bail!("{} is not empty and is not a milkglass demo directory; choose another --data-dir", dir.display());
+    }
+    Ok(())
+}
