@@ -191,7 +191,7 @@ fn deserialize_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateT
 
 fn deserialize_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
     let map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
-    metadata_from_json("metadata", &map).map_err(|e| serde::de::Error::custom(e))
+    metadata_from_json("metadata", &map).map_err(serde::de::Error::custom)
 }
 
 impl fmt::Display for Frame {

@@ -1,0 +1,128 @@
+//! The store through its public API: batches, versions, vectors and DataFusion scans.
+
+use datafusion::prelude::SessionContext;
+use milkglass_core::{ClassEntry, ClassMap, DatasetSpec, Frame, ProjectSpec, Role};
+use milkglass_store::{DatasetInfo, FrameFilter, Space, Store, StoreError, UploadKind};
+
+fn frame(id: &str, labels: &[(&str, &str)], embedding: Option<Vec<f32>>) -> Frame {
+    let labels: Vec<serde_json::Value> = labels
+        .iter()
+        .map(|(label_id, class)| {
+            serde_json::json!({"label_id": label_id, "class": class,
+                               "geometry": {"kind": "box2d", "top": 1, "left": 2, "width": 3, "height": 4},
+                               "embedding": [1.0, 0.0]})
+        })
+        .collect();
+    let mut f: Frame = serde_json::from_value(serde_json::json!({
+        "frame_id": id,
+        "sensors": [{"kind": "image", "url": format!("https://x.example/{id}.png")}],
+        "metadata": {"n": id.len()},
+        "labels": labels,
+    }))
+    .unwrap();
+    f.embedding = embedding;
+    f
+}
+
+fn setup() -> (tempfile::TempDir, Store, DatasetInfo) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.add_user("admin", Role::Admin).unwrap();
+    let admin = store.user_by_name("admin").unwrap();
+    let classes = ClassMap(vec![
+        ClassEntry { id: 0, name: "cat".into(), color: [0, 0, 0], train_name: None, category: None },
+        ClassEntry { id: 7, name: "dog".into(), color: [0, 0, 0], train_name: None, category: None },
+    ]);
+    store
+        .create_project(
+            &ProjectSpec { name: "p".into(), classes, access_mode: Default::default(), metadata: Default::default() },
+            &admin,
+        )
+        .unwrap();
+    let dataset = store.create_dataset("p", &DatasetSpec { name: "d".into(), ..Default::default() }).unwrap();
+    (dir, store, dataset)
+}
+
+#[test]
+fn a_refused_batch_writes_nothing_and_earlier_batches_stay() {
+    let (_dir, store, dataset) = setup();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+    store.write_frames(&mut upload, &[frame("a", &[("a1", "cat")], Some(vec![1.0, 2.0, 3.0]))]).unwrap();
+    let bad = [frame("b", &[("b1", "cat")], Some(vec![1.0, 2.0, 3.0])), frame("c", &[("c1", "horse")], None)];
+    let err = store.write_frames(&mut upload, &bad).unwrap_err();
+    match err {
+        StoreError::Invalid(e) => assert_eq!(e.field, "[2].labels[0].class"),
+        other => panic!("unexpected {other}"),
+    }
+    let page = store.list_frames("p", "d", &FrameFilter { limit: 10, ..Default::default() }).unwrap();
+    let ids: Vec<&str> = page.frames.iter().map(|f| f.frame_id.as_str()).collect();
+    assert_eq!(ids, ["a"]);
+    // The refused batch's vectors were never referenced; the next ones still line up.
+    store.write_frames(&mut upload, &[frame("d", &[], Some(vec![7.0, 8.0, 9.0]))]).unwrap();
+    store.finish_upload(&upload, None).unwrap();
+    let dataset = store.dataset("p", "d").unwrap();
+    let vectors = store.embedding_file(&dataset, Space::Frames).unwrap().expect("frame vectors");
+    assert_eq!(vectors.dim(), 3);
+    let last = vectors.len() - 1;
+    assert_eq!(vectors.get(last).unwrap().unwrap(), vec![7.0, 8.0, 9.0]);
+}
+
+#[test]
+fn a_label_id_cannot_belong_to_two_frames() {
+    let (_dir, store, dataset) = setup();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+    store.write_frames(&mut upload, &[frame("a", &[("same", "cat")], None)]).unwrap();
+    let err = store.write_frames(&mut upload, &[frame("b", &[("same", "dog")], None)]).unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(ref e) if e.field == "[1].labels[0].label_id"), "{err}");
+    assert_eq!(store.dataset_status("p", "d").unwrap().frames, 1);
+}
+
+#[tokio::test]
+async fn labels_and_frames_are_queryable_with_sql() {
+    let (_dir, store, dataset) = setup();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+    let frames: Vec<Frame> = (0..20_000)
+        .map(|i| {
+            let id = format!("f{i:05}");
+            let class = if i % 4 == 0 { "dog" } else { "cat" };
+            frame(&id, &[(&format!("{id}_a"), class), (&format!("{id}_b"), "cat")], None)
+        })
+        .collect();
+    for chunk in frames.chunks(5000) {
+        store.write_frames(&mut upload, chunk).unwrap();
+    }
+    let ctx = SessionContext::new();
+    ctx.register_table("labels", store.labels_table(&dataset).unwrap()).unwrap();
+    ctx.register_table("frames", store.frames_table(&dataset).unwrap()).unwrap();
+    let batches = ctx
+        .sql("SELECT class, count(*) AS n FROM labels GROUP BY class ORDER BY class")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("| cat   | 35000 |"), "{text}");
+    assert!(text.contains("| dog   | 5000  |"), "{text}");
+    let batches = ctx.sql("SELECT count(*) FROM frames WHERE label_count = 2").await.unwrap().collect().await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
+    assert!(text.contains("20000"), "{text}");
+}
+
+#[test]
+fn one_frame_with_labels_reads_in_well_under_a_millisecond() {
+    let (_dir, store, dataset) = setup();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+    let frames: Vec<Frame> = (0..5000)
+        .map(|i| frame(&format!("f{i}"), &[(&format!("l{i}a"), "cat"), (&format!("l{i}b"), "dog")], None))
+        .collect();
+    store.write_frames(&mut upload, &frames).unwrap();
+    // Not a benchmark (docs/BENCHMARKS.md has those): a guard against losing the index.
+    let start = std::time::Instant::now();
+    for i in (0..5000).step_by(50) {
+        let f = store.frame(&dataset, &format!("f{i}"), None).unwrap();
+        assert_eq!(f.labels.len(), 2);
+    }
+    let per_read = start.elapsed() / 100;
+    assert!(per_read < std::time::Duration::from_millis(5), "{per_read:?} per frame read");
+}

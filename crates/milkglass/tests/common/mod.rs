@@ -1,0 +1,150 @@
+//! A real milkglass server process on a free loopback port, for integration tests.
+#![allow(dead_code)]
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_milkglass");
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub client: Client,
+}
+
+/// Runs `milkglass` with arguments and returns its stdout; panics with stderr on failure.
+pub fn cli(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().expect("run milkglass");
+    assert!(out.status.success(), "milkglass {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// Adds a user with the CLI and returns its token.
+pub fn add_user(dir: &Path, name: &str, role: &str) -> String {
+    let out = cli(&["user", "add", name, "--role", role, "--data-dir", dir.to_str().unwrap()]);
+    out.lines().last().expect("token line").trim().to_string()
+}
+
+impl Server {
+    /// A fresh data directory with an admin, then the server on it.
+    pub fn start(extra: &[&str]) -> (Server, String) {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let dir = temp.path().to_path_buf();
+        let admin = add_user(&dir, "admin", "admin");
+        let mut server = Server::start_on(&dir, extra);
+        server._temp = Some(temp);
+        (server, admin)
+    }
+
+    /// Starts a server on an existing data directory (the caller keeps the directory).
+    pub fn start_on(dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--data-dir", dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("MILKGLASS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start milkglass serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read ready line");
+        let base = line.trim().rsplit(' ').next().expect("address").to_string();
+        assert!(base.starts_with("http://127.0.0.1:"), "unexpected ready line {line:?}");
+        let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        Server { child, base, dir: dir.to_path_buf(), _temp: None, client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, token: &str, path: &str) -> Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().expect("GET")
+    }
+
+    pub fn post_json(&self, token: &str, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(body).send().expect("POST")
+    }
+
+    pub fn request(&self, method: reqwest::Method, token: &str, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path)).bearer_auth(token)
+    }
+
+    /// Uploads JSON Lines to a dataset endpoint (`frames`, `labels`, `embeddings`, ...).
+    pub fn upload_lines(&self, token: &str, path: &str, lines: &[Value]) -> Response {
+        let body: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .expect("upload")
+    }
+
+    /// Creates project `p` (classes cat, dog) with dataset `d`.
+    pub fn project_with_dataset(&self, token: &str, project: &str, dataset: &str) {
+        let r = self.post_json(
+            token,
+            "/api/projects",
+            &json!({"name": project, "classes": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]}),
+        );
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+        let r = self.post_json(token, &format!("/api/projects/{project}/datasets"), &json!({"name": dataset}));
+        assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A frame line with one image and `labels` boxes of class cat.
+pub fn frame(id: &str, labels: usize) -> Value {
+    let labels: Vec<Value> = (0..labels)
+        .map(|i| {
+            json!({"label_id": format!("{id}_l{i}"), "class": if i % 2 == 0 { "cat" } else { "dog" },
+                   "geometry": {"kind": "box2d", "top": 1.0, "left": 2.0, "width": 10.0, "height": 12.0}})
+        })
+        .collect();
+    json!({
+        "frame_id": id,
+        "sensors": [{"sensor_id": "cam", "kind": "image", "url": format!("https://img.example.com/{id}.png")}],
+        "metadata": {"weather": if id.ends_with('0') { "rain" } else { "sun" }, "speed": id.len() as f64 * 1.5},
+        "labels": labels,
+        "embedding": [0.1, 0.2, 0.3, 0.4],
+    })
+}
+
+/// Asserts a 4xx JSON error and returns its `error` object.
+pub fn expect_error(response: Response, status: u16) -> Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    let body: Value = response.json().expect("JSON error body");
+    let error = body["error"].clone();
+    assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "error without message: {body}");
+    error
+}
+
+/// The dataset's version and frame count, to check that a refused request changed nothing.
+pub fn snapshot(server: &Server, token: &str, project: &str, dataset: &str) -> (i64, i64, i64) {
+    let status: Value =
+        server.get(token, &format!("/api/projects/{project}/datasets/{dataset}/status")).json().unwrap();
+    (
+        status["dataset"]["version"].as_i64().unwrap(),
+        status["frames"].as_i64().unwrap(),
+        status["labels"].as_i64().unwrap(),
+    )
+}
