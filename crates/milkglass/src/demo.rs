@@ -1,6 +1,6 @@
 //! `milkglass demo`: a fresh data directory with sample data, served.
 
-use crate::{DemoArgs, check_not_foreign, open_store, runtime, serve};
+use crate::{DemoArgs, bind, check_not_foreign, open_store, runtime, serve};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use milkglass_core::{DatasetSpec, ProjectRole, ProjectSpec, Role};
@@ -27,7 +27,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let tokens = add_users(&store)?;
     write_tokens(dir, &tokens)?;
 
-    let url_prefix = format!("http://{}/sample/shapes", args.http_addr);
+    // Bind before loading, so the sample URLs carry the real port (also with port 0).
+    let listener = bind(args.http_addr)?;
+    let addr = listener.local_addr()?;
+    let url_prefix = format!("http://{addr}/sample/shapes");
     load_shapes(&store, dir, args.frames, &url_prefix, &tokens)?;
     std::fs::write(dir.join("sample").join("titanic.csv"), TITANIC_CSV)?;
 
@@ -40,13 +43,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
         return Ok(());
     }
     let config = ServerConfig { sample_dir: Some(dir.join("sample")), ..ServerConfig::default() };
-    let admin = tokens[0].2.clone();
-    runtime()?.block_on(serve(store, args.http_addr, config, |addr| {
-        println!("\nserving http://{addr}  (Ctrl-C to stop)");
-        println!(
-            "try: curl -H 'Authorization: Bearer {admin}' http://{addr}/api/projects/shapes/datasets/shapes/status"
-        );
-    }))
+    println!("\nmilkglass serving {} on http://{addr}  (Ctrl-C to stop)", dir.display());
+    println!(
+        "try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
+        tokens[0].2
+    );
+    runtime()?.block_on(serve(store, listener, config))
 }
 
 fn add_users(store: &Store) -> Result<Vec<(String, Role, String)>> {

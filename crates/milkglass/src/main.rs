@@ -125,9 +125,9 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: args.batch_size as usize,
                 sample_dir: None,
             };
-            runtime()?.block_on(serve(store, args.http_addr, config, |addr| {
-                println!("milkglass serving {} on http://{addr}", args.data_dir.display());
-            }))
+            let listener = bind(args.http_addr)?;
+            println!("milkglass serving {} on http://{}", args.data_dir.display(), listener.local_addr()?);
+            runtime()?.block_on(serve(store, listener, config))
         }
         Command::Demo(args) => demo::run(args),
         Command::User { command } => user(command),
@@ -143,12 +143,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// Binds, reports the bound address, and serves until Ctrl-C or SIGTERM.
-async fn serve(store: Store, addr: SocketAddr, config: ServerConfig, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+/// Binds the HTTP address, with an error that says what to do when it is taken.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("cannot listen on {addr}; is another server running there? choose another with --http-addr")
     })?;
-    on_ready(listener.local_addr()?);
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serves on a bound listener until Ctrl-C or SIGTERM.
+async fn serve(store: Store, listener: std::net::TcpListener, config: ServerConfig) -> Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     milkglass_server::serve(listener, store, config, shutdown_signal()).await?;
     Ok(())
 }

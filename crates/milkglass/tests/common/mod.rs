@@ -31,6 +31,23 @@ pub fn add_user(dir: &Path, name: &str, role: &str) -> String {
     out.lines().last().expect("token line").trim().to_string()
 }
 
+/// Reads the child's stdout up to the "milkglass serving ... on http://ADDR" line.
+pub fn ready_address(child: &mut Child) -> String {
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader.read_line(&mut line).expect("read stdout");
+        assert!(n > 0, "milkglass exited before serving");
+        if line.starts_with("milkglass serving") {
+            let addr = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in ready line");
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+            return addr.to_string();
+        }
+    }
+}
+
 impl Server {
     /// A fresh data directory with an admin, then the server on it.
     pub fn start(extra: &[&str]) -> (Server, String) {
@@ -52,10 +69,7 @@ impl Server {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start milkglass serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read ready line");
-        let base = line.trim().rsplit(' ').next().expect("address").to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "unexpected ready line {line:?}");
+        let base = ready_address(&mut child);
         let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         Server { child, base, dir: dir.to_path_buf(), _temp: None, client }
     }

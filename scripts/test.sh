@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test of milkglass. Installs what the tests need first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "error: cargo not found; install Rust (https://rustup.rs) first" >&2
+    exit 1
+fi
+
+cargo fmt --all -- --check
+cargo test --workspace --locked
