@@ -15,7 +15,7 @@ mod role;
 pub use error::{Invalid, InvalidResult};
 pub use frame::{Frame, Geo, Sensor, SensorKind, check_data_url};
 pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance};
-pub use metadata::{MetaValue, Metadata};
+pub use metadata::{MetaValue, Metadata, metadata_from_json, parse_timestamp};
 pub use name::check_name;
 pub use project::{AccessMode, ClassEntry, ClassMap, DatasetKind, DatasetSpec, ProjectSpec};
 pub use role::{ProjectRole, Role};

@@ -101,7 +101,7 @@ impl Serialize for MetaValue {
 }
 
 /// Parses RFC 3339 timestamps; a missing offset is read as UTC.
-pub(crate) fn parse_timestamp(field: &str, text: &str) -> InvalidResult<DateTime<Utc>> {
+pub fn parse_timestamp(field: &str, text: &str) -> InvalidResult<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.with_timezone(&Utc));
     }
@@ -114,7 +114,7 @@ pub(crate) fn parse_timestamp(field: &str, text: &str) -> InvalidResult<DateTime
 }
 
 /// Converts a JSON object of user metadata, checking keys and values.
-pub(crate) fn metadata_from_json(field: &str, map: &serde_json::Map<String, Value>) -> InvalidResult<Metadata> {
+pub fn metadata_from_json(field: &str, map: &serde_json::Map<String, Value>) -> InvalidResult<Metadata> {
     let mut out = Metadata::new();
     for (key, value) in map {
         if key.is_empty() || key.len() > 128 || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -8,7 +8,7 @@ use crate::json::parse_json;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use arrow::ipc::reader::StreamReader;
-use milkglass_core::{Frame, Geometry, Invalid, Label, Sensor, SensorKind};
+use milkglass_core::{Frame, Geometry, Invalid, Label, Sensor, SensorKind, metadata_from_json, parse_timestamp};
 use milkglass_store::{BatchReport, EmbeddingRecord, EmbeddingTarget, Store, Upload, UploadKind};
 use serde::Deserialize;
 use std::io::{BufRead, Read};
@@ -346,19 +346,28 @@ fn frames_from_arrow(batch: &RecordBatch) -> Result<Vec<Frame>, Invalid> {
     let mut frames = Vec::with_capacity(batch.num_rows());
     for (i, id) in ids.into_iter().enumerate() {
         let row = |e: Invalid| e.within(format!("[{i}]"));
-        let mut value = serde_json::json!({ "frame_id": id });
-        if let Some(t) = &timestamps[i] {
-            value["timestamp"] = t.clone().into();
-        }
-        if let Some(s) = &sensors[i] {
-            value["sensors"] =
-                serde_json::from_str(s).map_err(|e| row(Invalid::new("sensors", format!("not JSON: {e}"))))?;
-        }
-        if let Some(m) = &metadata[i] {
-            value["metadata"] =
-                serde_json::from_str(m).map_err(|e| row(Invalid::new("metadata", format!("not JSON: {e}"))))?;
-        }
-        let mut frame: Frame = serde_json::from_value(value).map_err(|e| row(Invalid::new("", e.to_string())))?;
+        let json_field = |name: &str, text: &str| -> Result<serde_json::Value, Invalid> {
+            serde_json::from_str(text).map_err(|e| row(Invalid::new(name, format!("not JSON: {e}"))))
+        };
+        let mut frame = Frame {
+            frame_id: id.expect("required column"),
+            timestamp: timestamps[i].as_deref().map(|t| parse_timestamp("timestamp", t)).transpose().map_err(row)?,
+            sensors: match &sensors[i] {
+                Some(text) => serde_json::from_value(json_field("sensors", text)?)
+                    .map_err(|e| row(Invalid::new("sensors", e.to_string())))?,
+                None => Vec::new(),
+            },
+            metadata: match &metadata[i] {
+                Some(text) => match json_field("metadata", text)? {
+                    serde_json::Value::Object(map) => metadata_from_json("metadata", &map).map_err(row)?,
+                    _ => return Err(row(Invalid::new("metadata", "must be a JSON object"))),
+                },
+                None => Default::default(),
+            },
+            geo: None,
+            labels: None,
+            embedding: None,
+        };
         if let Some(url) = &urls[i] {
             let dim = |v: &Option<Vec<Option<i64>>>| v.as_ref().and_then(|v| v[i]).and_then(|x| u32::try_from(x).ok());
             frame.sensors.push(Sensor {

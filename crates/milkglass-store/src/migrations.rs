@@ -120,7 +120,7 @@ const MIGRATIONS: &[&str] = &[
         embedding INTEGER
     );
     CREATE UNIQUE INDEX labels_current ON labels (dataset_id, inference_set_id, label_id) WHERE valid_to IS NULL;
-    CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id) WHERE valid_to IS NULL;
+    CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id, label_id) WHERE valid_to IS NULL;
     CREATE INDEX labels_history ON labels (dataset_id, frame_id, valid_from);
     "#,
 ];

@@ -103,6 +103,33 @@ fn ingest(frames: usize, boxes: usize, dim: usize, dir: &Path) -> Result<()> {
         mib(std::fs::metadata(dir.join("reference.parquet"))?.len())
     );
     println!("\nmilkglass / reference throughput: {:.2}", parquet_secs / milkglass_secs);
+    frame_reads(&store_dir, frames)
+}
+
+/// Random access after the ingest: one frame with its labels, straight from the store.
+fn frame_reads(store_dir: &Path, frames: usize) -> Result<()> {
+    const READS: usize = 10_000;
+    let store = Store::open(store_dir)?;
+    let dataset = store.dataset("bench", "frames")?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut micros = Vec::with_capacity(READS);
+    for _ in 0..READS {
+        let id = format!("frame_{:08}", rng.random_range(0..frames));
+        let start = Instant::now();
+        let frame = store.frame(&dataset, &id, None)?;
+        micros.push(start.elapsed().as_secs_f64() * 1e6);
+        if frame.labels.is_empty() {
+            bail!("frame {id} came back without its labels");
+        }
+    }
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q) as usize];
+    println!(
+        "\none frame with its labels, {READS} random reads: median {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
     Ok(())
 }
 
