@@ -9,14 +9,16 @@ mod frame;
 mod label;
 mod metadata;
 mod name;
+mod policy;
 mod project;
 mod role;
 
 pub use error::{Invalid, InvalidResult};
 pub use frame::{Frame, Geo, Sensor, SensorKind, check_data_url};
 pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance};
-pub use metadata::{MetaValue, Metadata, metadata_from_json, parse_timestamp};
+pub use metadata::{MetaValue, Metadata, format_timestamp, metadata_from_json, parse_timestamp};
 pub use name::check_name;
+pub use policy::{Aggregation, AtLeast, Policy, Rule, UnsafeHandling};
 pub use project::{AccessMode, ClassEntry, ClassMap, DatasetKind, DatasetSpec, ProjectSpec};
 pub use role::{ProjectRole, Role};
 

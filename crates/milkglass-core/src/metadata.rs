@@ -84,7 +84,7 @@ impl MetaValue {
             MetaValue::Int(i) => Value::from(*i),
             MetaValue::Float(f) => Value::from(*f),
             MetaValue::Bool(b) => Value::Bool(*b),
-            MetaValue::Timestamp(t) => serde_json::json!({ "timestamp": t.to_rfc3339() }),
+            MetaValue::Timestamp(t) => serde_json::json!({ "timestamp": format_timestamp(t) }),
             MetaValue::List(items) => Value::Array(items.iter().map(MetaValue::to_json).collect()),
         }
     }
@@ -98,6 +98,12 @@ impl Serialize for MetaValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.to_json().serialize(serializer)
     }
+}
+
+/// The one text form of stored timestamps: UTC, microseconds, `Z`. Fixed width, so
+/// comparing the text compares the instants.
+pub fn format_timestamp(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// Parses RFC 3339 timestamps; a missing offset is read as UTC.

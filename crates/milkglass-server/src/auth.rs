@@ -36,7 +36,14 @@ impl FromRequestParts<AppState> for Caller {
 impl Caller {
     /// Loads a project the caller may use with at least `needed` rights.
     pub fn project(&self, state: &AppState, name: &str, needed: ProjectRole) -> ApiResult<ProjectInfo> {
-        let project = state.store.project(name)?;
+        // Outside admins, a missing project and a forbidden one look the same, so
+        // project names do not leak to users who cannot see them.
+        let project = match state.store.project(name) {
+            Err(milkglass_store::StoreError::NotFound { .. }) if self.0.role != milkglass_core::Role::Admin => {
+                return Err(no_access(name));
+            }
+            other => other?,
+        };
         match state.store.project_role(&self.0, &project)? {
             Some(role) if role >= needed => Ok(project),
             Some(_) => Err(ApiError::forbidden(format!("you can read project {name:?} but not change it"))),
@@ -55,4 +62,8 @@ impl Caller {
             }
         }
     }
+}
+
+fn no_access(project: &str) -> ApiError {
+    ApiError::forbidden(format!("you have no access to a project {project:?}; ask its owner to add you"))
 }

@@ -163,17 +163,21 @@ pub fn run_upload(
             let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, body), None)
                 .map_err(|e| ApiError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
             for batch in reader {
-                let batch = batch.map_err(|e| arrow_read_error(e))?;
-                for start in (0..batch.num_rows()).step_by(batch_size.max(1)) {
-                    let slice = batch.slice(start, batch_size.min(batch.num_rows() - start));
+                let batch = batch.map_err(arrow_read_error)?;
+                let mut start = 0;
+                while start < batch.num_rows() {
+                    // Cut slices so that every flushed batch holds exactly `batch_size` records.
+                    let len = (batch_size - pending.len()).min(batch.num_rows() - start);
+                    let slice = batch.slice(start, len);
                     let base = parsed;
-                    let fail = |e: Invalid| ApiError::from(e.within(format!("[{base}]")));
+                    let fail = |e: Invalid| ApiError::from(offset_row(e, base));
                     match &mut pending {
                         Records::Frames(v) => v.extend(frames_from_arrow(&slice).map_err(fail)?),
                         Records::Labels(v) => v.extend(labels_from_arrow(&slice).map_err(fail)?),
                         Records::Embeddings(v) => v.extend(embeddings_from_arrow(&slice).map_err(fail)?),
                     }
-                    parsed += slice.num_rows();
+                    parsed += len;
+                    start += len;
                     if pending.len() >= batch_size {
                         flush(&mut pending, upload)?;
                     }
@@ -182,6 +186,20 @@ pub fn run_upload(
         }
     }
     flush(&mut pending, upload)
+}
+
+/// Row errors from a slice say `[i].field`; make `i` count from the start of the upload.
+fn offset_row(mut e: Invalid, base: usize) -> Invalid {
+    if let Some((row, tail)) = split_row(&e.field) {
+        e.field = format!("[{}]{tail}", base + row);
+    }
+    e
+}
+
+/// `"[12].top"` into `(12, ".top")`.
+fn split_row(field: &str) -> Option<(usize, &str)> {
+    let (row, tail) = field.strip_prefix('[')?.split_once(']')?;
+    Some((row.parse().ok()?, tail))
 }
 
 /// Reads one line, refusing lines longer than `MAX_LINE_BYTES`.
@@ -339,10 +357,7 @@ fn frames_from_arrow(batch: &RecordBatch) -> Result<Vec<Frame>, Invalid> {
     let sensors = c.strings("sensors", false)?;
     let metadata = c.strings("metadata", false)?;
     let embeddings = c.vectors("embedding")?;
-    let labels = match c.get("labels") {
-        Some(col) => Some(boxes_of(col).map_err(|e| e.within("labels"))?),
-        None => None,
-    };
+    let labels = c.get("labels").map(boxes_of).transpose()?;
     let mut frames = Vec::with_capacity(batch.num_rows());
     for (i, id) in ids.into_iter().enumerate() {
         let row = |e: Invalid| e.within(format!("[{i}]"));
@@ -389,15 +404,24 @@ fn frames_from_arrow(batch: &RecordBatch) -> Result<Vec<Frame>, Invalid> {
 fn boxes_of(col: &dyn Array) -> Result<Vec<Option<Vec<Label>>>, Invalid> {
     let list = match col.data_type() {
         DataType::List(_) => col.as_list::<i32>(),
-        other => return Err(Invalid::new("", format!("must be a list of structs, not {other}"))),
+        other => return Err(Invalid::new("labels", format!("must be a list of structs, not {other}"))),
     };
     let structs = list.values();
     let DataType::Struct(_) = structs.data_type() else {
-        return Err(Invalid::new("", "list items must be structs {label_id, class, top, left, width, height}"));
+        return Err(Invalid::new("labels", "list items must be structs {label_id, class, top, left, width, height}"));
     };
     let batch = RecordBatch::from(structs.as_struct());
-    let labels = labels_from_arrow(&batch)?;
     let offsets = list.value_offsets();
+    // Errors name the label's frame row and its place in that frame's list.
+    let labels = labels_from_arrow(&batch).map_err(|mut e| {
+        if let Some((k, tail)) = split_row(&e.field) {
+            let frame = offsets.partition_point(|&o| o as usize <= k).saturating_sub(1);
+            e.field = format!("[{frame}].labels[{}]{tail}", k - offsets[frame] as usize);
+        } else {
+            e.field = format!("labels.{}", e.field);
+        }
+        e
+    })?;
     Ok((0..list.len())
         .map(|i| list.is_valid(i).then(|| labels[offsets[i] as usize..offsets[i + 1] as usize].to_vec()))
         .collect())

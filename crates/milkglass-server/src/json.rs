@@ -28,7 +28,13 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let limit = state.config.max_json_bytes;
         let bytes = http_body_util::BodyExt::collect(http_body_util::Limited::new(req.into_body(), limit))
             .await
-            .map_err(|_| ApiError::too_large(limit as u64))?
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    ApiError::too_large(limit as u64)
+                } else {
+                    ApiError::invalid("body", format!("could not read the request body: {e}"))
+                }
+            })?
             .to_bytes();
         parse_json(&bytes).map(JsonBody)
     }

@@ -33,7 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route(datasets, get(get_dataset).patch(update_dataset).delete(delete_dataset))
         .route(&format!("{datasets}/status"), get(dataset_status))
         .route(&format!("{datasets}/frames"), get(list_frames).post(upload_frames))
-        .route(&format!("{datasets}/frames/delete"), post(delete_frames))
+        .route(&format!("{datasets}/delete_frames"), post(delete_frames))
         .route(&format!("{datasets}/frames/{{frame}}"), get(get_frame).delete(delete_frame))
         .route(&format!("{datasets}/labels"), post(upload_labels))
         .route(&format!("{datasets}/embeddings"), post(upload_embeddings))
@@ -273,20 +273,30 @@ async fn list_frames(
     Ok(Json(serde_json::to_value(page).expect("serializable")))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionQuery {
-    version: Option<i64>,
+/// `?version=N`, the only query parameter of single-frame routes.
+fn version_param(params: Vec<(String, String)>) -> ApiResult<Option<i64>> {
+    let mut version = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "version" => {
+                version = Some(
+                    value.parse().map_err(|_| ApiError::invalid("version", format!("{value:?} is not an integer")))?,
+                )
+            }
+            other => return Err(ApiError::invalid(other, "unknown query parameter; only version is accepted")),
+        }
+    }
+    Ok(version)
 }
 
 async fn get_frame(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, name, frame)): Path<(String, String, String)>,
-    Query(query): Query<VersionQuery>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
     let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Viewer)?;
-    let frame = state.store.frame(&dataset, &frame, query.version)?;
+    let frame = state.store.frame(&dataset, &frame, version_param(params)?)?;
     Ok(Json(serde_json::to_value(frame).expect("serializable")))
 }
 
@@ -315,7 +325,13 @@ async fn delete_frame(
 ) -> ApiResult<Json<Value>> {
     let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
     let store = state.store.clone();
-    let report = blocking(move || Ok(store.delete_frames(&dataset, &[frame])?)).await?;
+    let report = blocking(move || {
+        store.delete_frames(&dataset, std::slice::from_ref(&frame)).map_err(|e| match e {
+            milkglass_store::StoreError::Invalid(_) => ApiError::not_found(format!("frame {frame:?} not found")),
+            other => other.into(),
+        })
+    })
+    .await?;
     Ok(Json(json!({ "deleted": report.records, "version": report.version })))
 }
 

@@ -255,7 +255,7 @@ impl Store {
                     dataset_id,
                     frame.frame_id,
                     version,
-                    frame.timestamp.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+                    frame.timestamp.as_ref().map(milkglass_core::format_timestamp),
                     serde_json::to_string(&frame.sensors)?,
                     serde_json::to_string(&metadata)?,
                     frame.geo.map(|g| g.lat),
@@ -394,6 +394,9 @@ impl Store {
     /// Deletes frames (and their labels and inferences) as a new version. Unknown ids
     /// are an error and nothing is deleted.
     pub fn delete_frames(&self, dataset: &DatasetInfo, frame_ids: &[String]) -> StoreResult<BatchReport> {
+        if frame_ids.is_empty() {
+            return Err(StoreError::invalid("frame_ids", "must list at least one frame"));
+        }
         let mut upload = self.begin_upload(dataset, UploadKind::Delete, None)?;
         let started = self.db().write(|tx| {
             let (upload_id, version) = start(tx, &upload)?;

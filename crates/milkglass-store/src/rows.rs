@@ -115,6 +115,17 @@ pub struct FramePage {
 
 pub const MAX_PAGE: usize = 1000;
 
+/// Refuses versions the dataset has not reached (the answer would silently be "latest").
+fn check_version(dataset: &DatasetInfo, version: Option<i64>) -> StoreResult<()> {
+    match version {
+        Some(v) if v < 0 || v > dataset.version => Err(StoreError::invalid(
+            "version",
+            format!("version {v} does not exist; this dataset's versions are 0 to {}", dataset.version),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// SQL for "this revision is visible at the requested version". `?v` is bound by the caller.
 fn visible(alias: &str, version: Option<i64>) -> String {
     match version {
@@ -148,6 +159,7 @@ fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
 impl Store {
     /// One frame with its labels and inferences, as of `version` (default latest).
     pub fn frame(&self, dataset: &DatasetInfo, frame_id: &str, version: Option<i64>) -> StoreResult<StoredFrame> {
+        check_version(dataset, version)?;
         self.db().read(|conn| {
             let frame = conn
                 .query_row(
@@ -184,6 +196,7 @@ impl Store {
     pub fn list_frames(&self, project: &str, dataset: &str, filter: &FrameFilter) -> StoreResult<FramePage> {
         self.db().read(|conn| {
             let dataset = load_dataset(conn, project, dataset)?;
+            check_version(&dataset, filter.version)?;
             let limit = filter.limit.clamp(1, MAX_PAGE);
             let mut conditions = vec!["f.dataset_id = ?".to_string(), visible("f", filter.version)];
             let mut args: Vec<SqlValue> = vec![dataset.id.into()];
@@ -269,9 +282,13 @@ fn metadata_condition(i: usize, p: &MetaPredicate) -> StoreResult<(String, Vec<S
             }
         })
     };
-    // Timestamps are stored as {"timestamp": "..."}; compare their text, which sorts
-    // chronologically for RFC 3339 in UTC.
-    let value_sql = "COALESCE(json_extract(f.metadata, ? || '.timestamp'), json_extract(f.metadata, ?))";
+    // Timestamps are stored as {"timestamp": "<canonical text>"}, and the canonical text
+    // sorts chronologically; an operand that reads as a timestamp is put in the same form.
+    let timestamp_operand = match &p.value {
+        serde_json::Value::String(text) => milkglass_core::parse_timestamp("meta", text).ok(),
+        _ => None,
+    }
+    .map(|t| SqlValue::Text(milkglass_core::format_timestamp(&t)));
     let sql_op = match p.op {
         MetaOp::Eq => "=",
         MetaOp::Ne => "<>",
@@ -287,7 +304,16 @@ fn metadata_condition(i: usize, p: &MetaPredicate) -> StoreResult<(String, Vec<S
             ));
         }
     };
-    Ok((format!("{value_sql} {sql_op} ?"), vec![path.clone(), path, operand(&p.value)?]))
+    let plain = operand(&p.value)?;
+    let stamped = timestamp_operand.unwrap_or_else(|| plain.clone());
+    Ok((
+        format!(
+            "CASE WHEN json_type(f.metadata, ? || '.timestamp') IS NOT NULL \
+             THEN json_extract(f.metadata, ? || '.timestamp') {sql_op} ? \
+             ELSE json_extract(f.metadata, ?) {sql_op} ? END"
+        ),
+        vec![path.clone(), path.clone(), stamped, path, plain],
+    ))
 }
 
 fn class_names(conn: &Connection, dataset: &DatasetInfo) -> StoreResult<BTreeMap<i64, String>> {

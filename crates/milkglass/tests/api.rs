@@ -223,3 +223,42 @@ fn state_survives_a_restart() {
     let (_, frames, labels) = snapshot(&server, &admin, "p", "d");
     assert_eq!((frames, labels), (50, 100));
 }
+
+#[test]
+fn timestamps_versions_and_missing_things() {
+    let (server, admin) = Server::start(&[]);
+    server.project_with_dataset(&admin, "p", "d");
+    let mut lines = Vec::new();
+    for (id, seen) in [("a", "2024-05-01T12:00:00Z"), ("b", "2024-05-01T14:00:00+02:00"), ("c", "2024-06-01T00:00:00Z")]
+    {
+        let mut f = frame(id, 0);
+        f["metadata"]["seen"] = json!({"timestamp": seen});
+        lines.push(f);
+    }
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/frames"), &lines).status(), 200);
+    let ids = |query: &str| -> Vec<String> {
+        let page: Value = server.get(&admin, &format!("{D}/frames?{query}")).json().unwrap();
+        page["frames"].as_array().unwrap().iter().map(|f| f["frame_id"].as_str().unwrap().to_string()).collect()
+    };
+    // 14:00+02:00 is the same instant as 12:00Z.
+    assert_eq!(ids("meta=seen:eq:2024-05-01T12:00:00Z"), ["a", "b"]);
+    assert_eq!(ids("meta=seen:gt:2024-05-15T00:00:00%2B00:00"), ["c"]);
+
+    let e = expect_error(server.get(&admin, &format!("{D}/frames?version=99")), 400);
+    assert_eq!(e["field"], "version");
+    let e = expect_error(server.get(&admin, &format!("{D}/frames/a?version=abc")), 400);
+    assert_eq!(e["field"], "version");
+    expect_error(server.request(Method::DELETE, &admin, &format!("{D}/frames/ghost")).send().unwrap(), 404);
+    let r = server.post_json(&admin, &format!("{D}/delete_frames"), &json!({"frame_ids": []}));
+    assert_eq!(expect_error(r, 400)["field"], "frame_ids");
+    // A frame may be called "delete".
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/frames"), &[frame("delete", 0)]).status(), 200);
+    assert_eq!(server.get(&admin, &format!("{D}/frames/delete")).status(), 200);
+
+    // Non-admins cannot tell a missing project from someone else's.
+    let owner = add_user(&server.dir, "olga", "owner");
+    let missing = expect_error(server.get(&owner, "/api/projects/nope"), 403);
+    let hidden = expect_error(server.get(&owner, "/api/projects/p"), 403);
+    assert_eq!(missing["code"], hidden["code"]);
+    expect_error(server.get(&admin, "/api/projects/nope"), 404);
+}
