@@ -7,7 +7,9 @@ mod auth;
 mod error;
 mod ingest;
 mod json;
+mod query;
 mod routes;
+mod tables;
 
 pub use error::ApiError;
 
@@ -29,11 +31,19 @@ pub struct ServerConfig {
     pub batch_size: usize,
     /// Directory served under `/sample/` (the demo's images), if any.
     pub sample_dir: Option<PathBuf>,
+    /// How long a held query waits for the owner before answering with its request id.
+    pub review_wait: std::time::Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { max_upload_bytes: 16 << 30, max_json_bytes: 1 << 20, batch_size: 5000, sample_dir: None }
+        ServerConfig {
+            max_upload_bytes: 16 << 30,
+            max_json_bytes: 1 << 20,
+            batch_size: 5000,
+            sample_dir: None,
+            review_wait: std::time::Duration::from_secs(60),
+        }
     }
 }
 

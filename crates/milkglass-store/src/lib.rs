@@ -12,20 +12,26 @@
 //! transaction that references them commits. A crash leaves at most an
 //! unreferenced tail in a vector file, which is harmless and trimmed on open.
 
+mod audit;
 mod catalog;
 mod db;
 mod embeddings;
 mod error;
+mod guarded;
 mod ingest;
 mod migrations;
+mod reviews;
 mod rows;
 mod tables;
 mod users;
 
+pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};
 pub use error::{StoreError, StoreResult};
+pub use guarded::{GuardedTableInfo, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
+pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
 pub use tables::{frames_schema, labels_schema};
 pub use users::{User, UserInfo};

@@ -123,6 +123,53 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id, label_id) WHERE valid_to IS NULL;
     CREATE INDEX labels_history ON labels (dataset_id, frame_id, valid_from);
     "#,
+    // 2: guarded tables, the audit log and the review queue.
+    r#"
+    CREATE TABLE guarded_tables (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        policy TEXT NOT NULL,
+        readers TEXT,
+        file TEXT NOT NULL,
+        rows INTEGER NOT NULL,
+        columns TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    -- Append-only; each entry's hash covers the previous entry's hash.
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        tables TEXT NOT NULL,
+        query TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        reason TEXT,
+        rows_returned INTEGER,
+        columns TEXT NOT NULL,
+        smallest_group INTEGER,
+        request_id INTEGER,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TABLE review_requests (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        query TEXT NOT NULL,
+        tables TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected', 'delivered')),
+        decided_by TEXT,
+        decision_reason TEXT,
+        created_at TEXT NOT NULL,
+        decided_at TEXT
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod remote;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +30,27 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Publish and manage guarded tables (talks to a server).
+    Table {
+        #[command(subcommand)]
+        command: remote::TableCommand,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Decide on queries held for review (talks to a server).
+    Review {
+        #[command(subcommand)]
+        command: remote::ReviewCommand,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Read the audit log (talks to a server), or verify its hash chain (`audit verify`).
+    Audit {
+        #[command(flatten)]
+        args: remote::AuditArgs,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// Measure milkglass against a reference, on this machine.
     Bench {
         #[command(subcommand)]
@@ -54,6 +76,9 @@ struct ServeArgs {
     /// Records per atomic batch in uploads.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     batch_size: u32,
+    /// Seconds a held query waits for the owner's review before answering with its request id.
+    #[arg(long, default_value_t = 60)]
+    review_wait_secs: u64,
 }
 
 #[derive(Args)]
@@ -124,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
                 max_json_bytes: args.max_json_bytes,
                 batch_size: args.batch_size as usize,
                 sample_dir: None,
+                review_wait: std::time::Duration::from_secs(args.review_wait_secs),
             };
             let listener = bind(args.http_addr)?;
             println!("milkglass serving {} on http://{}", args.data_dir.display(), listener.local_addr()?);
@@ -131,6 +157,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo(args) => demo::run(args),
         Command::User { command } => user(command),
+        Command::Table { command, remote } => remote::table(&remote, command),
+        Command::Review { command, remote } => remote::review(&remote, command),
+        Command::Audit { args, remote } => remote::audit(&remote, args),
         Command::Bench { command } => bench::run(command),
     }
 }

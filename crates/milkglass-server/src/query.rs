@@ -1,0 +1,235 @@
+//! The query service: every guarded query goes through here, whatever its front end
+//! (HTTP today, Flight SQL next). Plan, run, decide, audit; nothing leaves before
+//! the decision.
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use arrow::array::RecordBatch;
+use axum::http::StatusCode;
+use milkglass_core::{Policy, Role};
+use milkglass_guard::{Decision, GuardError, ProtectedTable, prepare};
+use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What a query gives its caller.
+pub enum Answer {
+    Rows {
+        batches: Vec<RecordBatch>,
+        columns: Vec<String>,
+        flagged: Option<String>,
+        masked: Vec<String>,
+        audit_id: i64,
+    },
+    Held {
+        request_id: i64,
+        reason: String,
+    },
+}
+
+/// Tables the user may query, as the guard needs them.
+fn readable(state: &AppState, user: &User) -> ApiResult<(Vec<ProtectedTable>, HashMap<String, Policy>)> {
+    let tables: Vec<GuardedTableInfo> =
+        state.store.guarded_tables()?.into_iter().filter(|t| t.readable_by(user)).collect();
+    let mut protected = Vec::with_capacity(tables.len());
+    let mut policies = HashMap::new();
+    for table in tables {
+        let (visible, internal) = table.providers()?;
+        policies.insert(table.name.clone(), table.policy.clone());
+        protected.push(ProtectedTable { name: table.name, policy: table.policy, visible, internal });
+    }
+    Ok((protected, policies))
+}
+
+fn audit(state: &AppState, entry: NewAuditEntry) -> ApiResult<i64> {
+    Ok(state.store.audit(entry)?.id)
+}
+
+/// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
+/// up to `wait` for the owner's decision.
+pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> ApiResult<Answer> {
+    let (tables, policies) = readable(state, user)?;
+    let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
+    let prepared = match prepare(sql, tables).await {
+        Ok(p) => p,
+        Err(e) => {
+            audit(state, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base })?;
+            return Err(guard_error(e));
+        }
+    };
+    let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
+    let outcome = match prepared.execute().await {
+        Ok(o) => o,
+        Err(e) => {
+            let detail = match &e {
+                GuardError::Execution(detail) => detail.clone(),
+                other => other.to_string(),
+            };
+            audit(state, NewAuditEntry { decision: "failed".into(), reason: Some(detail), ..base })?;
+            return Err(guard_error(e));
+        }
+    };
+    let decision = prepared.decide(Some(&outcome), &policies, &user.name);
+    let base = NewAuditEntry {
+        rows_returned: Some(outcome.rows as i64),
+        smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+        ..base
+    };
+    let rows = |flagged: Option<String>, audit_id: i64| Answer::Rows {
+        batches: outcome.batches.clone(),
+        columns: prepared.columns.clone(),
+        flagged,
+        masked: prepared.masked_columns(),
+        audit_id,
+    };
+    match decision {
+        Decision::Safe => {
+            let id = audit(state, NewAuditEntry { decision: "answered".into(), ..base })?;
+            Ok(rows(None, id))
+        }
+        Decision::Unsafe { handling, .. } => {
+            let explanation = decision.explanation();
+            match handling {
+                milkglass_core::UnsafeHandling::Log => {
+                    let id = audit(
+                        state,
+                        NewAuditEntry { decision: "flagged".into(), reason: Some(explanation.clone()), ..base },
+                    )?;
+                    Ok(rows(Some(explanation), id))
+                }
+                milkglass_core::UnsafeHandling::Reject => {
+                    audit(
+                        state,
+                        NewAuditEntry {
+                            decision: "refused".into(),
+                            reason: Some(explanation.clone()),
+                            rows_returned: Some(0),
+                            ..base
+                        },
+                    )?;
+                    Err(ApiError::new(StatusCode::FORBIDDEN, "refused", explanation))
+                }
+                milkglass_core::UnsafeHandling::Review => {
+                    let request = state.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
+                    audit(
+                        state,
+                        NewAuditEntry {
+                            decision: "held".into(),
+                            reason: Some(explanation.clone()),
+                            rows_returned: Some(0),
+                            request_id: Some(request.id),
+                            ..base.clone()
+                        },
+                    )?;
+                    let deadline = Instant::now() + wait;
+                    loop {
+                        let current = state.store.review_request(request.id)?;
+                        match current.state.as_str() {
+                            "approved" if state.store.deliver_review(request.id)? => {
+                                let id = audit(
+                                    state,
+                                    NewAuditEntry { decision: "released".into(), request_id: Some(request.id), ..base },
+                                )?;
+                                return Ok(rows(
+                                    Some(format!("approved by {}", current.decided_by.unwrap_or_default())),
+                                    id,
+                                ));
+                            }
+                            "rejected" => return Err(rejected(&current)),
+                            _ => {}
+                        }
+                        if Instant::now() >= deadline {
+                            return Ok(Answer::Held { request_id: request.id, reason: explanation });
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Hands over an approved request's result once, to its requester.
+pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResult<Answer> {
+    let request = state.store.review_request(id)?;
+    if request.user != user.name {
+        return Err(ApiError::not_found(format!("review request {id} not found")));
+    }
+    match request.state.as_str() {
+        "pending" => Ok(Answer::Held { request_id: id, reason: request.reason }),
+        "rejected" => Err(rejected(&request)),
+        "delivered" => Err(ApiError::new(
+            StatusCode::GONE,
+            "delivered",
+            format!("the result of request {id} was already delivered"),
+        )),
+        _ => {
+            let (tables, _) = readable(state, user)?;
+            let prepared = prepare(&request.query, tables).await.map_err(guard_error)?;
+            let outcome = prepared.execute().await.map_err(guard_error)?;
+            if !state.store.deliver_review(id)? {
+                return Err(ApiError::new(
+                    StatusCode::GONE,
+                    "delivered",
+                    format!("the result of request {id} was already delivered"),
+                ));
+            }
+            let audit_id = audit(
+                state,
+                NewAuditEntry {
+                    user: user.name.clone(),
+                    tables: prepared.tables.clone(),
+                    query: request.query.clone(),
+                    decision: "released".into(),
+                    rows_returned: Some(outcome.rows as i64),
+                    columns: prepared.columns.clone(),
+                    smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+                    request_id: Some(id),
+                    ..Default::default()
+                },
+            )?;
+            Ok(Answer::Rows {
+                batches: outcome.batches,
+                columns: prepared.columns.clone(),
+                flagged: Some(format!("approved by {}", request.decided_by.unwrap_or_default())),
+                masked: prepared.masked_columns(),
+                audit_id,
+            })
+        }
+    }
+}
+
+fn rejected(request: &milkglass_store::ReviewRequest) -> ApiError {
+    let reason = request.decision_reason.clone().unwrap_or_else(|| "no reason given".into());
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "rejected",
+        format!("the owner ({}) rejected this query: {reason}", request.decided_by.clone().unwrap_or_default()),
+    )
+    .with_details(serde_json::json!({ "request_id": request.id }))
+}
+
+fn guard_error(e: GuardError) -> ApiError {
+    match e {
+        GuardError::NotAQuery(m) => {
+            ApiError { field: Some("sql".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "not_a_query", m) }
+        }
+        GuardError::Invalid(m) => {
+            ApiError { field: Some("sql".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m) }
+        }
+        e @ GuardError::Execution(_) => ApiError::new(StatusCode::BAD_REQUEST, "query_failed", e.to_string()),
+    }
+}
+
+/// Whether `user` may decide on a request: admins, and the owner of every table it reads.
+pub fn may_review(state: &AppState, user: &User, tables: &[String]) -> ApiResult<bool> {
+    if user.role == Role::Admin {
+        return Ok(true);
+    }
+    for table in tables {
+        if !state.store.guarded_table(table)?.managed_by(user) {
+            return Ok(false);
+        }
+    }
+    Ok(!tables.is_empty())
+}

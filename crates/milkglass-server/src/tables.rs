@@ -1,0 +1,421 @@
+//! Routes of the table face: guarded tables, queries, reviews and the audit log.
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::query::{self, Answer};
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use milkglass_core::{Policy, Role};
+use milkglass_store::{GuardedTableInfo, TableFormat};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tables", get(list_tables).post(upload_table))
+        .route("/api/tables/{table}", get(get_table).delete(drop_table))
+        .route("/api/tables/{table}/policy", put(set_policy))
+        .route("/api/query", post(run_query))
+        .route("/api/query/requests/{id}", get(collect_request))
+        .route("/api/reviews", get(list_reviews))
+        .route("/api/reviews/{id}/approve", post(approve))
+        .route("/api/reviews/{id}/reject", post(reject))
+        .route("/api/audit", get(audit_log))
+}
+
+fn require_table_creator(caller: &Caller) -> ApiResult<()> {
+    match caller.0.role {
+        Role::Admin | Role::Owner => Ok(()),
+        role => Err(ApiError::forbidden(format!("a {role} cannot publish tables; only owners and admins can"))),
+    }
+}
+
+/// A table the caller may read, or the same 404 as a missing one (names do not leak).
+fn readable_table(state: &AppState, caller: &Caller, name: &str) -> ApiResult<GuardedTableInfo> {
+    match state.store.guarded_table(name) {
+        Ok(t) if t.readable_by(&caller.0) => Ok(t),
+        Ok(_) | Err(milkglass_store::StoreError::NotFound { .. }) => {
+            Err(ApiError::not_found(format!("table {name:?} not found")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn managed_table(state: &AppState, caller: &Caller, name: &str) -> ApiResult<GuardedTableInfo> {
+    let table = readable_table(state, caller, name)?;
+    if !table.managed_by(&caller.0) {
+        return Err(ApiError::forbidden(format!("only the owner of table {name:?} can change it")));
+    }
+    Ok(table)
+}
+
+async fn list_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let tables: Vec<GuardedTableInfo> =
+        state.store.guarded_tables()?.into_iter().filter(|t| t.readable_by(&caller.0)).collect();
+    Ok(Json(json!({ "tables": tables })))
+}
+
+async fn get_table(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GuardedTableInfo>> {
+    Ok(Json(readable_table(&state, &caller, &name)?))
+}
+
+fn parse_readers(text: &str) -> Option<Vec<String>> {
+    let readers: Vec<String> = text.split(',').map(str::trim).filter(|r| !r.is_empty()).map(String::from).collect();
+    (!readers.is_empty()).then_some(readers)
+}
+
+/// `multipart/form-data` with parts `name`, `policy` (JSON), optional `readers`
+/// (comma-separated) and `format`, and `file` (CSV, Parquet or Arrow IPC).
+async fn upload_table(State(state): State<AppState>, caller: Caller, mut form: Multipart) -> ApiResult<Response> {
+    let result = publish(&state, &caller, &mut form).await;
+    if result.is_err() {
+        // Read the rest of the body (bounded by the upload limit) so that a client still
+        // sending gets the answer instead of a broken connection.
+        while let Ok(Some(mut field)) = form.next_field().await {
+            while let Ok(Some(_)) = field.chunk().await {}
+        }
+    }
+    result
+}
+
+async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> ApiResult<Response> {
+    require_table_creator(caller)?;
+    let (mut name, mut policy, mut readers, mut format, mut upload) = (None, None, None, None, None);
+    let staging = tempfile_in(state)?;
+    while let Some(mut field) =
+        form.next_field().await.map_err(|e| ApiError::invalid("body", format!("malformed multipart body: {e}")))?
+    {
+        let part = field.name().unwrap_or_default().to_string();
+        match part.as_str() {
+            "name" => name = Some(field.text().await.map_err(|e| ApiError::invalid("name", e.to_string()))?),
+            "policy" => {
+                let text = field.text().await.map_err(|e| ApiError::invalid("policy", e.to_string()))?;
+                policy = Some(Policy::from_json(&text)?);
+            }
+            "readers" => {
+                readers = parse_readers(&field.text().await.map_err(|e| ApiError::invalid("readers", e.to_string()))?)
+            }
+            "format" => {
+                let text = field.text().await.map_err(|e| ApiError::invalid("format", e.to_string()))?;
+                format = Some(
+                    TableFormat::parse(&text)
+                        .ok_or_else(|| ApiError::invalid("format", "use csv, parquet or arrow"))?,
+                );
+            }
+            "file" => {
+                let file_name = field.file_name().map(String::from);
+                let mut out = tokio::fs::File::create(&staging.0).await.map_err(|e| internal(&e))?;
+                while let Some(chunk) = field.chunk().await.map_err(|e| body_error(&e.to_string()))? {
+                    out.write_all(&chunk).await.map_err(|e| internal(&e))?;
+                }
+                out.flush().await.map_err(|e| internal(&e))?;
+                upload = Some(file_name);
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown form field; send name, policy, readers, format and file",
+                ));
+            }
+        }
+    }
+    let name = name.ok_or_else(|| ApiError::invalid("name", "is required"))?;
+    milkglass_core::check_name("name", &name)?;
+    let policy = policy.ok_or_else(|| ApiError::invalid("policy", "is required"))?;
+    let file_name = upload.ok_or_else(|| ApiError::invalid("file", "is required"))?;
+    let format = format.or_else(|| file_name.as_deref().and_then(TableFormat::parse)).ok_or_else(|| {
+        ApiError::invalid("format", "cannot tell the file's format from its name; send format=csv, parquet or arrow")
+    })?;
+    for column in &policy.sanitized_columns {
+        if column.is_empty() {
+            return Err(ApiError::invalid("policy.sanitized_columns", "column names must not be empty"));
+        }
+    }
+    if let Ok(existing) = state.store.guarded_table(&name)
+        && !existing.managed_by(&caller.0)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("table {name:?} belongs to someone else; choose another name"),
+        ));
+    }
+    let (file, rows, columns) = state.store.import_table_file(&name, &staging.0, format).await?;
+    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !columns.contains(c)) {
+        let _ = std::fs::remove_file(&file);
+        return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
+    }
+    let store = state.store.clone();
+    let owner = caller.0.clone();
+    let table = tokio::task::spawn_blocking(move || {
+        store.publish_table(&owner, &name, &policy, readers.as_deref(), &file, rows, &columns)
+    })
+    .await
+    .map_err(|e| internal(&e))??;
+    Ok((StatusCode::CREATED, Json(table)).into_response())
+}
+
+/// A staging file for an upload, removed when dropped.
+struct Staging(std::path::PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tempfile_in(state: &AppState) -> ApiResult<Staging> {
+    Ok(Staging(state.store.staging_file()?))
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    tracing::error!("table upload: {e}");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+}
+
+fn body_error(message: &str) -> ApiError {
+    if message.contains("length limit") || message.contains("size limit") {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the upload is larger than the server's limit")
+    } else {
+        ApiError::invalid("file", format!("could not read the upload: {message}"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    policy: Value,
+    /// Replaces the readers when present (`null`: every scientist).
+    #[serde(default, deserialize_with = "double_option")]
+    readers: Option<Option<Vec<String>>>,
+}
+
+/// Tells "absent" (keep) from `null` (clear) for an optional field.
+fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<String>>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+async fn set_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<PolicyBody>,
+) -> ApiResult<Json<GuardedTableInfo>> {
+    let table = managed_table(&state, &caller, &name)?;
+    let policy = Policy::from_value(body.policy)?;
+    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !table.columns.contains(c)) {
+        return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
+    }
+    let readers = body.readers.as_ref().map(|r| r.as_deref());
+    Ok(Json(state.store.set_table_policy(&name, &policy, readers)?))
+}
+
+async fn drop_table(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    managed_table(&state, &caller, &name)?;
+    state.store.drop_table(&name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    sql: String,
+    /// How long to wait for the owner when the query is held (default: the server's setting).
+    #[serde(default)]
+    wait_seconds: Option<u64>,
+}
+
+const MAX_SQL_BYTES: usize = 100_000;
+
+async fn run_query(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<QueryBody>,
+) -> ApiResult<Response> {
+    if body.sql.len() > MAX_SQL_BYTES {
+        return Err(ApiError::invalid("sql", format!("is longer than {MAX_SQL_BYTES} bytes")));
+    }
+    let wait = Duration::from_secs(body.wait_seconds.unwrap_or(state.config.review_wait.as_secs()).min(600));
+    let answer = query::run(&state, &caller.0, &body.sql, wait).await?;
+    respond(answer, &headers)
+}
+
+async fn collect_request(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    let answer = query::collect_request(&state, &caller.0, id).await?;
+    respond(answer, &headers)
+}
+
+/// Rows as JSON, or as an Arrow IPC stream when the caller asks for one.
+fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
+    let arrow = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"));
+    match answer {
+        Answer::Held { request_id, reason } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "status": "held",
+                "request_id": request_id,
+                "message": format!("{reason}. The query is waiting for the owner's review; poll /api/query/requests/{request_id}"),
+            })),
+        )
+            .into_response()),
+        Answer::Rows { batches, columns, flagged, masked, audit_id } if arrow => {
+            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+            let mut body = Vec::new();
+            {
+                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut body, &schema).map_err(|e| internal(&e))?;
+                for batch in &batches {
+                    writer.write(batch).map_err(|e| internal(&e))?;
+                }
+                writer.finish().map_err(|e| internal(&e))?;
+            }
+            let _ = columns;
+            let mut response = body.into_response();
+            let h = response.headers_mut();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/vnd.apache.arrow.stream"));
+            h.insert("milkglass-audit-id", HeaderValue::from(audit_id));
+            if let Some(flag) = flagged.and_then(|f| HeaderValue::from_str(&f.replace(['\r', '\n'], " ")).ok()) {
+                h.insert("milkglass-flagged", flag);
+            }
+            if !masked.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&masked.join(","))
+            {
+                h.insert("milkglass-masked-columns", v);
+            }
+            Ok(response)
+        }
+        Answer::Rows { batches, columns, flagged, masked, audit_id } => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            for batch in &batches {
+                writer.write(batch).map_err(|e| internal(&e))?;
+            }
+            writer.finish().map_err(|e| internal(&e))?;
+            let bytes = writer.into_inner();
+            let rows: Value = if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes).map_err(|e| internal(&e))? };
+            let count = batches.iter().map(|b| b.num_rows()).sum::<usize>();
+            Ok(Json(json!({
+                "columns": columns,
+                "rows": rows,
+                "row_count": count,
+                "flagged": flagged.is_some(),
+                "warning": flagged,
+                "masked_columns": masked,
+                "audit_id": audit_id,
+            }))
+            .into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewQuery {
+    #[serde(default)]
+    state: Option<String>,
+}
+
+async fn list_reviews(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ReviewQuery>,
+) -> ApiResult<Json<Value>> {
+    let mut visible = Vec::new();
+    for request in state.store.review_requests(q.state.as_deref())? {
+        if query::may_review(&state, &caller.0, &request.tables)? || request.user == caller.0.name {
+            visible.push(request);
+        }
+    }
+    Ok(Json(json!({ "requests": visible })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectBody {
+    reason: String,
+}
+
+async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
+    decide(&state, &caller, id, true, None)
+}
+
+async fn reject(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    JsonBody(body): JsonBody<RejectBody>,
+) -> ApiResult<Json<Value>> {
+    decide(&state, &caller, id, false, Some(body.reason))
+}
+
+fn decide(state: &AppState, caller: &Caller, id: i64, approve: bool, reason: Option<String>) -> ApiResult<Json<Value>> {
+    let request = state.store.review_request(id)?;
+    if !query::may_review(state, &caller.0, &request.tables)? {
+        return Err(ApiError::forbidden(format!(
+            "only the owner of {} can decide on request {id}",
+            request.tables.join(", ")
+        )));
+    }
+    let decided = state.store.decide_review(id, approve, &caller.0, reason.as_deref())?;
+    state.store.audit(milkglass_store::NewAuditEntry {
+        user: caller.0.name.clone(),
+        tables: decided.tables.clone(),
+        query: decided.query.clone(),
+        decision: if approve { "approved".into() } else { "rejected".into() },
+        reason: decided.decision_reason.clone(),
+        request_id: Some(id),
+        ..Default::default()
+    })?;
+    Ok(Json(serde_json::to_value(decided).expect("serializable")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    table: Option<String>,
+}
+
+/// Owners read their tables' entries; everyone reads their own.
+async fn audit_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Value>> {
+    let user = &caller.0;
+    let entries = match &q.table {
+        Some(table) => {
+            let managed = state.store.guarded_table(table).map(|t| t.managed_by(user)).unwrap_or(false);
+            let own = if managed || user.role == Role::Admin { None } else { Some(user.name.as_str()) };
+            state.store.audit_entries(Some(table), own)?
+        }
+        None if user.role == Role::Admin => state.store.audit_entries(None, None)?,
+        None => {
+            let managed: Vec<String> =
+                state.store.guarded_tables()?.into_iter().filter(|t| t.managed_by(user)).map(|t| t.name).collect();
+            let mut entries = state.store.audit_entries(None, None)?;
+            entries.retain(|e| e.user == user.name || e.tables.iter().any(|t| managed.contains(t)));
+            entries
+        }
+    };
+    Ok(Json(json!({ "entries": entries })))
+}
