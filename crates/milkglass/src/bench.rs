@@ -37,11 +37,26 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// A guarded GROUP BY against the same query on plain DataFusion, same data, same run.
+    Guard {
+        /// Rows in the generated table.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// Distinct group keys.
+        #[arg(long, default_value_t = 1000)]
+        groups: usize,
+        /// Timed runs of each query (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
+        BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
     }
 }
 
@@ -317,4 +332,100 @@ fn peak_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+const GUARD_SQL: &str = "SELECT k, COUNT(*) AS n, AVG(v) AS mean_v, SUM(w) AS total_w FROM t GROUP BY k";
+
+/// The guard's overhead: the same GROUP BY over the same Parquet file, once through
+/// the guard (plan rewrite, hidden counts, decision) and once on plain DataFusion.
+fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
+    use datafusion::prelude::SessionContext;
+    use milkglass_core::Policy;
+    use milkglass_guard::{Decision, ProtectedTable};
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    let store_dir = dir.join("guard-store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)?;
+    }
+    let store = Store::open(&store_dir)?;
+    store.add_user("owner", Role::Owner)?;
+    let owner = store.user_by_name("owner")?;
+    let file = store.new_table_file("t")?;
+    write_guard_table(&file, rows, groups)?;
+    let policy =
+        Policy::from_json(r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#)?;
+    let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
+    let table = store.publish_table(&owner, "t", &policy, None, &file, rows as i64, &columns)?;
+    let runtime = crate::runtime()?;
+    let mut plain = Vec::with_capacity(runs);
+    let mut guarded = Vec::with_capacity(runs);
+    runtime.block_on(async {
+        let policies = std::collections::HashMap::from([("t".to_string(), policy.clone())]);
+        // One warm-up of each, then alternate so both see the same cache state.
+        for run in 0..=runs {
+            let (visible, _) = table.providers()?;
+            let ctx = SessionContext::new();
+            ctx.register_table("t", visible)?;
+            let start = Instant::now();
+            let batches = ctx.sql(GUARD_SQL).await?.collect().await?;
+            let plain_secs = start.elapsed().as_secs_f64();
+            let plain_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+
+            let start = Instant::now();
+            let (visible, internal) = table.providers()?;
+            let protected = ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal };
+            let prepared = milkglass_guard::prepare(GUARD_SQL, vec![protected]).await?;
+            let outcome = prepared.execute().await?;
+            let decision = prepared.decide(Some(&outcome), &policies, "bench");
+            let guarded_secs = start.elapsed().as_secs_f64();
+            if decision != Decision::Safe || outcome.rows != plain_rows || plain_rows != groups {
+                bail!("unexpected result: {decision:?}, {} vs {plain_rows} rows", outcome.rows);
+            }
+            if run > 0 {
+                plain.push(plain_secs);
+                guarded.push(guarded_secs);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p, g) = (median(&mut plain), median(&mut guarded));
+    println!("query: {GUARD_SQL}");
+    println!("table: {rows} rows, {groups} groups, Parquet; median of {runs} runs each\n");
+    println!("| system | median seconds |\n|---|---:|");
+    println!("| milkglass guard (rewrite + hidden counts + decision) | {g:.3} |");
+    println!("| DataFusion without the guard (reference) | {p:.3} |");
+    println!("\nguarded / plain: {:.3}", g / p);
+    Ok(())
+}
+
+fn write_guard_table(path: &Path, rows: usize, groups: usize) -> Result<()> {
+    use arrow::array::{Float64Array, Int64Array};
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Float64, false),
+        Field::new("w", DataType::Int64, false),
+        Field::new(milkglass_store::ROW_ID, DataType::Int64, false),
+    ]));
+    let mut writer = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path)?, schema.clone(), None)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let bar = progress(rows, "generating the table");
+    for start in (0..rows).step_by(1 << 16) {
+        let n = (1 << 16).min(rows - start);
+        let k = Int64Array::from_iter_values((0..n).map(|_| rng.random_range(0..groups as i64)));
+        let v = Float64Array::from_iter_values((0..n).map(|_| rng.random::<f64>() * 100.0));
+        let w = Int64Array::from_iter_values((0..n).map(|_| rng.random_range(0..1000)));
+        let id = Int64Array::from_iter_values(start as i64..(start + n) as i64);
+        writer
+            .write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v), Arc::new(w), Arc::new(id)])?)?;
+        bar.inc(n as u64);
+    }
+    writer.close()?;
+    bar.finish();
+    Ok(())
 }
