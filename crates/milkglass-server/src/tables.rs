@@ -152,18 +152,17 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> Api
             format!("table {name:?} belongs to someone else; choose another name"),
         ));
     }
-    let (file, rows, columns) = state.store.import_table_file(&name, &staging.0, format).await?;
-    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !columns.contains(c)) {
-        let _ = std::fs::remove_file(&file);
+    let imported = state.store.import_table_file(&name, &staging.0, format).await?;
+    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !imported.columns.contains(c)) {
+        let _ = std::fs::remove_file(&imported.file);
         return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
     }
     let store = state.store.clone();
     let owner = caller.0.clone();
-    let table = tokio::task::spawn_blocking(move || {
-        store.publish_table(&owner, &name, &policy, readers.as_deref(), &file, rows, &columns)
-    })
-    .await
-    .map_err(|e| internal(&e))??;
+    let table =
+        tokio::task::spawn_blocking(move || store.publish_table(&owner, &name, &policy, readers.as_deref(), &imported))
+            .await
+            .map_err(|e| internal(&e))??;
     Ok((StatusCode::CREATED, Json(table)).into_response())
 }
 

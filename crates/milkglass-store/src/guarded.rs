@@ -98,21 +98,21 @@ impl Store {
         self.dir().join("tables")
     }
 
-    /// Publishes (or replaces) a table from a Parquet file that already carries the row id,
-    /// written by the caller into [`Store::new_table_file`]. The catalog points at the new
-    /// file only once it is complete; the old file is removed after the switch.
+    /// Publishes (or replaces) a table from a Parquet file that already carries the row id
+    /// (from [`Store::import_table_file`]). The catalog points at the new file only once it
+    /// is complete; the old file is removed after the switch.
     pub fn publish_table(
         &self,
         owner: &User,
         name: &str,
         policy: &Policy,
         readers: Option<&[String]>,
-        file: &Path,
-        rows: i64,
-        columns: &[String],
+        data: &ImportedTable,
     ) -> StoreResult<GuardedTableInfo> {
         check_name("name", name)?;
-        let relative = file
+        let (rows, columns) = (data.rows, &data.columns);
+        let relative = data
+            .file
             .strip_prefix(self.dir())
             .map_err(|_| StoreError::Corrupt("table files live in the data directory".into()))?
             .to_string_lossy()
@@ -241,6 +241,14 @@ impl Store {
     }
 }
 
+/// A table file written into the data directory, not yet in the catalog.
+#[derive(Debug, Clone)]
+pub struct ImportedTable {
+    pub file: PathBuf,
+    pub rows: i64,
+    pub columns: Vec<String>,
+}
+
 /// File formats an owner may upload a table in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TableFormat {
@@ -270,7 +278,7 @@ impl Store {
         name: &str,
         source: &Path,
         format: TableFormat,
-    ) -> StoreResult<(PathBuf, i64, Vec<String>)> {
+    ) -> StoreResult<ImportedTable> {
         use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
         use futures::StreamExt;
         let invalid = |e: &dyn std::fmt::Display| StoreError::invalid("file", format!("cannot read the file: {e}"));
@@ -346,7 +354,7 @@ impl Store {
         match result {
             Ok((rows, columns)) => {
                 std::fs::rename(&partial, &target).map_err(|e| StoreError::io(&target, e))?;
-                Ok((target, rows, columns))
+                Ok(ImportedTable { file: target, rows, columns })
             }
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);

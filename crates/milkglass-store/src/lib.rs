@@ -29,7 +29,7 @@ pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};
 pub use error::{StoreError, StoreResult};
-pub use guarded::{GuardedTableInfo, ROW_ID, TableFormat};
+pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
 pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};

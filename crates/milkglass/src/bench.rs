@@ -357,7 +357,8 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     let policy =
         Policy::from_json(r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#)?;
     let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
-    let table = store.publish_table(&owner, "t", &policy, None, &file, rows as i64, &columns)?;
+    let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
+    let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
     let runtime = crate::runtime()?;
     let mut plain = Vec::with_capacity(runs);
     let mut guarded = Vec::with_capacity(runs);
