@@ -208,16 +208,52 @@ impl<'a> Tracker<'a> {
                         return Ok(Tracked { plan, hidden });
                     }
                 };
-                if !filtering.is_empty() {
+                if filtering.is_empty() {
+                    let plan = plan
+                        .with_new_exprs(plan.expressions(), vec![left.plan, right.plan])
+                        .map_err(|e| e.to_string())?;
+                    return Ok(Tracked { plan, hidden: kept });
+                }
+                if join.join_type != JoinType::LeftSemi || join.filter.is_some() {
                     return Err(format!(
                         "a {} join whose filtering side reads guarded table(s) {}",
                         join.join_type,
                         self.tables_of(&filtering).join(", ")
                     ));
                 }
-                let plan =
-                    plan.with_new_exprs(plan.expressions(), vec![left.plan, right.plan]).map_err(|e| e.to_string())?;
-                Ok(Tracked { plan, hidden: kept })
+                // The filtering side counts too: group it by the join keys, so each kept
+                // row meets exactly one group, and carry that group's count.
+                let left_width = left.plan.schema().fields().len();
+                let right = Tracked { plan: right.plan, hidden: filtering };
+                let right_keys: Vec<Expr> = join.on.iter().map(|(_, r)| r.clone()).collect();
+                let key_count = right_keys.len();
+                let grouped = self.aggregate(right, right_keys, Vec::new())?;
+                let grouped_keys: Vec<Expr> = (0..key_count)
+                    .map(|i| {
+                        let (qualifier, field) = grouped.plan.schema().qualified_field(i);
+                        Expr::Column(Column::new(qualifier.cloned(), field.name()))
+                    })
+                    .collect();
+                let left_keys: Vec<Expr> = join.on.iter().map(|(l, _)| l.clone()).collect();
+                let joined = LogicalPlanBuilder::from(left.plan)
+                    .join_with_expr_keys(grouped.plan, JoinType::Inner, (left_keys, grouped_keys), None)
+                    .map_err(|e| e.to_string())?
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                // Back to the semi-join's columns (the kept side, with its hidden columns)
+                // plus the filtering side's hidden columns.
+                let mut exprs: Vec<Expr> = joined
+                    .schema()
+                    .iter()
+                    .take(left_width)
+                    .map(|(qualifier, field)| Expr::Column(Column::new(qualifier.cloned(), field.name())))
+                    .collect();
+                let filtering: Vec<Hidden> = grouped.hidden.into_iter().map(duplicated).collect();
+                exprs.extend(filtering.iter().map(|h| hidden_col(&h.column())));
+                let mut hidden = kept;
+                hidden.extend(filtering);
+                let plan = Projection::try_new(exprs, Arc::new(joined)).map_err(|e| e.to_string())?;
+                Ok(Tracked { plan: LogicalPlan::Projection(plan), hidden })
             }
             LogicalPlan::Union(union) => self.union(union.inputs.iter().map(|i| i.as_ref()).collect()),
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {

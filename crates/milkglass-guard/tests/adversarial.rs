@@ -129,6 +129,8 @@ async fn allowed_queries() {
         ("SELECT Survived, AVG(Age), STDDEV(Age) FROM titanic GROUP BY Survived", Expect::Safe),
         ("SELECT COUNT(*) FROM titanic WHERE Age > 200", Expect::Unsafe("smallest group here has 0")),
         ("SELECT Pclass, COUNT(*) FROM titanic GROUP BY Pclass HAVING COUNT(*) > 10000", Expect::Safe),
+        ("SELECT COUNT(*) FROM titanic WHERE Pclass IN (SELECT Pclass FROM titanic GROUP BY Pclass HAVING COUNT(*) > 200)", Expect::Safe),
+        ("SELECT Sex, COUNT(*) FROM titanic t WHERE EXISTS (SELECT 1 FROM titanic u WHERE u.Pclass = t.Pclass AND u.Fare > 50) GROUP BY Sex", Expect::Safe),
     ])
     .await;
 }
@@ -166,8 +168,9 @@ async fn attacks_are_refused() {
         ("SELECT a.Pclass, COUNT(*) FROM titanic a JOIN titanic b ON a.Name = b.Name GROUP BY a.Pclass", Expect::Unsafe("join key")),
         ("SELECT Sex, COUNT(*) FROM titanic GROUP BY Sex ORDER BY MAX(Name)", Expect::Unsafe("sanitized")),
         // Semi joins and subqueries whose filtering side reads the table.
-        ("SELECT COUNT(*) FROM titanic WHERE PassengerId IN (SELECT PassengerId FROM titanic WHERE Age > 70)", Expect::Unsafe("cannot check")),
-        ("SELECT COUNT(*) FROM titanic t WHERE EXISTS (SELECT 1 FROM titanic u WHERE u.Ticket = t.Ticket AND u.Age < 1)", Expect::Unsafe("cannot check")),
+        ("SELECT COUNT(*) FROM titanic WHERE PassengerId IN (SELECT PassengerId FROM titanic WHERE Age > 70)", Expect::Unsafe("smallest group here has")),
+        ("SELECT COUNT(*) FROM titanic t WHERE EXISTS (SELECT 1 FROM titanic u WHERE u.Ticket = t.Ticket AND u.Age < 1)", Expect::Unsafe("smallest group here has")),
+        ("SELECT COUNT(*) FROM titanic WHERE PassengerId NOT IN (SELECT PassengerId FROM titanic WHERE Age > 70)", Expect::Unsafe("")),
         ("SELECT COUNT(*) FROM titanic WHERE Age = (SELECT MAX(Age) FROM titanic)", Expect::Unsafe("")),
         // A list of the analyst's own ids, joined in.
         ("SELECT AVG(t.Age) FROM titanic t JOIN (VALUES (7), (8)) v(id) ON t.PassengerId = v.id", Expect::Unsafe("smallest group here has 2")),
