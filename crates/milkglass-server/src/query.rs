@@ -233,3 +233,101 @@ pub fn may_review(state: &AppState, user: &User, tables: &[String]) -> ApiResult
     }
     Ok(!tables.is_empty())
 }
+
+/// Saves a query's result as a new guarded table, when every table it reads is
+/// `savable` and the result is within every safe zone. The new table inherits the
+/// sources' policies (all their safe zones must hold, the strictest handling), belongs
+/// to the sources' owner, and only the requester may read it.
+pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -> ApiResult<GuardedTableInfo> {
+    milkglass_core::check_name("save_as", name)?;
+    if state.store.guarded_table(name).is_ok() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a table named {name:?} already exists")));
+    }
+    let (tables, policies) = readable(state, user)?;
+    let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
+    let prepared = prepare(sql, tables).await.map_err(guard_error)?;
+    let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
+    let refuse = |reason: String| -> ApiResult<GuardedTableInfo> {
+        audit(
+            state,
+            NewAuditEntry {
+                decision: "refused".into(),
+                reason: Some(reason.clone()),
+                rows_returned: Some(0),
+                ..base.clone()
+            },
+        )?;
+        Err(ApiError::new(StatusCode::FORBIDDEN, "not_savable", reason))
+    };
+    if prepared.tables.is_empty() {
+        return refuse("only results derived from guarded tables are saved as tables".into());
+    }
+    if let Some(table) = prepared.tables.iter().find(|t| policies.get(*t).is_some_and(|p| !p.savable)) {
+        return refuse(format!(
+            "Refused: table \"{table}\" does not allow saving results derived from it (savable: false)"
+        ));
+    }
+    let outcome = prepared.execute().await.map_err(guard_error)?;
+    let decision = prepared.decide(Some(&outcome), &policies, &user.name);
+    if decision != Decision::Safe {
+        return refuse(format!("{}; only results within every table's safe zone can be saved", decision.explanation()));
+    }
+    if outcome.batches.iter().all(|b| b.num_rows() == 0) {
+        return Err(ApiError::invalid("sql", "the result has no rows; there is nothing to save"));
+    }
+    let sources: Vec<Policy> = prepared.tables.iter().filter_map(|t| policies.get(t).cloned()).collect();
+    let policy = inherited_policy(&sources, &prepared.masked_columns());
+    let staging = state.store.staging_file()?;
+    let written = (|| -> Result<(), arrow::error::ArrowError> {
+        let file = std::fs::File::create(&staging)?;
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(file, &outcome.batches[0].schema())?;
+        for batch in &outcome.batches {
+            writer.write(batch)?;
+        }
+        writer.finish()
+    })();
+    let imported = match written {
+        Ok(()) => state.store.import_table_file(name, &staging, milkglass_store::TableFormat::ArrowIpc).await,
+        Err(e) => Err(milkglass_store::StoreError::Corrupt(e.to_string())),
+    };
+    let _ = std::fs::remove_file(&staging);
+    let imported = imported?;
+    let owner = state.store.user_by_name(&state.store.guarded_table(&prepared.tables[0])?.owner)?;
+    let table = state.store.publish_table(&owner, name, &policy, Some(std::slice::from_ref(&user.name)), &imported)?;
+    audit(
+        state,
+        NewAuditEntry {
+            decision: "saved".into(),
+            reason: Some(format!("saved as table {name:?}")),
+            rows_returned: Some(outcome.rows as i64),
+            smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+            ..base
+        },
+    )?;
+    Ok(table)
+}
+
+/// The policy a derived table carries: every source's safe zone must hold, the
+/// strictest handling applies, outputs of sanitized columns stay sanitized.
+fn inherited_policy(sources: &[Policy], masked: &[String]) -> Policy {
+    use milkglass_core::{AtLeast, Rule, UnsafeHandling};
+    let safe_zone = match sources {
+        [one] => one.safe_zone.clone(),
+        many => Rule::AtLeast {
+            at_least: AtLeast { n: many.len(), of: many.iter().map(|p| p.safe_zone.clone()).collect() },
+        },
+    };
+    let rank = |h: UnsafeHandling| match h {
+        UnsafeHandling::Log => 0,
+        UnsafeHandling::Review => 1,
+        UnsafeHandling::Reject => 2,
+    };
+    let unsafe_handling = sources.iter().map(|p| p.unsafe_handling).max_by_key(|h| rank(*h)).unwrap_or_default();
+    Policy {
+        safe_zone,
+        unsafe_handling,
+        sanitized_columns: masked.to_vec(),
+        savable: sources.iter().all(|p| p.savable),
+        allow_extremes: sources.iter().all(|p| p.allow_extremes),
+    }
+}

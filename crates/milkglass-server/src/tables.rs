@@ -234,6 +234,9 @@ struct QueryBody {
     /// How long to wait for the owner when the query is held (default: the server's setting).
     #[serde(default)]
     wait_seconds: Option<u64>,
+    /// Save the result as a new guarded table with this name instead of returning it.
+    #[serde(default)]
+    save_as: Option<String>,
 }
 
 const MAX_SQL_BYTES: usize = 100_000;
@@ -246,6 +249,10 @@ async fn run_query(
 ) -> ApiResult<Response> {
     if body.sql.len() > MAX_SQL_BYTES {
         return Err(ApiError::invalid("sql", format!("is longer than {MAX_SQL_BYTES} bytes")));
+    }
+    if let Some(name) = &body.save_as {
+        let table = query::save_result(&state, &caller.0, &body.sql, name).await?;
+        return Ok((StatusCode::CREATED, Json(table)).into_response());
     }
     let wait = Duration::from_secs(body.wait_seconds.unwrap_or(state.config.review_wait.as_secs()).min(600));
     let answer = query::run(&state, &caller.0, &body.sql, wait).await?;

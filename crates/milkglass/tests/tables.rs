@@ -309,3 +309,56 @@ fn bad_input_is_refused_clearly_and_audited() {
     let after: Value = s.server.get(&s.owner, "/api/tables/titanic").json().unwrap();
     assert_eq!(before, after, "nothing changed");
 }
+
+#[test]
+fn results_are_saved_only_from_savable_tables_and_inherit_the_policy() {
+    let s = setup("reject", &[]);
+    let save = |token: &str, sql: &str, name: &str| {
+        s.server.post_json(token, "/api/query", &json!({"sql": sql, "save_as": name}))
+    };
+    // titanic says savable: false.
+    let e = expect_error(save(&s.scientist, ANNOUNCEMENT, "by_class"), 403);
+    assert_eq!(e["code"], "not_savable");
+    assert!(e["message"].as_str().unwrap().contains("savable: false"));
+
+    // A savable copy.
+    let savable = json!({"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject",
+                         "sanitized_columns": ["Name"], "savable": true});
+    let policy_file = s.server.dir.join("savable.json");
+    std::fs::write(&policy_file, savable.to_string()).unwrap();
+    cli(&[
+        "table",
+        "upload",
+        titanic_csv().to_str().unwrap(),
+        "--name",
+        "open_titanic",
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--server",
+        &s.server.base,
+        "--token",
+        &s.owner,
+    ]);
+    // Unsafe results are never saved.
+    let e = expect_error(save(&s.scientist, "SELECT * FROM open_titanic LIMIT 5", "rows"), 403);
+    assert!(e["message"].as_str().unwrap().contains("smallest group"));
+    let sql = "SELECT Pclass, Sex, Embarked, AVG(Fare) AS fare, COUNT(*) AS n FROM open_titanic \
+               GROUP BY Pclass, Sex, Embarked HAVING COUNT(*) >= 10";
+    let r = save(&s.scientist, sql, "fares");
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let table: Value = s.server.get(&s.scientist, "/api/tables/fares").json().unwrap();
+    assert_eq!(table["policy"]["safe_zone"], savable["safe_zone"], "the policy is inherited");
+    assert_eq!(table["policy"]["savable"], true);
+    assert_eq!(table["readers"], json!(["sam"]));
+    assert_eq!(table["owner"], "olivia", "the source's owner manages the derived table");
+    let rows = table["rows"].as_i64().unwrap();
+    assert!(rows >= 10, "{rows}");
+    // The derived table is itself guarded: its own rows count.
+    assert_eq!(query(&s, &s.scientist, "SELECT COUNT(*) AS c FROM fares").status(), 200);
+    expect_error(query(&s, &s.scientist, "SELECT * FROM fares"), 403);
+    // Other scientists do not see it.
+    let other = add_user(&s.server.dir, "alex", "scientist");
+    expect_error(s.server.get(&other, "/api/tables/fares"), 404);
+    let decisions: Vec<String> = audit(&s).iter().map(|e| e["decision"].as_str().unwrap().to_string()).collect();
+    assert_eq!(decisions, ["refused"], "the titanic entries: one refused save");
+}
