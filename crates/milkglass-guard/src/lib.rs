@@ -149,7 +149,10 @@ pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared,
         }
     }
 
-    let mut tracker = Tracker::new(&by_name);
+    let has_join =
+        datafusion::common::tree_node::TreeNode::exists(&original, |node| Ok(matches!(node, LogicalPlan::Join(_))))
+            .unwrap_or(true);
+    let mut tracker = Tracker::new(&by_name, has_join);
     let tracked = tracker.track(&original);
     findings.append(&mut tracker.findings);
     let mut occurrences = std::mem::take(&mut tracker.occurrences);
@@ -208,7 +211,14 @@ impl Prepared {
     /// Runs the query and holds the result back with the counts the decision needs.
     pub async fn execute(&self) -> Result<Outcome, GuardError> {
         let plan = self.rewritten.as_ref().unwrap_or(&self.original);
-        let physical = self.state.create_physical_plan(plan).await.map_err(|e| GuardError::Execution(e.to_string()))?;
+        // The plan is already optimized (the rewrite starts from the optimized plan and
+        // keeps its shape), so it goes straight to the physical planner.
+        let physical = self
+            .state
+            .query_planner()
+            .create_physical_plan(plan, &self.state)
+            .await
+            .map_err(|e| GuardError::Execution(e.to_string()))?;
         let batches = datafusion::physical_plan::collect(physical, self.state.task_ctx())
             .await
             .map_err(|e| GuardError::Execution(e.to_string()))?;

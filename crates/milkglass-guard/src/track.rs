@@ -59,6 +59,7 @@ pub(crate) struct Tracked {
 /// Walks a plan bottom-up, rewriting it to carry hidden columns and noting findings.
 pub(crate) struct Tracker<'a> {
     tables: &'a HashMap<String, ProtectedTable>,
+    with_row_ids: bool,
     /// The guarded table of each occurrence, by occurrence number.
     pub occurrences: Vec<String>,
     pub findings: Vec<Finding>,
@@ -108,8 +109,11 @@ fn hidden_col(name: &str) -> Expr {
 }
 
 impl<'a> Tracker<'a> {
-    pub fn new(tables: &'a HashMap<String, ProtectedTable>) -> Self {
-        Tracker { tables, occurrences: Vec::new(), findings: Vec::new() }
+    /// `with_row_ids`: carry real row ids. Only a join can put one source row into two
+    /// rows, and only then does counting need ids (`COUNT(DISTINCT id)`); without joins
+    /// a constant 1 counts the same and spares reading the id column.
+    pub fn new(tables: &'a HashMap<String, ProtectedTable>, with_row_ids: bool) -> Self {
+        Tracker { tables, with_row_ids, occurrences: Vec::new(), findings: Vec::new() }
     }
 
     /// Guarded tables read anywhere under `plan` (including inside subqueries).
@@ -315,9 +319,10 @@ impl<'a> Tracker<'a> {
         let visible = table.visible.schema();
         let read: Vec<usize> = scan.projection.clone().unwrap_or_else(|| (0..visible.fields().len()).collect());
         let internal_schema = table.internal.schema();
-        let row_index = internal_schema.index_of(ROW_ID).map_err(|e| e.to_string())?;
         let mut projection = read.clone();
-        projection.push(row_index);
+        if self.with_row_ids {
+            projection.push(internal_schema.index_of(ROW_ID).map_err(|e| e.to_string())?);
+        }
         let source = provider_as_source(table.internal.clone());
         let new_scan = TableScanBuilder::new(scan.table_name.clone(), source)
             .with_projection(Some(projection))
@@ -330,7 +335,12 @@ impl<'a> Tracker<'a> {
             .iter()
             .map(|&i| Expr::Column(Column::new(Some(scan.table_name.clone()), visible.field(i).name())))
             .collect();
-        exprs.push(Expr::Column(Column::new(Some(scan.table_name.clone()), ROW_ID)).alias(hidden.column()));
+        let row = if self.with_row_ids {
+            Expr::Column(Column::new(Some(scan.table_name.clone()), ROW_ID))
+        } else {
+            lit(ScalarValue::Int64(Some(1)))
+        };
+        exprs.push(row.alias(hidden.column()));
         let plan = Projection::try_new(exprs, Arc::new(LogicalPlan::TableScan(new_scan))).map_err(|e| e.to_string())?;
         Ok(Tracked { plan: LogicalPlan::Projection(plan), hidden: vec![hidden] })
     }

@@ -90,18 +90,12 @@ impl Records {
         }
     }
 
-    fn write(&mut self, store: &Store, upload: &mut Upload) -> Result<BatchReport, ApiError> {
-        let report = match self {
+    fn write(&self, store: &Store, upload: &mut Upload) -> Result<BatchReport, ApiError> {
+        Ok(match self {
             Records::Frames(v) => store.write_frames(upload, v)?,
             Records::Labels(v) => store.write_labels(upload, v)?,
             Records::Embeddings(v) => store.write_embeddings(upload, v)?,
-        };
-        match self {
-            Records::Frames(v) => v.clear(),
-            Records::Labels(v) => v.clear(),
-            Records::Embeddings(v) => v.clear(),
-        }
-        Ok(report)
+        })
     }
 }
 
@@ -111,14 +105,43 @@ pub fn run_upload(
     store: &Store,
     upload: &mut Upload,
     format: Format,
-    body: impl Read,
+    body: impl Read + Send,
     batch_size: usize,
 ) -> Result<(), ApiError> {
-    let mut pending = Records::empty(upload.kind);
+    // Decoding and writing overlap: one thread parses the next batch while this one
+    // commits the last. The channel holds one batch, so memory stays at two batches.
+    let (batches, received) = std::sync::mpsc::sync_channel::<Result<Records, ApiError>>(1);
+    let kind = upload.kind;
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            if let Err(e) = decode(kind, format, body, batch_size, &batches) {
+                let _ = batches.send(Err(e));
+            }
+        });
+        // Leaving early (an error) drops the receiver, which stops the decoder at its next batch.
+        for batch in received {
+            batch?.write(store, upload)?;
+        }
+        Ok(())
+    })
+}
+
+/// Parses the body into batches of exactly `batch_size` records (the last may be
+/// smaller) and sends them in order. Stops quietly when the writer has gone.
+fn decode(
+    kind: UploadKind,
+    format: Format,
+    body: impl Read,
+    batch_size: usize,
+    batches: &std::sync::mpsc::SyncSender<Result<Records, ApiError>>,
+) -> Result<(), ApiError> {
+    let mut pending = Records::empty(kind);
     let mut parsed = 0usize;
-    let flush = |pending: &mut Records, upload: &mut Upload| -> Result<(), ApiError> {
+    let flush = |pending: &mut Records| -> Result<(), ApiError> {
         if pending.len() > 0 {
-            pending.write(store, upload)?;
+            let full = std::mem::replace(pending, Records::empty(kind));
+            // A send error means the writer stopped on an error of its own, which it reports.
+            let _ = batches.send(Ok(full));
         }
         Ok(())
     };
@@ -155,7 +178,7 @@ pub fn run_upload(
                 }
                 parsed += 1;
                 if pending.len() >= batch_size {
-                    flush(&mut pending, upload)?;
+                    flush(&mut pending)?;
                 }
             }
         }
@@ -179,13 +202,13 @@ pub fn run_upload(
                     parsed += len;
                     start += len;
                     if pending.len() >= batch_size {
-                        flush(&mut pending, upload)?;
+                        flush(&mut pending)?;
                     }
                 }
             }
         }
     }
-    flush(&mut pending, upload)
+    flush(&mut pending)
 }
 
 /// Row errors from a slice say `[i].field`; make `i` count from the start of the upload.

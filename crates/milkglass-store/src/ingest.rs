@@ -461,7 +461,7 @@ fn insert_label(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?;
     let bbox = label.geometry.bbox();
-    let geometry = serde_json::to_string(&label.geometry).expect("geometry serializes");
+    let geometry = bbox.is_none().then(|| serde_json::to_string(&label.geometry).expect("geometry serializes"));
     let attributes =
         (!label.attributes.is_empty()).then(|| serde_json::Value::Object(label.attributes.clone()).to_string());
     insert.execute(params![

@@ -115,13 +115,14 @@ const MIGRATIONS: &[&str] = &[
         top REAL, "left" REAL, width REAL, height REAL,
         confidence REAL,
         iscrowd INTEGER NOT NULL DEFAULT 0,
-        geometry TEXT NOT NULL,
+        -- NULL for 2D boxes, which live in the typed columns above (most labels are boxes).
+        geometry TEXT,
         attributes TEXT,
         embedding INTEGER
     );
     CREATE UNIQUE INDEX labels_current ON labels (dataset_id, inference_set_id, label_id) WHERE valid_to IS NULL;
-    CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id, label_id) WHERE valid_to IS NULL;
-    CREATE INDEX labels_history ON labels (dataset_id, frame_id, valid_from);
+    -- Serves one frame's labels, current (filtering on valid_to) or at any version.
+    CREATE INDEX labels_by_frame ON labels (dataset_id, frame_id, inference_set_id, label_id);
     "#,
     // 2: guarded tables, the audit log and the review queue.
     r#"

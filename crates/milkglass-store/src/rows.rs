@@ -172,6 +172,7 @@ impl Store {
             let classes = class_names(conn, dataset)?;
             let mut stmt = conn.prepare_cached(&format!(
                 "SELECT l.label_id, l.frame_id, l.class_id, l.sensor_id, l.geometry, l.attributes, l.iscrowd, l.confidence,
+                        l.top, l.\"left\", l.width, l.height,
                         l.embedding, COALESCE(s.name, '')
                  FROM labels l LEFT JOIN inference_sets s ON s.id = l.inference_set_id
                  WHERE l.dataset_id = ?1 AND l.frame_id = ?2 AND {} ORDER BY l.inference_set_id, l.label_id",
@@ -179,7 +180,7 @@ impl Store {
             ))?;
             let mut labels = Vec::new();
             let mut inferences: BTreeMap<String, Vec<LabelRow>> = BTreeMap::new();
-            let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| Ok((label_from_row(r, &classes)?, r.get::<_, String>(9)?)))?;
+            let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| Ok((label_from_row(r, &classes)?, r.get::<_, String>(13)?)))?;
             for row in rows {
                 let (label, set) = row?;
                 if set.is_empty() {
@@ -325,7 +326,7 @@ fn class_names(conn: &Connection, dataset: &DatasetInfo) -> StoreResult<BTreeMap
 
 fn label_from_row(r: &Row, classes: &BTreeMap<i64, String>) -> rusqlite::Result<LabelRow> {
     let class_id: Option<i64> = r.get(2)?;
-    let geometry: String = r.get(4)?;
+    let geometry: Option<String> = r.get(4)?;
     let attributes: Option<String> = r.get(5)?;
     let bad = |i: usize, e: serde_json::Error| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
@@ -336,10 +337,13 @@ fn label_from_row(r: &Row, classes: &BTreeMap<i64, String>) -> rusqlite::Result<
         class: class_id.and_then(|id| classes.get(&id).cloned()),
         class_id,
         sensor_id: r.get(3)?,
-        geometry: serde_json::from_str(&geometry).map_err(|e| bad(4, e))?,
+        geometry: match geometry {
+            Some(json) => serde_json::from_str(&json).map_err(|e| bad(4, e))?,
+            None => Geometry::Box2d { top: r.get(8)?, left: r.get(9)?, width: r.get(10)?, height: r.get(11)? },
+        },
         attributes: attributes.map(|a| serde_json::from_str(&a)).transpose().map_err(|e| bad(5, e))?,
         iscrowd: r.get(6)?,
         confidence: r.get(7)?,
-        has_embedding: r.get::<_, Option<i64>>(8)?.is_some(),
+        has_embedding: r.get::<_, Option<i64>>(12)?.is_some(),
     })
 }

@@ -37,6 +37,16 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// One side of `bench ingest`, run in a process of its own so its peak memory is its own.
+    #[command(hide = true)]
+    IngestPhase {
+        #[arg(long)]
+        phase: String,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// A guarded GROUP BY against the same query on plain DataFusion, same data, same run.
     Guard {
         /// Rows in the generated table.
@@ -57,6 +67,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
         BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
+        BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
     }
 }
 
@@ -79,22 +90,12 @@ fn ingest(frames: usize, boxes: usize, dim: usize, dir: &Path) -> Result<()> {
         mib(input_bytes)
     );
 
-    reset_peak_memory();
-    let start = Instant::now();
-    let parquet_rows = write_parquet(&input, &dir.join("reference.parquet"))?;
-    let parquet_secs = start.elapsed().as_secs_f64();
-    let parquet_peak = peak_memory_bytes();
+    let (parquet_rows, parquet_secs, parquet_peak) = run_phase("reference", &input, dir)?;
     if parquet_rows != frames {
         bail!("the reference wrote {parquet_rows} rows, expected {frames}");
     }
-
     let store_dir = dir.join("store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir)?;
-    }
-    reset_peak_memory();
-    let (records, milkglass_secs) = ingest_over_http(&input, &store_dir)?;
-    let milkglass_peak = peak_memory_bytes();
+    let (records, milkglass_secs, milkglass_peak) = run_phase("milkglass", &input, dir)?;
     if records != frames {
         bail!("milkglass ingested {records} frames, expected {frames}");
     }
@@ -238,6 +239,44 @@ fn write_input(path: &Path, frames: usize, boxes: usize, dim: usize) -> Result<(
     Ok(())
 }
 
+/// Runs one phase in a child process; returns (records, seconds, peak memory).
+fn run_phase(phase: &str, input: &Path, dir: &Path) -> Result<(usize, f64, Option<u64>)> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "ingest-phase", "--phase", phase, "--input"])
+        .arg(input)
+        .arg("--dir")
+        .arg(dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("the {phase} phase failed");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().context("the phase printed nothing")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    Ok((v["records"].as_u64().unwrap_or(0) as usize, v["secs"].as_f64().unwrap_or(f64::NAN), v["peak_bytes"].as_u64()))
+}
+
+fn ingest_phase(phase: &str, input: &Path, dir: &Path) -> Result<()> {
+    let (records, secs) = match phase {
+        "reference" => {
+            let start = Instant::now();
+            let rows = write_parquet(input, &dir.join("reference.parquet"))?;
+            (rows, start.elapsed().as_secs_f64())
+        }
+        "milkglass" => {
+            let store_dir = dir.join("store");
+            if store_dir.exists() {
+                std::fs::remove_dir_all(&store_dir)?;
+            }
+            ingest_over_http(input, &store_dir)?
+        }
+        other => bail!("unknown phase {other:?}"),
+    };
+    println!("{}", serde_json::json!({ "records": records, "secs": secs, "peak_bytes": peak_memory_bytes() }));
+    Ok(())
+}
+
 /// The reference: the same rows, read from the same file, written to Parquet.
 fn write_parquet(input: &Path, output: &Path) -> Result<usize> {
     let reader = StreamReader::try_new(std::io::BufReader::new(std::fs::File::open(input)?), None)?;
@@ -321,12 +360,7 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Resets the kernel's peak-RSS mark for this process (Linux), so each phase is measured alone.
-fn reset_peak_memory() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// Peak resident memory since the last reset (Linux `VmHWM`).
+/// Peak resident memory of this process (Linux `VmHWM`).
 fn peak_memory_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;

@@ -12,6 +12,11 @@ use milkglass_store::Store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// Uploads decode on one thread and free on another; glibc's allocator handles that
+/// poorly (a fifth of ingest time went to malloc and free), mimalloc does not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "milkglass", version, about = "See the shape of data without seeing the people in it.")]
 struct Cli {
