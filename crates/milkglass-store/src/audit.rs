@@ -1,6 +1,7 @@
 //! The audit log: every query, answered or not, appended with a hash chain so that
 //! any edit, deletion or reordering of past entries is detectable.
 
+use crate::db::json_column;
 use crate::{Store, StoreResult, now};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -64,22 +65,17 @@ fn entry_hash(prev: &str, e: &AuditEntry) -> String {
 }
 
 fn entry_from_row(r: &rusqlite::Row) -> rusqlite::Result<(AuditEntry, String)> {
-    let bad = |i: usize, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
-    let tables: String = r.get(3)?;
-    let columns: String = r.get(8)?;
     Ok((
         AuditEntry {
             id: r.get(0)?,
             at: r.get(1)?,
             user: r.get(2)?,
-            tables: serde_json::from_str(&tables).map_err(|e| bad(3, e))?,
+            tables: json_column(r, 3)?,
             query: r.get(4)?,
             decision: r.get(5)?,
             reason: r.get(6)?,
             rows_returned: r.get(7)?,
-            columns: serde_json::from_str(&columns).map_err(|e| bad(8, e))?,
+            columns: json_column(r, 8)?,
             smallest_group: r.get(9)?,
             request_id: r.get(10)?,
             hash: r.get(12)?,

@@ -1,3 +1,4 @@
+use crate::db::json_column;
 use crate::{Store, StoreError, StoreResult, User, now};
 use milkglass_core::{AccessMode, ClassMap, DatasetKind, DatasetSpec, ProjectRole, ProjectSpec, Role, check_name};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -98,20 +99,13 @@ pub struct DatasetStatus {
     pub jobs: Vec<JobInfo>,
 }
 
-fn json_map(text: String) -> rusqlite::Result<serde_json::Map<String, serde_json::Value>> {
-    serde_json::from_str(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into()))
-}
-
 fn project_from_row(r: &Row) -> rusqlite::Result<ProjectInfo> {
-    let classes: String = r.get(3)?;
     Ok(ProjectInfo {
         id: r.get(0)?,
         name: r.get(1)?,
         access_mode: r.get::<_, String>(2)?.parse().unwrap_or(AccessMode::Anonymous),
-        classes: serde_json::from_str(&classes)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into()))?,
-        metadata: json_map(r.get(4)?)?,
+        classes: json_column(r, 3)?,
+        metadata: json_column(r, 4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
     })
@@ -128,7 +122,7 @@ fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetInfo> {
         project: r.get(2)?,
         name: r.get(3)?,
         kind: r.get::<_, String>(4)?.parse().unwrap_or_default(),
-        metadata: json_map(r.get(5)?)?,
+        metadata: json_column(r, 5)?,
         frame_embedding_dim: r.get::<_, Option<i64>>(6)?.map(|d| d as usize),
         label_embedding_dim: r.get::<_, Option<i64>>(7)?.map(|d| d as usize),
         version: r.get(8)?,
@@ -510,7 +504,7 @@ fn inference_set_from_row(r: &Row, dataset: &DatasetInfo) -> rusqlite::Result<In
         id: r.get(0)?,
         dataset: dataset.name.clone(),
         name: r.get(1)?,
-        metadata: json_map(r.get(2)?)?,
+        metadata: json_column(r, 2)?,
         created_at: r.get(3)?,
     })
 }

@@ -65,3 +65,24 @@ pub(crate) fn open_connection(path: &Path) -> StoreResult<Connection> {
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
+
+/// Reads a JSON text column into `T`; text that does not parse is reported as a
+/// conversion failure of that column.
+pub(crate) fn json_column<T: serde::de::DeserializeOwned>(row: &rusqlite::Row, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    parse_json_column(index, &text)
+}
+
+/// Like [`json_column`] for a nullable column.
+pub(crate) fn optional_json_column<T: serde::de::DeserializeOwned>(
+    row: &rusqlite::Row,
+    index: usize,
+) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|t| parse_json_column(index, &t)).transpose()
+}
+
+fn parse_json_column<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, e.into()))
+}

@@ -1,6 +1,7 @@
 //! Guarded tables: an owner's data, stored as Parquet with a hidden row id, and the
 //! policy that decides what may be revealed of it.
 
+use crate::db::{json_column, optional_json_column};
 use crate::{Store, StoreError, StoreResult, User, now};
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
@@ -70,21 +71,15 @@ fn parquet_table(path: &Path, schema: Option<arrow::datatypes::SchemaRef>) -> St
 }
 
 fn info_from_row(r: &rusqlite::Row, dir: &Path) -> rusqlite::Result<GuardedTableInfo> {
-    let bad = |i: usize, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
-    let policy: String = r.get(2)?;
-    let readers: Option<String> = r.get(3)?;
-    let columns: String = r.get(6)?;
     let file: String = r.get(4)?;
     Ok(GuardedTableInfo {
         name: r.get(0)?,
         owner: r.get(1)?,
-        policy: serde_json::from_str(&policy).map_err(|e| bad(2, e))?,
-        readers: readers.map(|r| serde_json::from_str(&r)).transpose().map_err(|e| bad(3, e))?,
+        policy: json_column(r, 2)?,
+        readers: optional_json_column(r, 3)?,
         file: dir.join(file),
         rows: r.get(5)?,
-        columns: serde_json::from_str(&columns).map_err(|e| bad(6, e))?,
+        columns: json_column(r, 6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
     })

@@ -1,6 +1,7 @@
 //! The review queue: unsafe queries held for the owner's decision. Requests live in
 //! the catalog, so they survive a restart.
 
+use crate::db::json_column;
 use crate::{Store, StoreError, StoreResult, User, now};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -25,13 +26,11 @@ const REQUEST_COLUMNS: &str =
     "r.id, u.name, r.query, r.tables, r.reason, r.state, r.decided_by, r.decision_reason, r.created_at, r.decided_at";
 
 fn request_from_row(r: &rusqlite::Row) -> rusqlite::Result<ReviewRequest> {
-    let tables: String = r.get(3)?;
     Ok(ReviewRequest {
         id: r.get(0)?,
         user: r.get(1)?,
         query: r.get(2)?,
-        tables: serde_json::from_str(&tables)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into()))?,
+        tables: json_column(r, 3)?,
         reason: r.get(4)?,
         state: r.get(5)?,
         decided_by: r.get(6)?,

@@ -1,6 +1,7 @@
 //! The read path: one frame with everything attached, and filtered, paged listings.
 
 use crate::catalog::load_dataset;
+use crate::db::{json_column, optional_json_column};
 use crate::{DatasetInfo, Store, StoreError, StoreResult};
 use milkglass_core::{Geometry, Invalid, SensorKind};
 use rusqlite::types::Value as SqlValue;
@@ -138,17 +139,13 @@ const FRAME_COLUMNS: &str =
     "f.frame_id, f.timestamp, f.sensors, f.metadata, f.geo_lat, f.geo_lon, f.label_count, f.embedding, f.valid_from";
 
 fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
-    let parse = |i: usize, text: String| {
-        serde_json::from_str(&text)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into()))
-    };
     let lat: Option<f64> = r.get(4)?;
     let lon: Option<f64> = r.get(5)?;
     Ok(FrameRow {
         frame_id: r.get(0)?,
         timestamp: r.get(1)?,
-        sensors: parse(2, r.get(2)?)?,
-        metadata: parse(3, r.get(3)?)?,
+        sensors: json_column(r, 2)?,
+        metadata: json_column(r, 3)?,
         geo: lat.zip(lon).map(|(lat, lon)| serde_json::json!({"lat": lat, "lon": lon})),
         label_count: r.get(6)?,
         has_embedding: r.get::<_, Option<i64>>(7)?.is_some(),
@@ -326,22 +323,17 @@ fn class_names(conn: &Connection, dataset: &DatasetInfo) -> StoreResult<BTreeMap
 
 fn label_from_row(r: &Row, classes: &BTreeMap<i64, String>) -> rusqlite::Result<LabelRow> {
     let class_id: Option<i64> = r.get(2)?;
-    let geometry: Option<String> = r.get(4)?;
-    let attributes: Option<String> = r.get(5)?;
-    let bad = |i: usize, e: serde_json::Error| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
-    };
     Ok(LabelRow {
         label_id: r.get(0)?,
         frame_id: r.get(1)?,
         class: class_id.and_then(|id| classes.get(&id).cloned()),
         class_id,
         sensor_id: r.get(3)?,
-        geometry: match geometry {
-            Some(json) => serde_json::from_str(&json).map_err(|e| bad(4, e))?,
+        geometry: match optional_json_column(r, 4)? {
+            Some(geometry) => geometry,
             None => Geometry::Box2d { top: r.get(8)?, left: r.get(9)?, width: r.get(10)?, height: r.get(11)? },
         },
-        attributes: attributes.map(|a| serde_json::from_str(&a)).transpose().map_err(|e| bad(5, e))?,
+        attributes: optional_json_column(r, 5)?,
         iscrowd: r.get(6)?,
         confidence: r.get(7)?,
         has_embedding: r.get::<_, Option<i64>>(12)?.is_some(),

@@ -57,6 +57,23 @@ fn audit(s: &Setup) -> Vec<Value> {
     body["entries"].as_array().unwrap().clone()
 }
 
+/// `milkglass table upload` as `token`; Err carries stderr.
+fn upload_table(
+    s: &Setup,
+    token: &str,
+    file: &std::path::Path,
+    name: &str,
+    policy: &std::path::Path,
+) -> Result<String, String> {
+    let out = Command::new(BIN)
+        .args(["table", "upload", file.to_str().unwrap(), "--name", name, "--policy", policy.to_str().unwrap()])
+        .args(["--server", &s.server.base, "--token", token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() { Ok(stdout) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+}
+
 const ANNOUNCEMENT: &str =
     "SELECT Pclass, AVG(Survived) AS Survived FROM titanic GROUP BY Pclass ORDER BY Survived DESC";
 
@@ -253,56 +270,18 @@ fn bad_input_is_refused_clearly_and_audited() {
     expect_error(r, 404);
     let r = s.server.request(reqwest::Method::DELETE, &s.scientist, "/api/tables/titanic").send().unwrap();
     expect_error(r, 403);
-    let out = Command::new(BIN)
-        .args([
-            "table",
-            "upload",
-            titanic_csv().to_str().unwrap(),
-            "--name",
-            "mine",
-            "--policy",
-            policy_file.to_str().unwrap(),
-        ])
-        .args(["--server", &s.server.base, "--token", &s.scientist])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = upload_table(&s, &s.scientist, &titanic_csv(), "mine", &policy_file).unwrap_err();
+    assert!(err.contains("403"), "{err}");
 
     // Malformed CSV and unknown rules: 400, nothing published.
     let bad_csv = s.server.dir.join("bad.csv");
     std::fs::write(&bad_csv, "a,b\n1,2,3,4\n\"unterminated\n").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "table",
-            "upload",
-            bad_csv.to_str().unwrap(),
-            "--name",
-            "bad",
-            "--policy",
-            policy_file.to_str().unwrap(),
-        ])
-        .args(["--server", &s.server.base, "--token", &s.owner])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("400"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = upload_table(&s, &s.owner, &bad_csv, "bad", &policy_file).unwrap_err();
+    assert!(err.contains("400"), "{err}");
     let unknown_rule = s.server.dir.join("unknown.json");
     std::fs::write(&unknown_rule, r#"{"safe_zone": {"k_anonymity": 5}}"#).unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "table",
-            "upload",
-            titanic_csv().to_str().unwrap(),
-            "--name",
-            "bad",
-            "--policy",
-            unknown_rule.to_str().unwrap(),
-        ])
-        .args(["--server", &s.server.base, "--token", &s.owner])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("k_anonymity"), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = upload_table(&s, &s.owner, &titanic_csv(), "bad", &unknown_rule).unwrap_err();
+    assert!(err.contains("k_anonymity"), "{err}");
     expect_error(s.server.get(&s.owner, "/api/tables/bad"), 404);
     // Wrong tokens.
     expect_error(query(&s, "mg_nope", ANNOUNCEMENT), 401);
