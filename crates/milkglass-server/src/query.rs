@@ -110,6 +110,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                     Err(ApiError::new(StatusCode::FORBIDDEN, "refused", explanation))
                 }
                 milkglass_core::UnsafeHandling::Review => {
+                    let explanation = explanation.trim_start_matches("Refused: ").to_string();
                     let request = state.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
                     audit(
                         state,

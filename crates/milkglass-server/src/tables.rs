@@ -281,15 +281,21 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             Json(json!({
                 "status": "held",
                 "request_id": request_id,
-                "message": format!("{reason}. The query is waiting for the owner's review; poll /api/query/requests/{request_id}"),
+                "message": format!(
+                    "Held for the owner's review: {reason}. Poll /api/query/requests/{request_id} for the decision."
+                ),
             })),
         )
             .into_response()),
         Answer::Rows { batches, columns, flagged, masked, audit_id } if arrow => {
-            let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
+            let schema = batches
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| std::sync::Arc::new(arrow::datatypes::Schema::empty()));
             let mut body = Vec::new();
             {
-                let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut body, &schema).map_err(|e| internal(&e))?;
+                let mut writer =
+                    arrow::ipc::writer::StreamWriter::try_new(&mut body, &schema).map_err(|e| internal(&e))?;
                 for batch in &batches {
                     writer.write(batch).map_err(|e| internal(&e))?;
                 }
@@ -311,13 +317,17 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             Ok(response)
         }
         Answer::Rows { batches, columns, flagged, masked, audit_id } => {
-            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            // Explicit nulls: a sanitized column shows as null rather than vanishing.
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::JsonArray>(Vec::new());
             for batch in &batches {
                 writer.write(batch).map_err(|e| internal(&e))?;
             }
             writer.finish().map_err(|e| internal(&e))?;
             let bytes = writer.into_inner();
-            let rows: Value = if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes).map_err(|e| internal(&e))? };
+            let rows: Value =
+                if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes).map_err(|e| internal(&e))? };
             let count = batches.iter().map(|b| b.num_rows()).sum::<usize>();
             Ok(Json(json!({
                 "columns": columns,
