@@ -263,6 +263,19 @@ impl Prepared {
         RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns)
     }
 
+    /// The result's schema as callers receive it (sanitized outputs become nullable).
+    pub fn output_schema(&self) -> arrow::datatypes::SchemaRef {
+        let fields: Vec<arrow::datatypes::Field> = self
+            .original
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f.as_ref().clone().with_nullable(f.is_nullable() || self.masked.contains(&i)))
+            .collect();
+        Arc::new(arrow::datatypes::Schema::new(fields))
+    }
+
     /// Output columns returned as nulls because they carry a sanitized column.
     pub fn masked_columns(&self) -> Vec<String> {
         self.masked.iter().map(|&i| self.columns[i].clone()).collect()

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+pub mod flight;
 mod ingest;
 mod json;
 mod query;
@@ -33,6 +34,8 @@ pub struct ServerConfig {
     pub sample_dir: Option<PathBuf>,
     /// How long a held query waits for the owner before answering with its request id.
     pub review_wait: std::time::Duration,
+    /// Where the Flight SQL service listens, as clients should dial it (for discovery).
+    pub flight_url: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
             batch_size: 5000,
             sample_dir: None,
             review_wait: std::time::Duration::from_secs(60),
+            flight_url: None,
         }
     }
 }
@@ -56,6 +60,42 @@ pub struct AppState {
 /// The whole HTTP application.
 pub fn app(store: Store, config: ServerConfig) -> Router {
     routes::router(AppState { store, config: Arc::new(config) })
+}
+
+/// Serves the HTTP API and, when given a second listener, Flight SQL, until `shutdown` completes.
+pub async fn serve_all(
+    http: TcpListener,
+    flight: Option<TcpListener>,
+    store: Store,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let state = AppState { store, config: Arc::new(config) };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flight_task = flight.map(|listener| {
+        let service = flight::service(state.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    });
+    let app = routes::router(state);
+    let result = axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        })
+        .await;
+    if let Some(task) = flight_task {
+        let _ = task.await;
+    }
+    result
 }
 
 /// Serves until `shutdown` completes.

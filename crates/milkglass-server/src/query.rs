@@ -150,6 +150,26 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     }
 }
 
+/// Plans `sql` for `user` without running it: checks it and returns its result's schema
+/// (for prepared statements). Invalid SQL is audited like any query.
+pub async fn plan_schema(state: &AppState, user: &User, sql: &str) -> ApiResult<arrow::datatypes::SchemaRef> {
+    let (tables, _) = readable(state, user)?;
+    match prepare(sql, tables).await {
+        Ok(prepared) => Ok(prepared.output_schema()),
+        Err(e) => {
+            let entry = NewAuditEntry {
+                user: user.name.clone(),
+                query: sql.to_string(),
+                decision: "invalid".into(),
+                reason: Some(e.to_string()),
+                ..Default::default()
+            };
+            audit(state, entry)?;
+            Err(guard_error(e))
+        }
+    }
+}
+
 /// Hands over an approved request's result once, to its requester.
 pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResult<Answer> {
     let request = state.store.review_request(id)?;

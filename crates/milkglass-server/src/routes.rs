@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
     let datasets = "/api/projects/{project}/datasets/{dataset}";
     let api = Router::new()
         .route("/api/whoami", get(whoami))
+        .route("/api/info", get(info))
         .route("/api/projects", get(list_projects).post(create_project))
         .route("/api/projects/{project}", get(get_project).patch(update_project).delete(delete_project))
         .route("/api/projects/{project}/members", get(list_members))
@@ -69,6 +70,11 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + '
 
 async fn whoami(Caller(user): Caller) -> Json<Value> {
     Json(json!({ "name": user.name, "role": user.role }))
+}
+
+/// What a client needs to find the rest of the server (the Python SDK reads the Flight address here).
+async fn info(State(state): State<AppState>, Caller(_): Caller) -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION"), "flight_url": state.config.flight_url }))
 }
 
 async fn list_projects(State(state): State<AppState>, Caller(user): Caller) -> ApiResult<Json<Value>> {

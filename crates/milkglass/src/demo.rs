@@ -29,7 +29,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
     // Bind before loading, so the sample URLs carry the real port (also with port 0).
     let listener = bind(args.http_addr)?;
+    let flight = bind(args.flight_addr)?;
     let addr = listener.local_addr()?;
+    let flight_addr = flight.local_addr()?;
     let url_prefix = format!("http://{addr}/sample/shapes");
     load_shapes(&store, dir, args.frames, &url_prefix, &tokens)?;
     std::fs::write(dir.join("sample").join("titanic.csv"), TITANIC_CSV)?;
@@ -42,13 +44,20 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if args.no_serve {
         return Ok(());
     }
-    let config = ServerConfig { sample_dir: Some(dir.join("sample")), ..ServerConfig::default() };
-    println!("\nmilkglass serving {} on http://{addr}  (Ctrl-C to stop)", dir.display());
+    let config = ServerConfig {
+        sample_dir: Some(dir.join("sample")),
+        flight_url: Some(format!("grpc://{flight_addr}")),
+        ..ServerConfig::default()
+    };
+    println!(
+        "\nmilkglass serving {} on http://{addr} (Flight SQL on grpc://{flight_addr})  (Ctrl-C to stop)",
+        dir.display()
+    );
     println!(
         "try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
         tokens[0].2
     );
-    runtime()?.block_on(serve(store, listener, config))
+    runtime()?.block_on(serve(store, listener, flight, config))
 }
 
 fn add_users(store: &Store) -> Result<Vec<(String, Role, String)>> {

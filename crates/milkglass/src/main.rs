@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Address of the HTTP API.
     #[arg(long, default_value = "127.0.0.1:7700")]
     http_addr: SocketAddr,
+    /// Address of the Arrow Flight SQL service.
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    flight_addr: SocketAddr,
     /// Largest accepted upload body, in bytes.
     #[arg(long, default_value_t = 16 << 30)]
     max_upload_bytes: u64,
@@ -93,6 +96,8 @@ struct DemoArgs {
     data_dir: PathBuf,
     #[arg(long, default_value = "127.0.0.1:7700")]
     http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:7701")]
+    flight_addr: SocketAddr,
     /// Number of sample frames to generate.
     #[arg(long, default_value_t = 300)]
     frames: usize,
@@ -155,10 +160,18 @@ fn run(cli: Cli) -> Result<()> {
                 batch_size: args.batch_size as usize,
                 sample_dir: None,
                 review_wait: std::time::Duration::from_secs(args.review_wait_secs),
+                flight_url: None,
             };
             let listener = bind(args.http_addr)?;
-            println!("milkglass serving {} on http://{}", args.data_dir.display(), listener.local_addr()?);
-            runtime()?.block_on(serve(store, listener, config))
+            let flight = bind(args.flight_addr)?;
+            let config = ServerConfig { flight_url: Some(format!("grpc://{}", flight.local_addr()?)), ..config };
+            println!(
+                "milkglass serving {} on http://{} (Flight SQL on grpc://{})",
+                args.data_dir.display(),
+                listener.local_addr()?,
+                flight.local_addr()?
+            );
+            runtime()?.block_on(serve(store, listener, flight, config))
         }
         Command::Demo(args) => demo::run(args),
         Command::User { command } => user(command),
@@ -186,10 +199,16 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     Ok(listener)
 }
 
-/// Serves on a bound listener until Ctrl-C or SIGTERM.
-async fn serve(store: Store, listener: std::net::TcpListener, config: ServerConfig) -> Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    milkglass_server::serve(listener, store, config, shutdown_signal()).await?;
+/// Serves HTTP and Flight SQL on bound listeners until Ctrl-C or SIGTERM.
+async fn serve(
+    store: Store,
+    http: std::net::TcpListener,
+    flight: std::net::TcpListener,
+    config: ServerConfig,
+) -> Result<()> {
+    let http = tokio::net::TcpListener::from_std(http)?;
+    let flight = tokio::net::TcpListener::from_std(flight)?;
+    milkglass_server::serve_all(http, Some(flight), store, config, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -12,7 +12,17 @@ fn demo_serves_the_sample_data() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("demo");
     let mut child = Command::new(BIN)
-        .args(["demo", "--data-dir", dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--frames", "60"])
+        .args([
+            "demo",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--frames",
+            "60",
+        ])
         .env("MILKGLASS_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -75,6 +85,8 @@ fn demo_serves_the_sample_data() {
             "--data-dir",
             dir.to_str().unwrap(),
             "--http-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
             "127.0.0.1:0",
         ])
         .output()

@@ -13,6 +13,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_milkglass");
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// The Flight SQL endpoint, as an http:// URI for tonic.
+    pub flight: String,
     pub dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     pub client: Client,
@@ -33,6 +35,11 @@ pub fn add_user(dir: &Path, name: &str, role: &str) -> String {
 
 /// Reads the child's stdout up to the "milkglass serving ... on http://ADDR" line.
 pub fn ready_address(child: &mut Child) -> String {
+    ready_addresses(child).0
+}
+
+/// The HTTP and Flight SQL addresses from the ready line.
+pub fn ready_addresses(child: &mut Child) -> (String, String) {
     let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
     let mut line = String::new();
     loop {
@@ -41,9 +48,14 @@ pub fn ready_address(child: &mut Child) -> String {
         assert!(n > 0, "milkglass exited before serving");
         if line.starts_with("milkglass serving") {
             let addr = line.split_whitespace().find(|w| w.starts_with("http://")).expect("address in ready line");
+            let flight = line
+                .split_whitespace()
+                .find(|w| w.starts_with("grpc://"))
+                .map(|w| w.trim_end_matches(')').replace("grpc://", "http://"))
+                .unwrap_or_default();
             // Keep draining stdout so the child never blocks on a full pipe.
             std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-            return addr.to_string();
+            return (addr.to_string(), flight);
         }
     }
 }
@@ -62,16 +74,24 @@ impl Server {
     /// Starts a server on an existing data directory (the caller keeps the directory).
     pub fn start_on(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["serve", "--data-dir", dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--http-addr",
+                "127.0.0.1:0",
+                "--flight-addr",
+                "127.0.0.1:0",
+            ])
             .args(extra)
             .env("MILKGLASS_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start milkglass serve");
-        let base = ready_address(&mut child);
+        let (base, flight) = ready_addresses(&mut child);
         let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Server { child, base, dir: dir.to_path_buf(), _temp: None, client }
+        Server { child, base, flight, dir: dir.to_path_buf(), _temp: None, client }
     }
 
     pub fn url(&self, path: &str) -> String {

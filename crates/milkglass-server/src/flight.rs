@@ -1,0 +1,409 @@
+//! Arrow Flight SQL: the guarded query service for any Flight SQL client (ADBC,
+//! JDBC, Polars, pandas). Every statement goes through `query::run`, the same
+//! guard, audit log and review queue as HTTP; a result is computed and decided
+//! before its FlightInfo exists, so no byte of it leaves before the decision.
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::query::{self, Answer};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    Any, CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
+};
+use base64::Engine;
+use futures::{Stream, TryStreamExt};
+use milkglass_store::User;
+use prost::Message;
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status, Streaming};
+
+/// The catalog and schema every table appears under (DataFusion's defaults).
+const CATALOG: &str = "datafusion";
+const SCHEMA: &str = "public";
+/// A decided result waits this long for its DoGet before it is dropped.
+const RESULT_TTL: Duration = Duration::from_secs(300);
+
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut builder = SqlInfoDataBuilder::new();
+    builder.append(SqlInfo::FlightSqlServerName, "milkglass");
+    builder.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    builder.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+    builder.append(SqlInfo::FlightSqlServerReadOnly, true);
+    builder.build().expect("static SqlInfo")
+});
+
+/// A result that passed the guard, waiting for its one DoGet by its requester.
+struct Decided {
+    user_id: i64,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    at: Instant,
+}
+
+pub struct MilkglassFlightSql {
+    state: AppState,
+    results: Mutex<HashMap<String, Decided>>,
+    /// Prepared statement handle to (owner, SQL).
+    prepared: Mutex<HashMap<String, (i64, String)>>,
+}
+
+/// The tonic service to mount on a gRPC server.
+pub fn service(state: AppState) -> FlightServiceServer<MilkglassFlightSql> {
+    FlightServiceServer::new(MilkglassFlightSql { state, results: Mutex::default(), prepared: Mutex::default() })
+}
+
+fn new_handle() -> String {
+    let mut bytes = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// API errors as gRPC statuses; the message is what the data scientist reads.
+fn status(e: ApiError) -> Status {
+    match e.code {
+        "refused" | "rejected" | "forbidden" | "not_savable" => Status::permission_denied(e.message),
+        "unauthorized" => Status::unauthenticated(e.message),
+        "not_found" => Status::not_found(e.message),
+        "internal" => Status::internal(e.message),
+        _ => Status::invalid_argument(e.message),
+    }
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> DoGetStream {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .map_err(Status::from);
+    Box::pin(stream)
+}
+
+fn info_for(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor, rows: i64) -> Result<FlightInfo, Status> {
+    Ok(FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor)
+        .with_total_records(rows))
+}
+
+impl MilkglassFlightSql {
+    /// The caller, from `authorization: Bearer <token>`.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<User, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("send authorization: Bearer <token>"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| Status::unauthenticated("the authorization header must be: Bearer <token>"))?
+            .trim()
+            .to_string();
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || store.authenticate(&token))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))
+    }
+
+    /// Runs a statement through the guard; a passed result is kept for one DoGet.
+    async fn decide(&self, user: &User, sql: &str, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+        let answer = query::run(&self.state, user, sql, self.state.config.review_wait).await.map_err(status)?;
+        let (batches, columns) = match answer {
+            Answer::Rows { batches, columns, .. } => (batches, columns),
+            Answer::Held { request_id, reason } => {
+                return Err(Status::failed_precondition(format!(
+                    "held for the owner's review (request {request_id}): {reason}. \
+                     Collect the result later from /api/query/requests/{request_id}"
+                )));
+            }
+        };
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => Arc::new(Schema::new(
+                columns
+                    .iter()
+                    .map(|c| arrow::datatypes::Field::new(c, arrow::datatypes::DataType::Null, true))
+                    .collect::<Vec<_>>(),
+            )),
+        };
+        let rows = batches.iter().map(|b| b.num_rows() as i64).sum();
+        let handle = new_handle();
+        let ticket = TicketStatementQuery { statement_handle: handle.clone().into() }.as_any().encode_to_vec();
+        let info = info_for(&schema, ticket, descriptor, rows)?;
+        let mut results = self.results.lock().expect("results lock");
+        results.retain(|_, d| d.at.elapsed() < RESULT_TTL);
+        results.insert(handle, Decided { user_id: user.id, schema, batches, at: Instant::now() });
+        Ok(info)
+    }
+
+    fn readable_tables(&self, user: &User) -> Result<Vec<milkglass_store::GuardedTableInfo>, Status> {
+        Ok(self
+            .state
+            .store
+            .guarded_tables()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .filter(|t| t.readable_by(user))
+            .collect())
+    }
+}
+
+fn metadata_info(
+    command: impl ProstMessageExt,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    Ok(Response::new(info_for(schema, command.as_any().encode_to_vec(), descriptor, -1)?))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for MilkglassFlightSql {
+    type FlightService = MilkglassFlightSql;
+
+    /// Basic auth whose password is a milkglass token; answers with that token as a bearer.
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Status::unauthenticated("send basic auth (user name and token) or a bearer token"))?
+            .to_string();
+        let token = if let Some(basic) = header.strip_prefix("Basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .map_err(|_| Status::unauthenticated("malformed basic auth"))?;
+            let text = String::from_utf8(decoded).map_err(|_| Status::unauthenticated("malformed basic auth"))?;
+            let (name, token) = text.split_once(':').ok_or_else(|| Status::unauthenticated("malformed basic auth"))?;
+            let user = self.state.store.authenticate(token).map_err(|e| Status::internal(e.to_string()))?;
+            if user.is_none_or(|u| u.name != name) {
+                return Err(Status::unauthenticated("invalid user name or token"));
+            }
+            token.to_string()
+        } else {
+            let user = self.caller(&request).await?;
+            let _ = user;
+            header.trim_start_matches("Bearer ").trim().to_string()
+        };
+        let bearer = format!("Bearer {token}");
+        let output = futures::stream::iter(vec![Ok(HandshakeResponse { protocol_version: 0, payload: token.into() })]);
+        let mut response: Response<Pin<Box<dyn Stream<Item = _> + Send>>> = Response::new(Box::pin(output));
+        response.metadata_mut().insert("authorization", bearer.parse().map_err(|_| Status::internal("token header"))?);
+        Ok(response)
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let user = self.caller(&request).await?;
+        Ok(Response::new(self.decide(&user, &query.query, request.into_inner()).await?))
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let user = self.caller(&request).await?;
+        let handle =
+            String::from_utf8(ticket.statement_handle.to_vec()).map_err(|_| Status::invalid_argument("bad ticket"))?;
+        let mut results = self.results.lock().expect("results lock");
+        match results.get(&handle) {
+            Some(d) if d.user_id == user.id => {
+                let decided = results.remove(&handle).expect("present");
+                Ok(Response::new(stream_batches(decided.schema, decided.batches)))
+            }
+            _ => Err(Status::not_found("no such result; it was already fetched, expired, or is not yours")),
+        }
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let user = self.caller(&request).await?;
+        // Plan (no run) to check the statement and learn its result's schema.
+        let schema = query::plan_schema(&self.state, &user, &query.query).await.map_err(status)?;
+        let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &Default::default())
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let handle = new_handle();
+        self.prepared.lock().expect("prepared lock").insert(handle.clone(), (user.id, query.query));
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.into(),
+            dataset_schema: schema_bytes,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
+        self.prepared.lock().expect("prepared lock").remove(&handle);
+        Ok(())
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let user = self.caller(&request).await?;
+        let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
+        let sql = match self.prepared.lock().expect("prepared lock").get(&handle) {
+            Some((owner, sql)) if *owner == user.id => sql.clone(),
+            _ => return Err(Status::not_found("no such prepared statement")),
+        };
+        Ok(Response::new(self.decide(&user, &sql, request.into_inner()).await?))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        let schema = query.clone().into_builder(&SQL_INFO).schema();
+        metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request).await?;
+        let builder = query.into_builder(&SQL_INFO);
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        let schema = query.into_builder().schema();
+        metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request).await?;
+        let mut builder = query.into_builder();
+        builder.append(CATALOG);
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request).await?;
+        let mut builder = query.into_builder();
+        builder.append(CATALOG, SCHEMA);
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        let schema = query.clone().into_builder().schema();
+        metadata_info(query, &schema, request.into_inner())
+    }
+
+    /// Only the tables the caller may read, with their schemas (without the hidden row id).
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let user = self.caller(&request).await?;
+        let mut builder = query.into_builder();
+        for table in self.readable_tables(&user)? {
+            let (visible, _) = table.providers().map_err(|e| Status::internal(e.to_string()))?;
+            builder.append(CATALOG, SCHEMA, &table.name, "TABLE", visible.schema().as_ref()).map_err(Status::from)?;
+        }
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.caller(&request).await?;
+        let schema = query.into_builder().schema();
+        metadata_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        self.caller(&request).await?;
+        let mut builder = query.into_builder();
+        builder.append("TABLE");
+        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Err(Status::unimplemented(format!("milkglass does not serve {}", message.type_url)))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
