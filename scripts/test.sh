@@ -10,3 +10,7 @@ fi
 
 cargo fmt --all -- --check
 cargo test --workspace --locked
+
+# Protocol tests with real clients (ADBC, Polars) against the binary cargo just built.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
+MILKGLASS_BIN="${CARGO_TARGET_DIR:-target}/debug/milkglass" python3 -m pytest -q tests/python
