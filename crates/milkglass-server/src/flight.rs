@@ -93,6 +93,12 @@ fn stream_batches(schema: SchemaRef, batches: Vec<RecordBatch>) -> DoGetStream {
     Box::pin(stream)
 }
 
+/// A metadata answer: one batch, streamed.
+fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Response<DoGetStream>, Status> {
+    let batch = batch.map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+}
+
 fn info_for(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor, rows: i64) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
@@ -301,8 +307,7 @@ impl FlightSqlService for MilkglassFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.caller(&request).await?;
         let builder = query.into_builder(&SQL_INFO);
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+        one_batch(builder.build())
     }
 
     async fn get_flight_info_catalogs(
@@ -323,8 +328,7 @@ impl FlightSqlService for MilkglassFlightSql {
         self.caller(&request).await?;
         let mut builder = query.into_builder();
         builder.append(CATALOG);
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+        one_batch(builder.build())
     }
 
     async fn get_flight_info_schemas(
@@ -345,8 +349,7 @@ impl FlightSqlService for MilkglassFlightSql {
         self.caller(&request).await?;
         let mut builder = query.into_builder();
         builder.append(CATALOG, SCHEMA);
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+        one_batch(builder.build())
     }
 
     async fn get_flight_info_tables(
@@ -371,8 +374,7 @@ impl FlightSqlService for MilkglassFlightSql {
             let (visible, _) = table.providers().map_err(|e| Status::internal(e.to_string()))?;
             builder.append(CATALOG, SCHEMA, &table.name, "TABLE", visible.schema().as_ref()).map_err(Status::from)?;
         }
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+        one_batch(builder.build())
     }
 
     async fn get_flight_info_table_types(
@@ -393,8 +395,7 @@ impl FlightSqlService for MilkglassFlightSql {
         self.caller(&request).await?;
         let mut builder = query.into_builder();
         builder.append("TABLE");
-        let batch = builder.build().map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
+        one_batch(builder.build())
     }
 
     async fn do_get_fallback(

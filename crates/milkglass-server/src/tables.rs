@@ -429,7 +429,7 @@ async fn audit_log(
             let managed: Vec<String> =
                 state.store.guarded_tables()?.into_iter().filter(|t| t.managed_by(user)).map(|t| t.name).collect();
             let mut entries = state.store.audit_entries(None, None)?;
-            entries.retain(|e| e.user == user.name || e.tables.iter().any(|t| managed.contains(t)));
+            entries.retain(|e| e.entry.user == user.name || e.entry.tables.iter().any(|t| managed.contains(t)));
             entries
         }
     };

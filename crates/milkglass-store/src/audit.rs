@@ -7,30 +7,24 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// One query as the audit log records it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One query as the audit log records it: what the caller logged, plus its place in
+/// the chain.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: String,
-    pub user: String,
-    pub tables: Vec<String>,
-    pub query: String,
-    /// answered, flagged, held, refused, rejected, approved, failed
-    pub decision: String,
-    pub reason: Option<String>,
-    pub rows_returned: Option<i64>,
-    pub columns: Vec<String>,
-    pub smallest_group: Option<i64>,
-    pub request_id: Option<i64>,
+    #[serde(flatten)]
+    pub entry: NewAuditEntry,
     pub hash: String,
 }
 
 /// What the caller knows about a query when it is logged.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NewAuditEntry {
     pub user: String,
     pub tables: Vec<String>,
     pub query: String,
+    /// answered, flagged, held, refused, invalid, failed, approved, rejected, released, saved
     pub decision: String,
     pub reason: Option<String>,
     pub rows_returned: Option<i64>,
@@ -43,15 +37,16 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 
 /// The hash of an entry: SHA-256 over the previous hash and every field, each
 /// length-prefixed so that no two different entries serialize the same.
-fn entry_hash(prev: &str, e: &AuditEntry) -> String {
+fn entry_hash(prev: &str, entry: &AuditEntry) -> String {
+    let e = &entry.entry;
     let mut h = Sha256::new();
     let mut field = |bytes: &[u8]| {
         h.update((bytes.len() as u64).to_le_bytes());
         h.update(bytes);
     };
     field(prev.as_bytes());
-    field(e.id.to_string().as_bytes());
-    field(e.at.as_bytes());
+    field(entry.id.to_string().as_bytes());
+    field(entry.at.as_bytes());
     field(e.user.as_bytes());
     field(serde_json::to_string(&e.tables).unwrap_or_default().as_bytes());
     field(e.query.as_bytes());
@@ -69,15 +64,17 @@ fn entry_from_row(r: &rusqlite::Row) -> rusqlite::Result<(AuditEntry, String)> {
         AuditEntry {
             id: r.get(0)?,
             at: r.get(1)?,
-            user: r.get(2)?,
-            tables: json_column(r, 3)?,
-            query: r.get(4)?,
-            decision: r.get(5)?,
-            reason: r.get(6)?,
-            rows_returned: r.get(7)?,
-            columns: json_column(r, 8)?,
-            smallest_group: r.get(9)?,
-            request_id: r.get(10)?,
+            entry: NewAuditEntry {
+                user: r.get(2)?,
+                tables: json_column(r, 3)?,
+                query: r.get(4)?,
+                decision: r.get(5)?,
+                reason: r.get(6)?,
+                rows_returned: r.get(7)?,
+                columns: json_column(r, 8)?,
+                smallest_group: r.get(9)?,
+                request_id: r.get(10)?,
+            },
             hash: r.get(12)?,
         },
         r.get(11)?,
@@ -95,35 +92,23 @@ impl Store {
                 .optional()?
                 .unwrap_or_else(|| GENESIS.to_string());
             let id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log", [], |r| r.get(0))?;
-            let mut entry = AuditEntry {
-                id,
-                at: now(),
-                user: new.user,
-                tables: new.tables,
-                query: new.query,
-                decision: new.decision,
-                reason: new.reason,
-                rows_returned: new.rows_returned,
-                columns: new.columns,
-                smallest_group: new.smallest_group,
-                request_id: new.request_id,
-                hash: String::new(),
-            };
+            let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new() };
             entry.hash = entry_hash(&prev, &entry);
+            let e = &entry.entry;
             tx.execute(
                 &format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
                 params![
                     entry.id,
                     entry.at,
-                    entry.user,
-                    serde_json::to_string(&entry.tables)?,
-                    entry.query,
-                    entry.decision,
-                    entry.reason,
-                    entry.rows_returned,
-                    serde_json::to_string(&entry.columns)?,
-                    entry.smallest_group,
-                    entry.request_id,
+                    e.user,
+                    serde_json::to_string(&e.tables)?,
+                    e.query,
+                    e.decision,
+                    e.reason,
+                    e.rows_returned,
+                    serde_json::to_string(&e.columns)?,
+                    e.smallest_group,
+                    e.request_id,
                     prev,
                     entry.hash
                 ],
