@@ -106,7 +106,7 @@ impl Decision {
     pub fn explanation(&self) -> String {
         match self {
             Decision::Safe => "Allowed: every result row is within the tables' policies.".into(),
-            Decision::Unsafe { reasons, .. } => format!("Refused: {}", reasons.join("; ")),
+            Decision::Unsafe { reasons, .. } => format!("Refused: {}.", reasons.join("; ")),
         }
     }
 }

@@ -110,7 +110,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                     Err(ApiError::new(StatusCode::FORBIDDEN, "refused", explanation))
                 }
                 milkglass_core::UnsafeHandling::Review => {
-                    let explanation = explanation.trim_start_matches("Refused: ").to_string();
+                    let explanation = explanation.trim_start_matches("Refused: ").trim_end_matches('.').to_string();
                     let request = state.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
                     audit(
                         state,
@@ -291,7 +291,11 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
     let outcome = prepared.execute().await.map_err(guard_error)?;
     let decision = prepared.decide(Some(&outcome), &policies, &user.name);
     if decision != Decision::Safe {
-        return refuse(format!("{}; only results within every table's safe zone can be saved", decision.explanation()));
+        let explanation = decision.explanation();
+        return refuse(format!(
+            "{}; only results within every table's safe zone can be saved.",
+            explanation.trim_end_matches('.')
+        ));
     }
     if outcome.batches.iter().all(|b| b.num_rows() == 0) {
         return Err(ApiError::invalid("sql", "the result has no rows; there is nothing to save"));

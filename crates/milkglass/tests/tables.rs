@@ -93,7 +93,7 @@ fn the_announcement_query_and_a_refusal() {
     assert_eq!(e["code"], "refused");
     assert_eq!(
         e["message"],
-        "Refused: each result row must aggregate at least 10 rows of table \"titanic\"; the smallest group here has 1"
+        "Refused: each result row must aggregate at least 10 rows of table \"titanic\"; the smallest group here has 1."
     );
     let entries = audit(&s);
     let decisions: Vec<&str> = entries.iter().map(|e| e["decision"].as_str().unwrap()).collect();
