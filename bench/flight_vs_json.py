@@ -95,6 +95,8 @@ def main():
         print(f"| JSON over HTTP into Polars (reference) | {http:.3f} |")
         print(f"\nJSON / Flight: {http / flight:.2f}x")
         print(f"small guarded query (SELECT COUNT(*)) end to end over Flight SQL: median {latency * 1000:.1f} ms")
+        cursor.close()
+        conn.close()
     finally:
         server.kill()
 

@@ -76,7 +76,12 @@ pub async fn serve_all(
         let service = flight::service(state.clone());
         let mut stopped = stopped.clone();
         tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to each small answer.
+            let incoming =
+                futures::TryStreamExt::map_ok(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
+                    let _ = stream.set_nodelay(true);
+                    stream
+                });
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async move {
