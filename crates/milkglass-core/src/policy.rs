@@ -54,17 +54,18 @@ pub struct AtLeast {
     pub of: Vec<Rule>,
 }
 
-/// What happens to a query outside the safe zone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What happens to a query outside the safe zone. Ordered from the most lenient to
+/// the strictest, so `max` picks the handling that applies when several tables disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnsafeHandling {
     /// Answer it, flag it in the audit log, and tell the caller it was flagged.
     Log,
+    /// Hold it until the owner approves or rejects it.
+    Review,
     /// Refuse it, naming the rule that failed.
     #[default]
     Reject,
-    /// Hold it until the owner approves or rejects it.
-    Review,
 }
 
 impl UnsafeHandling {
@@ -180,6 +181,14 @@ mod tests {
         .unwrap();
         assert_eq!(p.unsafe_handling, UnsafeHandling::Reject);
         assert_eq!(p.min_agg_size(), Some(5));
+    }
+
+    #[test]
+    fn the_strictest_handling_wins() {
+        use UnsafeHandling::*;
+        assert_eq!([Log, Reject, Review].into_iter().max(), Some(Reject));
+        assert_eq!([Log, Review].into_iter().max(), Some(Review));
+        assert_eq!(UnsafeHandling::default(), Reject);
     }
 
     #[test]

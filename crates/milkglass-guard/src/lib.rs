@@ -91,6 +91,13 @@ pub struct Outcome {
     pub smallest_group: BTreeMap<String, u64>,
 }
 
+impl Outcome {
+    /// The fewest source rows any result row stands for, over every guarded table.
+    pub fn smallest(&self) -> Option<u64> {
+        self.smallest_group.values().min().copied()
+    }
+}
+
 /// What may happen to a result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
@@ -298,26 +305,13 @@ impl Prepared {
             };
             if let Err(reason) = facts.satisfies(&policy.safe_zone) {
                 reasons.push(reason);
-                handling = Some(stricter(handling, policy.unsafe_handling));
+                handling = Some(handling.map_or(policy.unsafe_handling, |h| h.max(policy.unsafe_handling)));
             }
         }
         match handling {
             None => Decision::Safe,
             Some(handling) => Decision::Unsafe { handling, reasons },
         }
-    }
-}
-
-/// Reject is stricter than review, which is stricter than log.
-fn stricter(a: Option<UnsafeHandling>, b: UnsafeHandling) -> UnsafeHandling {
-    let rank = |h: UnsafeHandling| match h {
-        UnsafeHandling::Log => 0,
-        UnsafeHandling::Review => 1,
-        UnsafeHandling::Reject => 2,
-    };
-    match a {
-        Some(a) if rank(a) >= rank(b) => a,
-        _ => b,
     }
 }
 

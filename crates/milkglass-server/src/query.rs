@@ -72,7 +72,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     let decision = prepared.decide(Some(&outcome), &policies, &user.name);
     let base = NewAuditEntry {
         rows_returned: Some(outcome.rows as i64),
-        smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+        smallest_group: outcome.smallest().map(|n| n as i64),
         ..base
     };
     let rows = |flagged: Option<String>, audit_id: i64| Answer::Rows {
@@ -204,7 +204,7 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
                     decision: "released".into(),
                     rows_returned: Some(outcome.rows as i64),
                     columns: prepared.columns.clone(),
-                    smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+                    smallest_group: outcome.smallest().map(|n| n as i64),
                     request_id: Some(id),
                     ..Default::default()
                 },
@@ -325,7 +325,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
             decision: "saved".into(),
             reason: Some(format!("saved as table {name:?}")),
             rows_returned: Some(outcome.rows as i64),
-            smallest_group: outcome.smallest_group.values().min().map(|&n| n as i64),
+            smallest_group: outcome.smallest().map(|n| n as i64),
             ..base
         },
     )?;
@@ -335,19 +335,14 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
 /// The policy a derived table carries: every source's safe zone must hold, the
 /// strictest handling applies, outputs of sanitized columns stay sanitized.
 fn inherited_policy(sources: &[Policy], masked: &[String]) -> Policy {
-    use milkglass_core::{AtLeast, Rule, UnsafeHandling};
+    use milkglass_core::{AtLeast, Rule};
     let safe_zone = match sources {
         [one] => one.safe_zone.clone(),
         many => Rule::AtLeast {
             at_least: AtLeast { n: many.len(), of: many.iter().map(|p| p.safe_zone.clone()).collect() },
         },
     };
-    let rank = |h: UnsafeHandling| match h {
-        UnsafeHandling::Log => 0,
-        UnsafeHandling::Review => 1,
-        UnsafeHandling::Reject => 2,
-    };
-    let unsafe_handling = sources.iter().map(|p| p.unsafe_handling).max_by_key(|h| rank(*h)).unwrap_or_default();
+    let unsafe_handling = sources.iter().map(|p| p.unsafe_handling).max().unwrap_or_default();
     Policy {
         safe_zone,
         unsafe_handling,
