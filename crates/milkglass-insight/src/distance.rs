@@ -235,6 +235,10 @@ impl VectorSet {
         &self.data
     }
 
+    pub fn into_flat(self) -> Vec<f32> {
+        self.data
+    }
+
     /// Prepares every vector for `metric` in place.
     pub fn prepare(&mut self, metric: Metric) {
         if metric == Metric::Cosine {

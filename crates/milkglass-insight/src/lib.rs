@@ -15,4 +15,8 @@ pub mod hnsw;
 
 pub use distance::{Metric, Neighbor, VectorSet, exact_knn};
 pub use hnsw::{Hnsw, HnswParams};
+pub mod label_errors;
+pub mod map;
 pub mod metrics;
+pub mod neighbors;
+mod parallel;
