@@ -68,9 +68,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::has_avx2_fma() {
-            // SAFETY: the CPU was just checked to support the features the function is built for.
-            return unsafe { simd::dot_avx2(a, b) };
+        match simd::level() {
+            // SAFETY: the CPU was checked to support the features each function is built for.
+            simd::Level::Avx512 => return unsafe { simd::dot_avx512(a, b) },
+            simd::Level::Avx2 => return unsafe { simd::dot_avx2(a, b) },
+            simd::Level::Portable => {}
         }
     }
     dot_portable(a, b)
@@ -82,9 +84,11 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::has_avx2_fma() {
+        match simd::level() {
             // SAFETY: as in `dot`.
-            return unsafe { simd::l2_squared_avx2(a, b) };
+            simd::Level::Avx512 => return unsafe { simd::l2_squared_avx512(a, b) },
+            simd::Level::Avx2 => return unsafe { simd::l2_squared_avx2(a, b) },
+            simd::Level::Portable => {}
         }
     }
     l2_squared_portable(a, b)
@@ -92,11 +96,22 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
 
 #[inline(always)]
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    dot_lanes::<LANES>(a, b)
+}
+
+#[inline(always)]
+fn l2_squared_portable(a: &[f32], b: &[f32]) -> f32 {
+    l2_lanes::<LANES>(a, b)
+}
+
+/// `N` independent partial sums: enough to fill the vector registers and hide add latency.
+#[inline(always)]
+fn dot_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; N];
+    let (a_chunks, b_chunks) = (a.chunks_exact(N), b.chunks_exact(N));
     let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
     for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
+        for i in 0..N {
             lanes[i] += x[i] * y[i];
         }
     }
@@ -104,12 +119,12 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn l2_squared_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+fn l2_lanes<const N: usize>(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; N];
+    let (a_chunks, b_chunks) = (a.chunks_exact(N), b.chunks_exact(N));
     let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
     for (x, y) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
+        for i in 0..N {
             let d = x[i] - y[i];
             lanes[i] += d * d;
         }
@@ -121,18 +136,32 @@ fn l2_squared_portable(a: &[f32], b: &[f32]) -> f32 {
 mod simd {
     use std::sync::atomic::{AtomicU8, Ordering};
 
-    /// 0 unknown, 1 no, 2 yes: detected once, then a relaxed load per call.
-    static AVX2_FMA: AtomicU8 = AtomicU8::new(0);
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Level {
+        Portable,
+        Avx2,
+        Avx512,
+    }
+
+    /// 0 unknown, else the level + 1: detected once, then a relaxed load per call.
+    static LEVEL: AtomicU8 = AtomicU8::new(0);
 
     #[inline(always)]
-    pub(super) fn has_avx2_fma() -> bool {
-        match AVX2_FMA.load(Ordering::Relaxed) {
-            2 => true,
-            1 => false,
+    pub(super) fn level() -> Level {
+        match LEVEL.load(Ordering::Relaxed) {
+            1 => Level::Portable,
+            2 => Level::Avx2,
+            3 => Level::Avx512,
             _ => {
-                let yes = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
-                AVX2_FMA.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                yes
+                let level = if std::is_x86_feature_detected!("avx512f") {
+                    Level::Avx512
+                } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    Level::Avx2
+                } else {
+                    Level::Portable
+                };
+                LEVEL.store(level as u8 + 1, Ordering::Relaxed);
+                level
             }
         }
     }
@@ -146,6 +175,17 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn l2_squared_avx2(a: &[f32], b: &[f32]) -> f32 {
         super::l2_squared_portable(a, b)
+    }
+
+    /// The same loop for AVX-512, 32 lanes wide: two registers of partial sums.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        super::dot_lanes::<32>(a, b)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn l2_squared_avx512(a: &[f32], b: &[f32]) -> f32 {
+        super::l2_lanes::<32>(a, b)
     }
 }
 

@@ -41,6 +41,16 @@ impl KnnGraph {
         KnnGraph::from_rows(k, rows, true)
     }
 
+    /// The exact graph for small sets (up to 20,000 points), else one from a fresh index.
+    pub fn exact_or_indexed(vectors: &VectorSet, metric: Metric, k: usize) -> KnnGraph {
+        if vectors.len() <= 20_000 {
+            KnnGraph::exact(vectors, metric, k, 0)
+        } else {
+            let index = Hnsw::build(vectors, metric, crate::hnsw::HnswParams::default(), None);
+            KnnGraph::from_index(&index, k, (2 * k).max(48), 0, None)
+        }
+    }
+
     fn from_rows(k: usize, rows: Vec<Vec<Neighbor>>, drop_self: bool) -> KnnGraph {
         let mut ids = Vec::with_capacity(rows.len() * k);
         let mut distances = Vec::with_capacity(rows.len() * k);
