@@ -11,6 +11,9 @@ fi
 cargo fmt --all -- --check
 cargo test --workspace --locked
 
-# Protocol tests with real clients (ADBC, Polars) against the binary cargo just built.
-python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore -r tests/python/requirements.txt
+# Protocol and SDK tests with real clients (ADBC, Polars, the milkglass package) against the binary cargo
+# just built.
+pip() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
+pip -r tests/python/requirements.txt
+pip --force-reinstall --no-deps ./python
 MILKGLASS_BIN="${CARGO_TARGET_DIR:-target}/debug/milkglass" python3 -m pytest -q tests/python

@@ -25,7 +25,9 @@ def milkglass(*args: str) -> str:
 
 
 class Server:
-    def __init__(self, handling: str):
+    """A server with olivia (owner) and sam (scientist); Titanic published by the CLI unless ``handling`` is None."""
+
+    def __init__(self, handling, review_wait_secs=0):
         self.dir = tempfile.mkdtemp(prefix="milkglass-pytest-")
         self.tokens = {
             name: milkglass("user", "add", name, "--role", role, "--data-dir", self.dir).strip().splitlines()[-1]
@@ -36,10 +38,12 @@ class Server:
         self.flight = f"grpc://127.0.0.1:{flight}"
         self.process = subprocess.Popen(
             [BIN, "serve", "--data-dir", self.dir, "--http-addr", f"127.0.0.1:{http}",
-             "--flight-addr", f"127.0.0.1:{flight}", "--review-wait-secs", "0"],
+             "--flight-addr", f"127.0.0.1:{flight}", "--review-wait-secs", str(review_wait_secs)],
             stdout=subprocess.PIPE, text=True,
         )
         assert self.process.stdout.readline().startswith("milkglass serving")
+        if handling is None:
+            return
         policy = pathlib.Path(self.dir) / "policy.json"
         policy.write_text(json.dumps({
             "safe_zone": {"aggregation": {"min_agg_size": 10}},
@@ -57,6 +61,29 @@ class Server:
 @pytest.fixture
 def server_reject():
     server = Server("reject")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_log():
+    server = Server("log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server_empty():
+    """No table yet: the SDK tests publish their own."""
+    server = Server(None)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_review_slow():
+    """Held queries wait 120 s on the server unless the client asks otherwise."""
+    server = Server("review", review_wait_secs=120)
     yield server
     server.stop()
 

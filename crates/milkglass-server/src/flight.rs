@@ -36,6 +36,13 @@ const CATALOG: &str = "datafusion";
 const SCHEMA: &str = "public";
 /// A decided result waits this long for its DoGet before it is dropped.
 const RESULT_TTL: Duration = Duration::from_secs(300);
+/// Request header: how many seconds a held statement waits for the owner before answering "held".
+const WAIT_HEADER: &str = "x-milkglass-wait-seconds";
+/// Schema metadata keys that carry what JSON answers say in fields: a flagged query's
+/// warning, the columns nulled because they derive from sanitized columns, the audit entry.
+pub const FLAGGED_KEY: &str = "milkglass.flagged";
+pub const MASKED_KEY: &str = "milkglass.masked_columns";
+pub const AUDIT_KEY: &str = "milkglass.audit_id";
 
 static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     let mut builder = SqlInfoDataBuilder::new();
@@ -99,6 +106,18 @@ fn one_batch<E: std::fmt::Display>(batch: Result<RecordBatch, E>) -> Result<Resp
     Ok(Response::new(stream_batches(batch.schema(), vec![batch])))
 }
 
+fn with_answer_metadata(schema: &Schema, flagged: Option<&str>, masked: &[String], audit_id: i64) -> SchemaRef {
+    let mut metadata = schema.metadata().clone();
+    metadata.insert(AUDIT_KEY.to_string(), audit_id.to_string());
+    if let Some(warning) = flagged {
+        metadata.insert(FLAGGED_KEY.to_string(), warning.to_string());
+    }
+    if !masked.is_empty() {
+        metadata.insert(MASKED_KEY.to_string(), serde_json::to_string(masked).expect("strings serialize"));
+    }
+    Arc::new(schema.clone().with_metadata(metadata))
+}
+
 fn info_for(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor, rows: i64) -> Result<FlightInfo, Status> {
     Ok(FlightInfo::new()
         .try_with_schema(schema)
@@ -131,10 +150,18 @@ impl MilkglassFlightSql {
     }
 
     /// Runs a statement through the guard; a passed result is kept for one DoGet.
-    async fn decide(&self, user: &User, sql: &str, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
-        let answer = query::run(&self.state, user, sql, self.state.config.review_wait).await.map_err(status)?;
-        let (batches, columns) = match answer {
-            Answer::Rows { batches, columns, .. } => (batches, columns),
+    async fn decide(
+        &self,
+        user: &User,
+        sql: &str,
+        wait: Duration,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
+        let answer = query::run(&self.state, user, sql, wait).await.map_err(status)?;
+        let (batches, columns, flagged, masked, audit_id) = match answer {
+            Answer::Rows { batches, columns, flagged, masked, audit_id } => {
+                (batches, columns, flagged, masked, audit_id)
+            }
             Answer::Held { request_id, reason } => {
                 return Err(Status::failed_precondition(format!(
                     "held for the owner's review (request {request_id}): {reason}. \
@@ -151,6 +178,12 @@ impl MilkglassFlightSql {
                     .collect::<Vec<_>>(),
             )),
         };
+        let schema = with_answer_metadata(&schema, flagged.as_deref(), &masked, audit_id);
+        let batches = batches
+            .into_iter()
+            .map(|b| b.with_schema(schema.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(e.to_string()))?;
         let rows = batches.iter().map(|b| b.num_rows() as i64).sum();
         let handle = new_handle();
         let ticket = TicketStatementQuery { statement_handle: handle.clone().into() }.as_any().encode_to_vec();
@@ -159,6 +192,20 @@ impl MilkglassFlightSql {
         results.retain(|_, d| d.at.elapsed() < RESULT_TTL);
         results.insert(handle, Decided { user_id: user.id, schema, batches, at: Instant::now() });
         Ok(info)
+    }
+
+    /// How long a held statement waits for the owner: the client's
+    /// `x-milkglass-wait-seconds` header (the SDK sends 0 and polls), else the server's default.
+    fn review_wait<T>(&self, request: &Request<T>) -> Result<Duration, Status> {
+        match request.metadata().get(WAIT_HEADER) {
+            None => Ok(self.state.config.review_wait),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|secs| Duration::from_secs(secs).min(query::MAX_REVIEW_WAIT))
+                .ok_or_else(|| Status::invalid_argument(format!("{WAIT_HEADER} must be a whole number of seconds"))),
+        }
     }
 
     fn readable_tables(&self, user: &User) -> Result<Vec<milkglass_store::GuardedTableInfo>, Status> {
@@ -225,7 +272,8 @@ impl FlightSqlService for MilkglassFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let user = self.caller(&request).await?;
-        Ok(Response::new(self.decide(&user, &query.query, request.into_inner()).await?))
+        let wait = self.review_wait(&request)?;
+        Ok(Response::new(self.decide(&user, &query.query, wait, request.into_inner()).await?))
     }
 
     async fn do_get_statement(
@@ -287,7 +335,8 @@ impl FlightSqlService for MilkglassFlightSql {
             Some((owner, sql)) if *owner == user.id => sql.clone(),
             _ => return Err(Status::not_found("no such prepared statement")),
         };
-        Ok(Response::new(self.decide(&user, &sql, request.into_inner()).await?))
+        let wait = self.review_wait(&request)?;
+        Ok(Response::new(self.decide(&user, &sql, wait, request.into_inner()).await?))
     }
 
     async fn get_flight_info_sql_info(

@@ -12,6 +12,9 @@ use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// The longest a caller may ask a held query to wait for the owner's decision.
+pub const MAX_REVIEW_WAIT: Duration = Duration::from_secs(600);
+
 /// What a query gives its caller.
 pub enum Answer {
     Rows {

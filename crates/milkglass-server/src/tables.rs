@@ -254,7 +254,7 @@ async fn run_query(
         let table = query::save_result(&state, &caller.0, &body.sql, name).await?;
         return Ok((StatusCode::CREATED, Json(table)).into_response());
     }
-    let wait = Duration::from_secs(body.wait_seconds.unwrap_or(state.config.review_wait.as_secs()).min(600));
+    let wait = body.wait_seconds.map_or(state.config.review_wait, Duration::from_secs).min(query::MAX_REVIEW_WAIT);
     let answer = query::run(&state, &caller.0, &body.sql, wait).await?;
     respond(answer, &headers)
 }
