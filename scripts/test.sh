@@ -8,12 +8,16 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# Python packages for the protocol and SDK tests (ADBC, Polars, pandas), and ONNX Runtime with the
+# embedding model for milkglass-embed's tests.
+pip() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
+pip -r tests/python/requirements.txt
+./scripts/install-model.sh >/dev/null
+
 cargo fmt --all -- --check
 cargo test --workspace --locked
 
 # Protocol and SDK tests with real clients (ADBC, Polars, the milkglass package) against the binary cargo
 # just built.
-pip() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
-pip -r tests/python/requirements.txt
 pip --force-reinstall --no-deps ./python
 MILKGLASS_BIN="${CARGO_TARGET_DIR:-target}/debug/milkglass" python3 -m pytest -q tests/python
