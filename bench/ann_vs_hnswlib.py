@@ -58,21 +58,30 @@ def main():
     parser.add_argument("--dir", default="/tmp/milkglass-ann-bench")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--skip-rust", action="store_true")
+    parser.add_argument("--skip-index", action="store_true",
+                        help="reuse both saved indexes and rerun only the query sweeps (a quiet-machine rerun)")
     parser.add_argument("--graph", action="store_true")
     parser.add_argument("--map", action="store_true")
     args = parser.parse_args()
 
+    previous = {}
+    if os.path.exists(os.path.join(args.dir, "rust.json")):
+        with open(os.path.join(args.dir, "rust.json")) as f:
+            previous = json.load(f)
     if not args.skip_rust:
         command = ["cargo", "bench", "-p", "milkglass-insight", "--bench", "ann", "--",
                    "--n", str(args.n), "--dim", str(args.dim), "--queries", str(args.queries),
                    "--m", str(args.m), "--ef-construction", str(args.ef_construction),
                    "--threads", str(args.threads), "--efs", args.efs, "--k", str(args.k), "--dir", args.dir]
+        command += ["--skip-index"] if args.skip_index else []
         command += ["--graph"] if args.graph else []
         command += ["--map"] if args.map else []
         print("$", " ".join(command), file=sys.stderr, flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(args.dir, "rust.json")) as f:
         rust = json.load(f)
+    for key, value in previous.items():
+        rust.setdefault(key, value)  # build figures survive a query-only rerun
 
     import hnswlib
 
@@ -83,13 +92,23 @@ def main():
 
     rss_before = rss_mib()
     index = hnswlib.Index(space="l2", dim=args.dim)
-    index.init_index(max_elements=args.n, M=args.m, ef_construction=args.ef_construction, random_seed=100)
-    index.set_num_threads(args.threads)
-    started = time.perf_counter()
-    index.add_items(base, np.arange(args.n))
-    build_s = time.perf_counter() - started
-    index_mib = rss_mib() - rss_before
-    print(f"hnswlib built in {build_s:.1f}s, +{index_mib:.0f} MiB", file=sys.stderr, flush=True)
+    saved = os.path.join(args.dir, f"hnswlib-m{args.m}-efc{args.ef_construction}.bin")
+    if args.skip_index and os.path.exists(saved):
+        # A query-only rerun (with the Rust side's --skip-index): build figures come from the earlier run.
+        index.load_index(saved, max_elements=args.n)
+        with open(os.path.join(args.dir, "hnswlib.json")) as f:
+            earlier = json.load(f)
+        build_s, index_mib = earlier["build_s"], earlier["index_mib"]
+        print(f"hnswlib index loaded from {saved}", file=sys.stderr, flush=True)
+    else:
+        index.init_index(max_elements=args.n, M=args.m, ef_construction=args.ef_construction, random_seed=100)
+        index.set_num_threads(args.threads)
+        started = time.perf_counter()
+        index.add_items(base, np.arange(args.n))
+        build_s = time.perf_counter() - started
+        index_mib = rss_mib() - rss_before
+        print(f"hnswlib built in {build_s:.1f}s, +{index_mib:.0f} MiB", file=sys.stderr, flush=True)
+        index.save_index(saved)
     sweep = []
     for ef in [int(e) for e in args.efs.split(",")]:
         index.set_ef(ef)

@@ -7,6 +7,8 @@ mod auth;
 mod error;
 pub mod flight;
 mod ingest;
+mod insight;
+mod insight_service;
 mod json;
 mod query;
 mod routes;

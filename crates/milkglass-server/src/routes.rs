@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{datasets}/inference_sets/{{set}}/inferences"), post(upload_inferences))
         .route(&format!("{datasets}/inference_sets/{{set}}/embeddings"), post(upload_inference_embeddings))
         .merge(crate::tables::router())
+        .merge(crate::insight::router())
         .layer(axum::extract::DefaultBodyLimit::max(
             usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX),
         ))

@@ -19,6 +19,7 @@ mod embeddings;
 mod error;
 mod guarded;
 mod ingest;
+mod insight;
 mod migrations;
 mod reviews;
 mod rows;
@@ -30,6 +31,7 @@ pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, Pr
 pub use embeddings::{EmbeddingFile, Space};
 pub use error::{StoreError, StoreResult};
 pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
+pub use insight::{BoxRecord, FrameRecord};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
 pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};

@@ -1,0 +1,522 @@
+//! The service behind the insight routes: loads a dataset's boxes and vectors from the store,
+//! runs milkglass-insight over them, and keeps one approximate index per dataset version,
+//! space and metric (built in the background, persisted under `DATA_DIR/indexes/`).
+//! Everything here is blocking; handlers call it on the blocking pool.
+
+use crate::error::{ApiError, ApiResult};
+use milkglass_insight::hnsw::{Hnsw, HnswParams};
+use milkglass_insight::label_errors::{DetectionParams, NeighborVote, detection_issues, frame_scores};
+use milkglass_insight::metrics::{Bbox, Object, coco_evaluate, confusion_matrix};
+use milkglass_insight::neighbors::{KnnGraph, label_agreement};
+use milkglass_insight::{Metric, VectorSet, exact_knn, map};
+use milkglass_store::{BoxRecord, DatasetInfo, InferenceSetInfo, ProjectInfo, Space, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Below this many vectors exact search is fast enough (a few ms) and always right.
+const EXACT_LIMIT: usize = 20_000;
+
+/// A dataset's boxes in the form the algorithms read, with the ids to map results back.
+struct Detection {
+    frame_ids: Vec<String>,
+    labels: Vec<Object>,
+    label_records: Vec<BoxRecord>,
+    inferences: Vec<Object>,
+    inference_records: Vec<BoxRecord>,
+    classes: Vec<u32>,
+    class_names: HashMap<u32, String>,
+}
+
+fn objects(records: &[BoxRecord], frame_index: &BTreeMap<String, u32>) -> Vec<Object> {
+    records
+        .iter()
+        .map(|r| Object {
+            frame: frame_index[&r.frame_id],
+            class: r.class_id.unwrap_or(-1).max(-1) as u32,
+            bbox: Bbox::new(r.left, r.top, r.width, r.height),
+            iscrowd: r.iscrowd,
+            score: r.confidence.unwrap_or(0.0),
+        })
+        .collect()
+}
+
+fn load_detection(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+) -> ApiResult<Detection> {
+    let label_records: Vec<BoxRecord> =
+        store.current_boxes(dataset, None)?.into_iter().filter(|r| r.class_id.is_some()).collect();
+    let inference_records: Vec<BoxRecord> =
+        store.current_boxes(dataset, Some(set))?.into_iter().filter(|r| r.class_id.is_some()).collect();
+    let mut frame_index: BTreeMap<String, u32> = BTreeMap::new();
+    for r in label_records.iter().chain(&inference_records) {
+        frame_index.entry(r.frame_id.clone()).or_insert(0);
+    }
+    for (n, slot) in frame_index.values_mut().enumerate() {
+        *slot = n as u32;
+    }
+    let labels = objects(&label_records, &frame_index);
+    let inferences = objects(&inference_records, &frame_index);
+    Ok(Detection {
+        frame_ids: frame_index.into_keys().collect(),
+        labels,
+        label_records,
+        inferences,
+        inference_records,
+        classes: project.classes.0.iter().map(|c| c.id).collect(),
+        class_names: project.classes.0.iter().map(|c| (c.id, c.name.clone())).collect(),
+    })
+}
+
+/// Vectors of `ordinals` from the dataset's file for `space`, with the positions that had one.
+fn load_vectors(
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: Space,
+    ordinals: &[Option<i64>],
+) -> ApiResult<(VectorSet, Vec<usize>)> {
+    let Some(file) = store.embedding_file(dataset, space)? else {
+        return Err(ApiError::invalid("space", "this dataset has no embeddings in that space"));
+    };
+    let mut vectors = VectorSet::new(file.dim());
+    let mut positions = Vec::new();
+    for (position, ordinal) in ordinals.iter().enumerate() {
+        if let Some(ordinal) = ordinal
+            && let Some(vector) = file.get(*ordinal as u64)?
+        {
+            vectors.push(&vector);
+            positions.push(position);
+        }
+    }
+    Ok((vectors, positions))
+}
+
+/// Crop-embedding neighbour votes for each label, when the labels have embeddings.
+fn label_votes(
+    store: &Store,
+    dataset: &DatasetInfo,
+    detection: &Detection,
+) -> ApiResult<Option<Vec<Option<NeighborVote>>>> {
+    if dataset.label_embedding_dim.is_none() {
+        return Ok(None);
+    }
+    let ordinals: Vec<Option<i64>> = detection.label_records.iter().map(|r| r.embedding).collect();
+    let (vectors, positions) = load_vectors(store, dataset, Space::Labels, &ordinals)?;
+    if vectors.len() < 11 {
+        return Ok(None);
+    }
+    let graph = KnnGraph::exact_or_indexed(&vectors, Metric::Cosine, 10);
+    let classes: Vec<Option<u32>> = positions.iter().map(|&p| Some(detection.labels[p].class)).collect();
+    let (agreement, _) = label_agreement(&graph, &classes);
+    let mut votes = vec![None; detection.labels.len()];
+    for a in agreement {
+        votes[positions[a.id as usize]] =
+            Some(NeighborVote { disagreement: a.disagreement, neighbor_class: a.neighbor_class });
+    }
+    Ok(Some(votes))
+}
+
+#[derive(Debug)]
+pub struct LabelErrorQuery {
+    pub inference_set: String,
+    pub limit: usize,
+    pub offset: usize,
+    /// Only issues of this kind (`missing_label`, `class_confusion`, ...).
+    pub kind: Option<String>,
+}
+
+pub fn label_errors(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    query: &LabelErrorQuery,
+) -> ApiResult<Value> {
+    if query.limit == 0 || query.limit > 10_000 {
+        return Err(ApiError::invalid("limit", "limit must be between 1 and 10000"));
+    }
+    let set = store.inference_set(dataset, &query.inference_set)?;
+    let detection = load_detection(store, project, dataset, &set)?;
+    let votes = label_votes(store, dataset, &detection)?;
+    let issues =
+        detection_issues(&detection.labels, &detection.inferences, votes.as_deref(), &DetectionParams::default());
+    let frames = frame_scores(&issues);
+    let class = |id: Option<u32>| id.and_then(|c| detection.class_names.get(&c).cloned());
+    let label_id = |n: Option<u32>| n.map(|n| detection.label_records[n as usize].label_id.clone());
+    let selected: Vec<_> = issues.iter().filter(|i| query.kind.as_deref().is_none_or(|k| k == i.kind.name())).collect();
+    let page: Vec<Value> = selected
+        .iter()
+        .skip(query.offset)
+        .take(query.limit)
+        .map(|i| {
+            let label_class = i.label.map(|l| detection.labels[l as usize].class);
+            json!({
+                "kind": i.kind.name(),
+                "score": i.score,
+                "frame_id": detection.frame_ids[i.frame as usize],
+                "label_id": label_id(i.label),
+                "label_class": class(label_class),
+                "inference_id": i.inference.map(|n| detection.inference_records[n as usize].label_id.clone()),
+                "other_label_id": label_id(i.other_label),
+                "suggested_class": class(i.suggested_class),
+                "iou": i.iou,
+            })
+        })
+        .collect();
+    let frame_page: Vec<Value> = frames
+        .iter()
+        .take(query.limit)
+        .map(|f| json!({ "frame_id": detection.frame_ids[f.frame as usize], "score": f.score, "issues": f.issues }))
+        .collect();
+    Ok(json!({
+        "inference_set": set.name,
+        "version": dataset.version,
+        "used_embeddings": votes.is_some(),
+        "total": selected.len(),
+        "issues": page,
+        "frames": frame_page,
+    }))
+}
+
+#[derive(Debug)]
+pub struct MetricsQuery {
+    pub inference_set: String,
+    pub iou: f64,
+    pub confidence: f64,
+}
+
+pub fn metrics(store: &Store, project: &ProjectInfo, dataset: &DatasetInfo, query: &MetricsQuery) -> ApiResult<Value> {
+    if !(0.0..=1.0).contains(&query.iou) || query.iou == 0.0 {
+        return Err(ApiError::invalid("iou", "iou must be in (0, 1]"));
+    }
+    if !(0.0..=1.0).contains(&query.confidence) {
+        return Err(ApiError::invalid("confidence", "confidence must be in [0, 1]"));
+    }
+    let set = store.inference_set(dataset, &query.inference_set)?;
+    let d = load_detection(store, project, dataset, &set)?;
+    let coco = coco_evaluate(&d.labels, &d.inferences, &d.classes, 100);
+    let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, query.iou, query.confidence);
+    let name = |c: u32| d.class_names.get(&c).cloned().unwrap_or_else(|| c.to_string());
+    let per_class: Vec<Value> = coco
+        .classes
+        .iter()
+        .enumerate()
+        .map(|(k, &c)| {
+            let scores = matrix.class_scores().into_iter().find(|s| s.class == c);
+            json!({
+                "class": name(c),
+                "ap": finite_or_null(coco.ap[k]),
+                "ap50": finite_or_null(coco.ap50[k]),
+                "recall_all_detections": finite_or_null(coco.recall[0][k]),
+                "pr_curve_iou50": coco.precision[0][k],
+                "at_threshold": scores.map(|s| json!({
+                    "true_positives": s.true_positives, "false_positives": s.false_positives,
+                    "false_negatives": s.false_negatives, "precision": s.precision, "recall": s.recall, "f1": s.f1,
+                })),
+            })
+        })
+        .collect();
+    let mut axis: Vec<String> = d.classes.iter().map(|&c| name(c)).collect();
+    axis.push("background".to_string());
+    let cells: Vec<Vec<Value>> = matrix
+        .cells
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| {
+                    json!({
+                        "count": cell.count,
+                        "label_ids": cell.labels.iter().map(|&n| &d.label_records[n as usize].label_id).collect::<Vec<_>>(),
+                        "inference_ids": cell.inferences.iter().map(|&n| &d.inference_records[n as usize].label_id).collect::<Vec<_>>(),
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    Ok(json!({
+        "inference_set": set.name,
+        "version": dataset.version,
+        "map": finite_or_null(coco.map),
+        "map50": finite_or_null(coco.map50),
+        "recall_thresholds": coco.recall_thresholds,
+        "classes": per_class,
+        "confusion": { "iou": query.iou, "confidence": query.confidence, "rows": axis, "columns": axis, "cells": cells },
+    }))
+}
+
+/// COCO's -1 ("no ground truth") as JSON null.
+fn finite_or_null(value: f64) -> Value {
+    if value < 0.0 { Value::Null } else { json!(value) }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarRequest {
+    /// `frames` (default) or `labels`.
+    #[serde(default = "default_space")]
+    pub space: String,
+    /// `cosine` (default) or `l2`.
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    #[serde(default = "default_k")]
+    pub k: usize,
+    pub frame_id: Option<String>,
+    pub label_id: Option<String>,
+    pub vector: Option<Vec<f32>>,
+    /// Frame metadata that every result's frame must have (equality per key).
+    #[serde(default)]
+    pub filter: serde_json::Map<String, Value>,
+}
+
+fn default_space() -> String {
+    "frames".to_string()
+}
+
+fn default_metric() -> String {
+    "cosine".to_string()
+}
+
+fn default_k() -> usize {
+    10
+}
+
+/// One space's vectors at one dataset version, with the ids they belong to.
+struct SpaceVectors {
+    ids: Vec<String>,
+    /// For label vectors, the frame each label is on (frames: the frame itself).
+    frames: Vec<String>,
+    vectors: VectorSet,
+}
+
+fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ApiResult<SpaceVectors> {
+    let (ids, frames, ordinals): (Vec<String>, Vec<String>, Vec<Option<i64>>) = match space {
+        Space::Frames => {
+            let frames = store.current_frames(dataset)?;
+            let ids: Vec<String> = frames.iter().map(|f| f.frame_id.clone()).collect();
+            (ids.clone(), ids, frames.iter().map(|f| f.embedding).collect())
+        }
+        Space::Labels => {
+            let boxes = store.current_boxes(dataset, None)?;
+            (
+                boxes.iter().map(|b| b.label_id.clone()).collect(),
+                boxes.iter().map(|b| b.frame_id.clone()).collect(),
+                boxes.iter().map(|b| b.embedding).collect(),
+            )
+        }
+    };
+    let (vectors, positions) = load_vectors(store, dataset, space, &ordinals)?;
+    Ok(SpaceVectors {
+        ids: positions.iter().map(|&p| ids[p].clone()).collect(),
+        frames: positions.iter().map(|&p| frames[p].clone()).collect(),
+        vectors,
+    })
+}
+
+/// A built index and the ids of its nodes, for one (dataset, version, space, metric).
+struct BuiltIndex {
+    version: i64,
+    index: Hnsw,
+}
+
+type IndexKey = (i64, &'static str, &'static str);
+
+/// Indexes by (dataset id, space, metric): the newest built one and whether a build runs.
+fn registry() -> &'static Mutex<HashMap<IndexKey, (Option<Arc<BuiltIndex>>, bool)>> {
+    static INDEXES: OnceLock<Mutex<HashMap<IndexKey, (Option<Arc<BuiltIndex>>, bool)>>> = OnceLock::new();
+    INDEXES.get_or_init(Default::default)
+}
+
+fn space_name(space: Space) -> &'static str {
+    match space {
+        Space::Frames => "frames",
+        Space::Labels => "labels",
+    }
+}
+
+/// The index for this version when it is ready; otherwise starts building it (loading it from
+/// disk when a previous run saved it) and returns None, so the caller answers exactly.
+fn ready_index(
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: Space,
+    metric: Metric,
+    vectors: &SpaceVectors,
+) -> Option<Arc<BuiltIndex>> {
+    let key = (dataset.id, space_name(space), metric.name());
+    let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let entry = indexes.entry(key).or_insert((None, false));
+    if let Some(built) = &entry.0
+        && built.version == dataset.version
+    {
+        return Some(built.clone());
+    }
+    if !entry.1 {
+        entry.1 = true;
+        let (store, dataset) = (store.clone(), dataset.clone());
+        let vectors = vectors.vectors.clone();
+        std::thread::spawn(move || build_index(store, dataset, space, metric, vectors, key));
+    }
+    None
+}
+
+fn build_index(store: Store, dataset: DatasetInfo, space: Space, metric: Metric, vectors: VectorSet, key: IndexKey) {
+    let dir = store.dir().join("indexes").join(dataset.id.to_string());
+    let path = dir.join(format!("{}-{}-v{}.hnsw", space_name(space), metric.name(), dataset.version));
+    let total = vectors.len();
+    let loaded = Hnsw::load(&path, 0).ok().filter(|index| index.len() == total && index.metric() == metric);
+    let index = match loaded {
+        Some(index) => Some(index),
+        None => {
+            let job_kind = format!("index:{}:{}", space_name(space), metric.name());
+            let job = store.start_job(&dataset, &job_kind, Some(total as i64)).ok();
+            let last_report = std::sync::atomic::AtomicUsize::new(0);
+            let progress = |done: usize, total: usize| {
+                // A write per 5% keeps the catalog quiet during big builds.
+                let step = (total / 20).max(1);
+                if done / step > last_report.fetch_max(done / step, std::sync::atomic::Ordering::Relaxed)
+                    && let Some(job) = job
+                {
+                    let _ = store.update_job(job, done as i64, None);
+                }
+            };
+            let index = Hnsw::build_owned(vectors, metric, HnswParams::default(), Some(&progress));
+            let saved = std::fs::create_dir_all(&dir).and_then(|()| index.save(&path));
+            if let Some(job) = job {
+                let message = saved.as_ref().err().map(|e| format!("index kept in memory only: {e}"));
+                let _ = store.update_job(job, total as i64, Some(("done", message.as_deref())));
+            }
+            Some(index)
+        }
+    };
+    let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let entry = indexes.entry(key).or_insert((None, false));
+    entry.1 = false;
+    if let Some(index) = index {
+        entry.0 = Some(Arc::new(BuiltIndex { version: dataset.version, index }));
+    }
+}
+
+pub fn similar(store: &Store, dataset: &DatasetInfo, request: &SimilarRequest) -> ApiResult<Value> {
+    let space = parse_space(&request.space)?;
+    let metric = Metric::parse(&request.metric)
+        .ok_or_else(|| ApiError::invalid("metric", "metric must be \"cosine\" or \"l2\""))?;
+    if request.k == 0 || request.k > 1000 {
+        return Err(ApiError::invalid("k", "k must be between 1 and 1000"));
+    }
+    let given = [request.frame_id.is_some(), request.label_id.is_some(), request.vector.is_some()];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ApiError::invalid("frame_id", "give exactly one of frame_id, label_id and vector"));
+    }
+    let data = space_vectors(store, dataset, space)?;
+    let (query, exclude): (Vec<f32>, Option<u32>) = if let Some(vector) = &request.vector {
+        if vector.len() != data.vectors.dim() {
+            return Err(ApiError::invalid(
+                "vector",
+                format!("the {} space has {} dimensions", request.space, data.vectors.dim()),
+            ));
+        }
+        (vector.clone(), None)
+    } else {
+        let (field, id) = match (&request.frame_id, &request.label_id) {
+            (Some(frame), _) => ("frame_id", frame),
+            (_, Some(label)) => ("label_id", label),
+            _ => unreachable!("checked above"),
+        };
+        if (field == "frame_id") != (space == Space::Frames) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} does not name an item of the {} space", request.space),
+            ));
+        }
+        let position = data
+            .ids
+            .iter()
+            .position(|i| i == id)
+            .ok_or_else(|| ApiError::invalid(field, format!("{id:?} has no embedding in this dataset")))?;
+        (data.vectors.get(position as u32).to_vec(), Some(position as u32))
+    };
+    let allowed: Option<Vec<bool>> = if request.filter.is_empty() {
+        None
+    } else {
+        let frames = store.current_frames(dataset)?;
+        let passing: std::collections::HashSet<String> = frames
+            .into_iter()
+            .filter(|f| {
+                let metadata: serde_json::Map<String, Value> = serde_json::from_str(&f.metadata).unwrap_or_default();
+                request.filter.iter().all(|(key, value)| metadata.get(key) == Some(value))
+            })
+            .map(|f| f.frame_id)
+            .collect();
+        Some(data.frames.iter().map(|f| passing.contains(f)).collect())
+    };
+    let allow = |id: u32| Some(id) != exclude && allowed.as_ref().is_none_or(|a| a[id as usize]);
+    let allowed_count = allowed.as_ref().map_or(data.ids.len(), |a| a.iter().filter(|x| **x).count());
+    // A very selective filter makes a graph walk long; exact search over the few allowed is faster.
+    let use_index = data.ids.len() > EXACT_LIMIT && allowed_count * 20 > data.ids.len();
+    let (neighbors, method) = match use_index.then(|| ready_index(store, dataset, space, metric, &data)).flatten() {
+        Some(built) => {
+            let ef = (request.k * 2).max(64);
+            (built.index.search_filtered(&query, request.k, ef, Some(&allow)), "hnsw")
+        }
+        None => {
+            let mut prepared = data.vectors.clone();
+            prepared.prepare(metric);
+            (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), "exact")
+        }
+    };
+    let results: Vec<Value> = neighbors
+        .iter()
+        .map(|n| {
+            let position = n.id as usize;
+            match space {
+                Space::Frames => json!({ "frame_id": data.ids[position], "distance": n.distance }),
+                Space::Labels => {
+                    json!({ "label_id": data.ids[position], "frame_id": data.frames[position], "distance": n.distance })
+                }
+            }
+        })
+        .collect();
+    Ok(
+        json!({ "space": request.space, "metric": metric.name(), "method": method, "version": dataset.version, "neighbors": results }),
+    )
+}
+
+fn parse_space(space: &str) -> ApiResult<Space> {
+    match space {
+        "frames" => Ok(Space::Frames),
+        "labels" => Ok(Space::Labels),
+        _ => Err(ApiError::invalid("space", "space must be \"frames\" or \"labels\"")),
+    }
+}
+
+/// The ids of a space's points, in map order.
+pub fn map_ids(store: &Store, dataset: &DatasetInfo, space: &str) -> ApiResult<Vec<String>> {
+    Ok(space_vectors(store, dataset, parse_space(space)?)?.ids)
+}
+
+/// The 2-D map of a space: ids in order, and flat little-endian f32 pairs.
+pub fn embedding_map(
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: &str,
+    layout: &str,
+) -> ApiResult<(Vec<String>, Vec<u8>)> {
+    let data = space_vectors(store, dataset, parse_space(space)?)?;
+    let pca = map::pca_2d(&data.vectors, 0);
+    let points = match layout {
+        "pca" => pca,
+        "umap" => {
+            if data.vectors.len() < 3 {
+                pca
+            } else {
+                let graph = KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 15);
+                map::layout(&graph, &pca, &map::LayoutParams::default(), None)
+            }
+        }
+        _ => return Err(ApiError::invalid("layout", "layout must be \"pca\" or \"umap\"")),
+    };
+    Ok((data.ids, map::pack_le(&points)))
+}

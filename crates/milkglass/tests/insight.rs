@@ -1,0 +1,179 @@
+//! The insight routes against a real server on the demo data (the drawn-shapes sample with its
+//! detector's inferences, frame and crop embeddings, and injected label errors).
+
+mod common;
+
+use common::{BIN, ready_address};
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+
+struct Demo {
+    child: std::process::Child,
+    base: String,
+    admin: String,
+    client: Client,
+    _temp: tempfile::TempDir,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn demo(frames: &str) -> Demo {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("demo");
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--http-addr",
+            "127.0.0.1:0",
+            "--flight-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--frames", frames])
+        .env("MILKGLASS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = ready_address(&mut child);
+    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("demo-tokens.json")).unwrap()).unwrap();
+    let admin = tokens["admin"]["token"].as_str().unwrap().to_string();
+    Demo { child, base, admin, client: Client::new(), _temp: temp }
+}
+
+const INSIGHTS: &str = "/api/projects/shapes/datasets/shapes/insights";
+
+impl Demo {
+    fn get(&self, path: &str) -> reqwest::blocking::Response {
+        self.client.get(format!("{}{path}", self.base)).bearer_auth(&self.admin).send().unwrap()
+    }
+
+    fn post(&self, path: &str, body: &Value) -> reqwest::blocking::Response {
+        self.client.post(format!("{}{path}", self.base)).bearer_auth(&self.admin).json(body).send().unwrap()
+    }
+}
+
+fn field_of(response: reqwest::blocking::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    let body: Value = response.json().unwrap();
+    body["error"]["field"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn label_errors_metrics_similarity_and_map_over_http() {
+    let demo = demo("120");
+
+    // Label errors: ranked, scored in [0, 1], and the injected errors near the top.
+    let queue: Value =
+        demo.get(&format!("{INSIGHTS}/label_errors?inference_set=detector_v1&limit=1000")).json().unwrap();
+    let issues = queue["issues"].as_array().unwrap();
+    assert!(!issues.is_empty());
+    let scores: Vec<f64> = issues.iter().map(|i| i["score"].as_f64().unwrap()).collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "ranked by score");
+    assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+    assert_eq!(queue["used_embeddings"], true);
+    let injected: Value =
+        demo.client.get(format!("{}/sample/shapes/injected_errors.json", demo.base)).send().unwrap().json().unwrap();
+    let injected = injected.as_array().unwrap();
+    let wrong_labels: Vec<&str> = injected
+        .iter()
+        .filter(|e| e["kind"] == "wrong_class" || e["kind"] == "duplicate_label")
+        .filter_map(|e| e["label_id"].as_str())
+        .collect();
+    let top = &issues[..(2 * injected.len()).min(issues.len())];
+    let found = wrong_labels
+        .iter()
+        .filter(|id| top.iter().any(|i| i["label_id"] == **id || i["other_label_id"] == **id))
+        .count();
+    assert!(
+        found * 10 >= wrong_labels.len() * 9,
+        "{found} of {} wrong-class and duplicate labels in the top",
+        wrong_labels.len()
+    );
+    let only: Value =
+        demo.get(&format!("{INSIGHTS}/label_errors?inference_set=detector_v1&kind=duplicate_label")).json().unwrap();
+    assert!(only["issues"].as_array().unwrap().iter().all(|i| i["kind"] == "duplicate_label"));
+    assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/label_errors")), 400), "inference_set");
+    assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/label_errors?inference_set=detector_v1&limit=x")), 400), "limit");
+    assert_eq!(
+        field_of(demo.get(&format!("{INSIGHTS}/label_errors?inference_set=detector_v1&colour=red")), 400),
+        "colour"
+    );
+    assert_eq!(demo.get(&format!("{INSIGHTS}/label_errors?inference_set=nope")).status(), 404);
+
+    // Metrics: mAP in range, a confusion matrix with background whose cells name their objects.
+    let metrics: Value =
+        demo.get(&format!("{INSIGHTS}/metrics?inference_set=detector_v1&iou=0.5&confidence=0.3")).json().unwrap();
+    let map50 = metrics["map50"].as_f64().unwrap();
+    let map = metrics["map"].as_f64().unwrap();
+    assert!(map50 > 0.5 && map50 <= 1.0 && map < map50, "mAP {map}, mAP@0.5 {map50}");
+    let rows = metrics["confusion"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[4], "background");
+    let cells = metrics["confusion"]["cells"].as_array().unwrap();
+    let diagonal = &cells[0][0];
+    assert!(diagonal["count"].as_u64().unwrap() > 0);
+    assert_eq!(diagonal["label_ids"].as_array().unwrap().len() as u64, diagonal["count"].as_u64().unwrap());
+    assert_eq!(metrics["classes"][0]["pr_curve_iou50"].as_array().unwrap().len(), 101);
+    assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/metrics?inference_set=detector_v1&iou=2")), 400), "iou");
+
+    // Similarity: by frame (never itself), with a metadata filter, by label, by vector.
+    let near: Value =
+        demo.post(&format!("{INSIGHTS}/similar"), &json!({"frame_id": "frame_0003", "k": 5})).json().unwrap();
+    let neighbors = near["neighbors"].as_array().unwrap();
+    assert_eq!(neighbors.len(), 5);
+    assert!(neighbors.iter().all(|n| n["frame_id"] != "frame_0003"));
+    assert_eq!(near["method"], "exact");
+    let distances: Vec<f64> = neighbors.iter().map(|n| n["distance"].as_f64().unwrap()).collect();
+    assert!(distances.windows(2).all(|w| w[0] <= w[1]));
+    let filtered: Value = demo
+        .post(&format!("{INSIGHTS}/similar"), &json!({"frame_id": "frame_0003", "k": 50, "filter": {"split": "val"}}))
+        .json()
+        .unwrap();
+    for n in filtered["neighbors"].as_array().unwrap() {
+        let frame: Value = demo
+            .get(&format!("/api/projects/shapes/datasets/shapes/frames/{}", n["frame_id"].as_str().unwrap()))
+            .json()
+            .unwrap();
+        assert_eq!(frame["metadata"]["split"], "val");
+    }
+    let some_label = diagonal["label_ids"][0].as_str().unwrap();
+    let crops: Value = demo
+        .post(
+            &format!("{INSIGHTS}/similar"),
+            &json!({"space": "labels", "label_id": some_label, "k": 3, "metric": "l2"}),
+        )
+        .json()
+        .unwrap();
+    assert_eq!(crops["neighbors"].as_array().unwrap().len(), 3);
+    assert!(crops["neighbors"][0]["label_id"].is_string());
+    let by_vector = demo.post(&format!("{INSIGHTS}/similar"), &json!({"vector": [0.5, 0.5], "k": 3}));
+    assert_eq!(field_of(by_vector, 400), "vector");
+    let both = demo.post(&format!("{INSIGHTS}/similar"), &json!({"frame_id": "frame_0003", "vector": [0.1]}));
+    assert_eq!(field_of(both, 400), "frame_id");
+    assert_eq!(
+        field_of(demo.post(&format!("{INSIGHTS}/similar"), &json!({"frame_id": "frame_0003", "k": 0})), 400),
+        "k"
+    );
+
+    // The map: packed f32 pairs, one per frame, in the order of map/ids.
+    let response = demo.get(&format!("{INSIGHTS}/map?space=frames"));
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    let points: usize = response.headers()["x-milkglass-points"].to_str().unwrap().parse().unwrap();
+    let bytes = response.bytes().unwrap();
+    assert_eq!(points, 120);
+    assert_eq!(bytes.len(), points * 8);
+    let ids: Value = demo.get(&format!("{INSIGHTS}/map/ids?space=frames")).json().unwrap();
+    assert_eq!(ids["ids"].as_array().unwrap().len(), points);
+    let umap = demo.get(&format!("{INSIGHTS}/map?space=labels&layout=umap")).bytes().unwrap();
+    let floats: Vec<f32> = umap.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    assert!(!floats.is_empty() && floats.iter().all(|x| x.is_finite()));
+    assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/map?layout=tsne")), 400), "layout");
+}
