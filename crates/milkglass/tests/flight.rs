@@ -12,7 +12,11 @@ use futures::TryStreamExt;
 use tonic::transport::Channel;
 
 fn titanic_setup(handling: &str) -> (Server, String, String) {
-    let (server, _admin) = Server::start(&["--review-wait-secs", "0"]);
+    titanic_setup_waiting(handling, 0)
+}
+
+fn titanic_setup_waiting(handling: &str, review_wait_secs: u64) -> (Server, String, String) {
+    let (server, _admin) = Server::start(&["--review-wait-secs", &review_wait_secs.to_string()]);
     let owner = add_user(&server.dir, "olivia", "owner");
     let scientist = add_user(&server.dir, "sam", "scientist");
     let policy = server.dir.join("policy.json");
@@ -115,4 +119,42 @@ async fn held_queries_carry_the_request_id_and_basic_auth_hands_out_a_bearer() {
     let channel = Channel::from_shared(server.flight.clone()).unwrap().connect().await.unwrap();
     let mut fresh = FlightSqlServiceClient::new(channel);
     assert!(fresh.handshake("olivia", &scientist).await.is_err(), "a token works only with its own user name");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_carry_the_flag_the_masked_columns_and_the_audit_entry_in_their_schema() {
+    let (server, _owner, scientist) = tokio::task::spawn_blocking(|| titanic_setup("log")).await.unwrap();
+    let mut c = client(&server, &scientist).await;
+    let info = c.execute("SELECT Name, Age FROM titanic LIMIT 3".to_string(), None).await.unwrap();
+    let announced = info.clone().try_decode_schema().unwrap();
+    let flagged = announced.metadata().get("milkglass.flagged").expect("flagged in the FlightInfo schema");
+    assert!(flagged.contains("at least 10 rows"), "{flagged}");
+    assert_eq!(announced.metadata().get("milkglass.masked_columns").map(String::as_str), Some(r#"["Name"]"#));
+    let batches = fetch(&mut c, "SELECT Name, Age FROM titanic LIMIT 3").await.unwrap();
+    let schema = batches[0].schema();
+    assert!(schema.metadata().contains_key("milkglass.flagged"));
+    assert_eq!(batches[0].column(0).null_count(), 3, "sanitized Name is nulled");
+    let audit_id: i64 = schema.metadata()["milkglass.audit_id"].parse().unwrap();
+    // A query inside the safe zone is not flagged, and has its own, later audit entry.
+    let safe = fetch(&mut c, "SELECT Sex, COUNT(*) AS n FROM titanic GROUP BY Sex").await.unwrap();
+    let metadata = safe[0].schema().metadata().clone();
+    assert!(!metadata.contains_key("milkglass.flagged"), "{metadata:?}");
+    assert!(metadata["milkglass.audit_id"].parse::<i64>().unwrap() > audit_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_may_ask_a_held_statement_not_to_wait() {
+    let (server, _owner, scientist) =
+        tokio::task::spawn_blocking(|| titanic_setup_waiting("review", 120)).await.unwrap();
+    let mut c = client(&server, &scientist).await;
+    c.set_header("x-milkglass-wait-seconds", "0");
+    let started = std::time::Instant::now();
+    let held = fetch(&mut c, "SELECT * FROM titanic LIMIT 5").await.unwrap_err();
+    assert_eq!(held.code(), tonic::Code::FailedPrecondition, "{held:?}");
+    assert!(held.message().contains("(request 1)"), "{}", held.message());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the server waited {:?}", started.elapsed());
+    c.set_header("x-milkglass-wait-seconds", "soon");
+    let bad = fetch(&mut c, "SELECT * FROM titanic LIMIT 5").await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(bad.message().contains("x-milkglass-wait-seconds"), "{}", bad.message());
 }
