@@ -3,6 +3,7 @@
 //! Handlers parse and authorize; the store validates and writes. Blocking store
 //! calls run on tokio's blocking pool so the async workers stay free.
 
+mod assets;
 mod auth;
 mod error;
 pub mod flight;
@@ -14,6 +15,7 @@ mod query;
 mod routes;
 mod tables;
 
+pub use assets::check_fetch_allow;
 pub use error::ApiError;
 
 use axum::Router;
@@ -38,6 +40,8 @@ pub struct ServerConfig {
     pub review_wait: std::time::Duration,
     /// Where the Flight SQL service listens, as clients should dial it (for discovery).
     pub flight_url: Option<String>,
+    /// Private addresses and hosts the fetcher may reach anyway (CIDRs, addresses, host names).
+    pub fetch_allow: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +53,7 @@ impl Default for ServerConfig {
             sample_dir: None,
             review_wait: std::time::Duration::from_secs(60),
             flight_url: None,
+            fetch_allow: Vec::new(),
         }
     }
 }

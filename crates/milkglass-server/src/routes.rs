@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/sample/{*path}", get(sample_file))
         .merge(api)
+        .merge(crate::assets::router(&state))
         .with_state(state)
 }
 

@@ -12,6 +12,7 @@
 //! transaction that references them commits. A crash leaves at most an
 //! unreferenced tail in a vector file, which is harmless and trimmed on open.
 
+mod access;
 mod audit;
 mod catalog;
 mod db;
@@ -27,6 +28,7 @@ mod rows;
 mod tables;
 mod users;
 
+pub use access::FetchSettings;
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};

@@ -171,6 +171,21 @@ const MIGRATIONS: &[&str] = &[
         decided_at TEXT
     );
     "#,
+    // 3: how milkglass reaches each project's raw data (headers may hold credentials to the
+    // user's servers), and each dataset's last URL check.
+    r#"
+    CREATE TABLE project_fetch_settings (
+        project_id INTEGER PRIMARY KEY REFERENCES projects(id) ON DELETE CASCADE,
+        headers TEXT NOT NULL,
+        signing_endpoint TEXT,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE url_reports (
+        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+        report TEXT NOT NULL,
+        checked_at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -56,6 +56,8 @@ enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// Serve a local directory to the browser (CORS, Range requests), for data URLs in experiments.
+    ServeFiles(ServeFilesArgs),
     /// Measure milkglass against a reference, on this machine.
     Bench {
         #[command(subcommand)]
@@ -87,6 +89,21 @@ struct ServeArgs {
     /// Seconds a held query waits for the owner's review before answering with its request id.
     #[arg(long, default_value_t = 60)]
     review_wait_secs: u64,
+    /// Private ranges or hosts the fetcher may reach anyway (e.g. 10.1.0.0/16,images.internal).
+    /// Loopback, link-local and private addresses are refused unless listed here.
+    #[arg(long, env = "MILKGLASS_FETCH_ALLOW", value_delimiter = ',')]
+    fetch_allow: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeFilesArgs {
+    /// The directory whose files are served at their relative paths.
+    dir: PathBuf,
+    #[arg(long, default_value_t = 5000)]
+    port: u16,
+    /// Address to listen on; the default keeps the files on this machine.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: std::net::IpAddr,
 }
 
 #[derive(Args)]
@@ -161,7 +178,10 @@ fn run(cli: Cli) -> Result<()> {
                 sample_dir: None,
                 review_wait: std::time::Duration::from_secs(args.review_wait_secs),
                 flight_url: None,
+                fetch_allow: args.fetch_allow.clone(),
             };
+            milkglass_server::check_fetch_allow(&config.fetch_allow)
+                .map_err(|e| anyhow::anyhow!("--fetch-allow: {e}"))?;
             let listener = bind(args.http_addr)?;
             let flight = bind(args.flight_addr)?;
             let config = ServerConfig { flight_url: Some(format!("grpc://{}", flight.local_addr()?)), ..config };
@@ -178,8 +198,26 @@ fn run(cli: Cli) -> Result<()> {
         Command::Table { command, remote } => remote::table(&remote, command),
         Command::Review { command, remote } => remote::review(&remote, command),
         Command::Audit { args, remote } => remote::audit(&remote, args),
+        Command::ServeFiles(args) => serve_files(args),
         Command::Bench { command } => bench::run(command),
     }
+}
+
+fn serve_files(args: ServeFilesArgs) -> Result<()> {
+    let root = milkglass_files::FileRoot::new(&args.dir)
+        .with_context(|| format!("cannot serve {}: not a readable directory", args.dir.display()))?;
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen on {addr}; is something else using it? choose another with --port"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    println!("serving {} on http://{local}/", root.path().display());
+    println!("use URLs like http://{local}/<path relative to the directory> in frame data");
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        milkglass_files::serve(listener, root, shutdown_signal()).await?;
+        Ok(())
+    })
 }
 
 fn open_store(dir: &std::path::Path) -> Result<Store> {

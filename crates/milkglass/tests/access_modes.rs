@@ -1,0 +1,334 @@
+//! Data-access modes end to end: a real server process, and a counting HTTP server on loopback
+//! standing in for the user's image server. The server is started with `--fetch-allow
+//! 127.0.0.1`, so whenever milkglass does not reach the counting server it is by design, not
+//! because the SSRF rules stopped it.
+
+mod common;
+
+use common::{Server, expect_error};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// An HTTP server that counts every request and remembers its path and headers.
+struct ImageServer {
+    addr: SocketAddr,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+fn image_bytes(path: &str) -> Vec<u8> {
+    format!("\u{89}PNG bytes of {path}").into_bytes()
+}
+
+fn image_server() -> ImageServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (count, log) = (requests.clone(), seen.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (count, log) = (count.clone(), log.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push_str(&line);
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                log.lock().unwrap().push(head);
+                let (status, body) = if path.contains("missing") {
+                    ("404 Not Found", Vec::new())
+                } else {
+                    ("200 OK", image_bytes(&path))
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            });
+        }
+    });
+    ImageServer { addr, requests, seen }
+}
+
+impl ImageServer {
+    fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn create(server: &Server, token: &str, project: &str, mode: &str) {
+    let r = server.post_json(
+        token,
+        "/api/projects",
+        &json!({"name": project, "access_mode": mode, "classes": [{"id": 0, "name": "cat"}]}),
+    );
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    assert_eq!(
+        server.post_json(token, &format!("/api/projects/{project}/datasets"), &json!({"name": "d"})).status(),
+        201
+    );
+}
+
+fn frame_with(id: &str, url: &str) -> Value {
+    json!({
+        "frame_id": id,
+        "sensors": [{"sensor_id": "cam", "kind": "image", "url": url}],
+        "labels": [{"label_id": format!("{id}_l"), "class": "cat",
+                    "geometry": {"kind": "box2d", "top": 1.0, "left": 2.0, "width": 10.0, "height": 12.0}}],
+        "embedding": [0.1, 0.2, 0.3, 0.4],
+    })
+}
+
+fn upload(server: &Server, token: &str, project: &str, frames: &[Value]) {
+    let r = server.upload_lines(token, &format!("/api/projects/{project}/datasets/d/frames"), frames);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+}
+
+#[test]
+fn anonymous_projects_never_reach_the_users_server() {
+    let images = image_server();
+    let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
+    create(&server, &admin, "anon", "anonymous");
+    let d = "/api/projects/anon/datasets/d";
+    let mut frames: Vec<Value> =
+        (0..5).map(|i| frame_with(&format!("f{i}"), &images.url(&format!("f{i}.png")))).collect();
+    frames.push(frame_with("public", "https://images.example.com/public.png"));
+    upload(&server, &admin, "anon", &frames);
+
+    // Every read and write of the dataset API.
+    for path in [
+        "/api/whoami".to_string(),
+        "/api/info".to_string(),
+        "/api/projects".to_string(),
+        "/api/projects/anon".to_string(),
+        "/api/projects/anon/datasets".to_string(),
+        d.to_string(),
+        format!("{d}/status"),
+        format!("{d}/frames"),
+        format!("{d}/frames/f1"),
+        format!("{d}/inference_sets"),
+    ] {
+        assert_eq!(server.get(&admin, &path).status(), 200, "{path}");
+    }
+    let label = json!({"label_id": "extra", "frame_id": "f1", "class": "cat",
+                       "geometry": {"kind": "box2d", "top": 0.0, "left": 0.0, "width": 5.0, "height": 5.0}});
+    assert_eq!(server.upload_lines(&admin, &format!("{d}/labels"), &[label]).status(), 200);
+    assert_eq!(server.post_json(&admin, &format!("{d}/inference_sets"), &json!({"name": "m"})).status(), 201);
+    let inference = json!({"label_id": "i1", "frame_id": "f1", "class": "cat", "confidence": 0.9,
+                           "geometry": {"kind": "box2d", "top": 0.0, "left": 0.0, "width": 5.0, "height": 5.0}});
+    assert_eq!(server.upload_lines(&admin, &format!("{d}/inference_sets/m/inferences"), &[inference]).status(), 200);
+
+    // The raw-data features answer with why, without trying.
+    let error = expect_error(server.post_json(&admin, &format!("{d}/mirror"), &json!({})), 409);
+    assert_eq!(error["code"], "anonymous_project");
+    assert!(error["message"].as_str().unwrap().contains("never fetches"), "{error}");
+    let settings = json!({"headers": {"Authorization": "Bearer x"}});
+    let r = server.request(reqwest::Method::PUT, &admin, "/api/projects/anon/fetch").json(&settings).send().unwrap();
+    assert_eq!(expect_error(r, 409)["code"], "anonymous_project");
+    expect_error(server.post_json(&admin, "/api/projects/anon/assets/sign", &json!({"keys": ["a.png"]})), 409);
+
+    // URL checks say what they can offline and leave the rest to the browser.
+    let report: Value = server.post_json(&admin, &format!("{d}/url_check"), &json!({})).json().unwrap();
+    assert_eq!(report["counts"]["browser_only"], 5, "loopback is for the browser only: {report}");
+    assert_eq!(report["counts"]["not_checked"], 1, "{report}");
+    let stored: Value = server.get(&admin, &format!("{d}/url_report")).json().unwrap();
+    assert_eq!(stored["counts"], report["counts"]);
+    // The browser gets the URLs as given.
+    let resolved: Value = server
+        .post_json(&admin, "/api/projects/anon/assets/resolve", &json!({"urls": [images.url("f0.png")]}))
+        .json()
+        .unwrap();
+    assert_eq!(resolved["urls"][0]["load_url"], images.url("f0.png"));
+
+    let r = server.request(reqwest::Method::DELETE, &admin, &format!("{d}/frames/f4")).send().unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(
+        images.count(),
+        0,
+        "milkglass sent requests for an anonymous project: {:?}",
+        images.seen.lock().unwrap()
+    );
+}
+
+#[test]
+fn mirrored_projects_fetch_each_asset_once_then_serve_it() {
+    let images = image_server();
+    let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
+    create(&server, &admin, "mirror", "mirrored");
+    let d = "/api/projects/mirror/datasets/d";
+    let settings = json!({"headers": {"X-Shared-Secret": "s3cr3t"}});
+    let r = server.request(reqwest::Method::PUT, &admin, "/api/projects/mirror/fetch").json(&settings).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let shown: Value = server.get(&admin, "/api/projects/mirror/fetch").json().unwrap();
+    assert_eq!(shown["headers"]["X-Shared-Secret"], "(set)", "header values are write-only");
+
+    // Four frames, three distinct images (two frames share one), and one cloud-metadata URL.
+    let frames = vec![
+        frame_with("a", &images.url("a.png")),
+        frame_with("b", &images.url("b.jpg")),
+        frame_with("c", &images.url("a.png")),
+        frame_with("d", &images.url("c.png?sig=short-lived")),
+        frame_with("e", "http://169.254.169.254/latest/meta-data/"),
+    ];
+    upload(&server, &admin, "mirror", &frames);
+    let report: Value = server.post_json(&admin, &format!("{d}/mirror"), &json!({})).json().unwrap();
+    assert_eq!(report["assets"], 4, "{report}");
+    assert_eq!(report["fetched"], 3, "{report}");
+    assert_eq!(report["failed_count"], 1, "{report}");
+    assert!(report["failed"][0]["error"].as_str().unwrap().contains("link-local"), "{report}");
+    assert_eq!(images.count(), 3, "exactly one request per asset");
+    assert!(
+        images.seen.lock().unwrap().iter().all(|head| head.to_ascii_lowercase().contains("x-shared-secret: s3cr3t"))
+    );
+
+    let again: Value = server.post_json(&admin, &format!("{d}/mirror"), &json!({})).json().unwrap();
+    assert_eq!(again["already_mirrored"], 3, "{again}");
+    assert_eq!(images.count(), 3, "a second mirror run fetches nothing");
+
+    // Served from the store through signed URLs, without another request upstream.
+    let urls = json!({"urls": [images.url("a.png"), images.url("c.png?sig=short-lived"), images.url("never.png")]});
+    let resolved: Value = server.post_json(&admin, "/api/projects/mirror/assets/resolve", &urls).json().unwrap();
+    let client = reqwest::blocking::Client::new();
+    for (i, name) in ["/a.png", "/c.png?sig=short-lived"].iter().enumerate() {
+        let entry = &resolved["urls"][i];
+        assert_eq!(entry["via"], "mirror", "{entry}");
+        let response = client.get(entry["load_url"].as_str().unwrap()).send().unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "image/png");
+        assert_eq!(response.bytes().unwrap().to_vec(), image_bytes(name));
+    }
+    assert!(resolved["urls"][2]["load_url"].is_null());
+    assert_eq!(images.count(), 3);
+
+    let check: Value = server.post_json(&admin, &format!("{d}/url_check"), &json!({})).json().unwrap();
+    assert_eq!(check["counts"]["reachable"], 3, "{check}");
+    assert_eq!(check["counts"]["browser_only"], 1, "{check}");
+    assert_eq!(images.count(), 3, "mirrored URLs are checked in the store");
+}
+
+#[test]
+fn hosted_files_need_a_valid_unexpired_signature() {
+    let (server, admin) = Server::start(&[]);
+    create(&server, &admin, "host", "hosted");
+    let client = reqwest::blocking::Client::new();
+    let signed: Value = server
+        .post_json(&admin, "/api/projects/host/assets/sign", &json!({"keys": ["cats/a_b.png"], "put": true}))
+        .json()
+        .unwrap();
+    let entry = &signed["urls"][0];
+    assert_eq!(entry["data_url"], "hosted:cats/a_b.png");
+    let put_url = entry["put_url"].as_str().unwrap();
+    let get_url = entry["get_url"].as_str().unwrap();
+    let bytes: Vec<u8> = (0..=255u8).collect();
+
+    let r = client.put(put_url).body(bytes.clone()).send().unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap());
+    let r = client.get(get_url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    assert!(r.headers()["cache-control"].to_str().unwrap().starts_with("private, max-age="));
+    assert_eq!(r.bytes().unwrap().to_vec(), bytes);
+    let r = client.get(get_url).header("range", "bytes=16-31").send().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().to_vec(), (16..32u8).collect::<Vec<_>>());
+    let r = client.get(get_url).header("range", "bytes=999-").send().unwrap();
+    assert_eq!(r.status(), 416);
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, put_url)
+        .header("origin", "http://ui.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert!(preflight.headers()["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
+
+    // Tampering with the signature, the path, the expiry or the method: 403, and not a byte.
+    let tampered_sig = format!("{}{}", &get_url[..get_url.len() - 1], if get_url.ends_with('0') { '1' } else { '0' });
+    let other_path = get_url.replace("cats/a_b.png", "cats/b.png");
+    let later = {
+        let expires: u64 = get_url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+        get_url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 3600))
+    };
+    let unsigned = get_url.split('?').next().unwrap().to_string();
+    for url in [tampered_sig, other_path, later, unsigned] {
+        let r = client.get(&url).send().unwrap();
+        assert_eq!(r.status(), 403, "{url}");
+        assert_eq!(r.json::<Value>().unwrap()["error"]["code"], "forbidden");
+    }
+    assert_eq!(client.put(get_url).body("overwrite").send().unwrap().status(), 403, "a GET URL does not PUT");
+
+    let short: Value = server
+        .post_json(&admin, "/api/projects/host/assets/sign", &json!({"keys": ["cats/a_b.png"], "expires_in": 1}))
+        .json()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let r = client.get(short["urls"][0]["get_url"].as_str().unwrap()).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("expired"));
+
+    // Frames refer to hosted files by key; the URL check finds them in the store.
+    upload(&server, &admin, "host", &[frame_with("a", "hosted:cats/a_b.png"), frame_with("b", "hosted:nope.png")]);
+    let check: Value = server.post_json(&admin, "/api/projects/host/datasets/d/url_check", &json!({})).json().unwrap();
+    assert_eq!(check["counts"]["reachable"], 1, "{check}");
+    assert_eq!(check["counts"]["invalid"], 1, "{check}");
+    expect_error(server.post_json(&admin, "/api/projects/host/assets/sign", &json!({"keys": ["../x"]})), 400);
+}
+
+#[test]
+fn url_checks_report_what_milkglass_and_the_browser_can_load() {
+    let images = image_server();
+    let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
+    create(&server, &admin, "pub", "public");
+    upload(
+        &server,
+        &admin,
+        "pub",
+        &[
+            frame_with("a", &images.url("ok.png")),
+            frame_with("b", &images.url("missing.png")),
+            frame_with("c", "s3://bucket/c.png"),
+            frame_with("d", "http://10.0.0.1/d.png"),
+            frame_with("e", "http://nas/e.png"),
+        ],
+    );
+    let report: Value = server.post_json(&admin, "/api/projects/pub/datasets/d/url_check", &json!({})).json().unwrap();
+    let counts = &report["counts"];
+    assert_eq!(counts["reachable"], 1, "{report}");
+    assert_eq!(counts["invalid"], 1, "{report}");
+    assert_eq!(counts["bucket_path"], 1, "{report}");
+    assert_eq!(counts["browser_only"], 2, "{report}");
+    assert_eq!(images.count(), 2, "one probe each for the two loopback URLs");
+    // A public project has nothing to mirror or host.
+    expect_error(server.post_json(&admin, "/api/projects/pub/datasets/d/mirror", &json!({})), 409);
+    expect_error(server.post_json(&admin, "/api/projects/pub/assets/sign", &json!({"keys": ["a.png"]})), 409);
+}
+
+#[test]
+fn the_fetcher_refuses_loopback_unless_the_admin_allows_it() {
+    let images = image_server();
+    let (server, admin) = Server::start(&[]);
+    create(&server, &admin, "m", "mirrored");
+    upload(&server, &admin, "m", &[frame_with("a", &images.url("a.png"))]);
+    let report: Value = server.post_json(&admin, "/api/projects/m/datasets/d/mirror", &json!({})).json().unwrap();
+    assert_eq!(report["failed_count"], 1, "{report}");
+    assert!(report["failed"][0]["error"].as_str().unwrap().contains("loopback"), "{report}");
+    assert_eq!(images.count(), 0);
+}
