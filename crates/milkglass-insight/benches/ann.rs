@@ -291,7 +291,11 @@ fn main() {
                 peak_rss_mib()
             );
             let trust = milkglass_insight::map::neighbor_preservation(&graph, &map, 2000, 10);
-            eprintln!("layout keeps {trust:.3} of 10 graph neighbours among 10 nearest in 2-D (2,000 sampled)");
+            let trust_pca = milkglass_insight::map::neighbor_preservation(&graph, &layout, 2000, 10);
+            eprintln!(
+                "layout keeps {trust:.3} of 10 graph neighbours among 10 nearest in 2-D, PCA {trust_pca:.3} (2,000 sampled)"
+            );
+            results.push(format!("\"pca_neighbor_preservation\":{trust_pca:.4}"));
             results.push(format!("\"pca_s\":{pca_s:.3}"));
             results.push(format!("\"layout_s\":{layout_s:.3}"));
             results.push(format!("\"kmeans_s\":{cluster_s:.3}"));

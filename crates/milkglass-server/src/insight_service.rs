@@ -15,8 +15,14 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Below this many vectors exact search is fast enough (a few ms) and always right.
-const EXACT_LIMIT: usize = 20_000;
+/// Below this many vectors exact search is fast enough (a few ms) and always right. Tests lower
+/// it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
+fn exact_limit() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("MILKGLASS_EXACT_SEARCH_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    })
+}
 
 /// A dataset's boxes in the form the algorithms read, with the ids to map results back.
 struct Detection {
@@ -315,17 +321,22 @@ fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ApiResul
     })
 }
 
-/// A built index and the ids of its nodes, for one (dataset, version, space, metric).
+/// An index of one (dataset, version, space, metric): the graph and each node's position in
+/// that version's [`SpaceVectors`] (`u32::MAX` for a deleted node). Node ids follow insertion
+/// order, which after incremental updates is not the positions' order.
 struct BuiltIndex {
     version: i64,
     index: Hnsw,
+    positions: Vec<u32>,
 }
 
 type IndexKey = (i64, &'static str, &'static str);
+/// The newest built index of a key, and whether a refresh is running.
+type IndexSlot = (Option<Arc<BuiltIndex>>, bool);
 
 /// Indexes by (dataset id, space, metric): the newest built one and whether a build runs.
-fn registry() -> &'static Mutex<HashMap<IndexKey, (Option<Arc<BuiltIndex>>, bool)>> {
-    static INDEXES: OnceLock<Mutex<HashMap<IndexKey, (Option<Arc<BuiltIndex>>, bool)>>> = OnceLock::new();
+fn registry() -> &'static Mutex<HashMap<IndexKey, IndexSlot>> {
+    static INDEXES: OnceLock<Mutex<HashMap<IndexKey, IndexSlot>>> = OnceLock::new();
     INDEXES.get_or_init(Default::default)
 }
 
@@ -336,14 +347,14 @@ fn space_name(space: Space) -> &'static str {
     }
 }
 
-/// The index for this version when it is ready; otherwise starts building it (loading it from
-/// disk when a previous run saved it) and returns None, so the caller answers exactly.
+/// The index for this version when it is ready; otherwise starts bringing it up to date in the
+/// background and returns None, so the caller answers exactly meanwhile.
 fn ready_index(
     store: &Store,
     dataset: &DatasetInfo,
     space: Space,
     metric: Metric,
-    vectors: &SpaceVectors,
+    data: &SpaceVectors,
 ) -> Option<Arc<BuiltIndex>> {
     let key = (dataset.id, space_name(space), metric.name());
     let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
@@ -355,48 +366,159 @@ fn ready_index(
     }
     if !entry.1 {
         entry.1 = true;
+        let previous = entry.0.as_ref().map(|b| b.version);
         let (store, dataset) = (store.clone(), dataset.clone());
-        let vectors = vectors.vectors.clone();
-        std::thread::spawn(move || build_index(store, dataset, space, metric, vectors, key));
+        let data = SpaceVectors { ids: data.ids.clone(), frames: Vec::new(), vectors: data.vectors.clone() };
+        std::thread::spawn(move || {
+            let built = refresh_index(&store, &dataset, space, metric, data, previous);
+            let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
+            let entry = indexes.entry(key).or_insert((None, false));
+            entry.1 = false;
+            if let Some(built) = built {
+                entry.0 = Some(Arc::new(built));
+            }
+        });
     }
     None
 }
 
-fn build_index(store: Store, dataset: DatasetInfo, space: Space, metric: Metric, vectors: VectorSet, key: IndexKey) {
+fn index_paths(
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: Space,
+    metric: Metric,
+    version: i64,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = store.dir().join("indexes").join(dataset.id.to_string());
-    let path = dir.join(format!("{}-{}-v{}.hnsw", space_name(space), metric.name(), dataset.version));
-    let total = vectors.len();
-    let loaded = Hnsw::load(&path, 0).ok().filter(|index| index.len() == total && index.metric() == metric);
-    let index = match loaded {
-        Some(index) => Some(index),
-        None => {
-            let job_kind = format!("index:{}:{}", space_name(space), metric.name());
-            let job = store.start_job(&dataset, &job_kind, Some(total as i64)).ok();
-            let last_report = std::sync::atomic::AtomicUsize::new(0);
-            let progress = |done: usize, total: usize| {
-                // A write per 5% keeps the catalog quiet during big builds.
-                let step = (total / 20).max(1);
-                if done / step > last_report.fetch_max(done / step, std::sync::atomic::Ordering::Relaxed)
-                    && let Some(job) = job
-                {
-                    let _ = store.update_job(job, done as i64, None);
+    let stem = format!("{}-{}-v{version}", space_name(space), metric.name());
+    (dir.join(format!("{stem}.hnsw")), dir.join(format!("{stem}.ids.json")))
+}
+
+fn load_saved(paths: &(std::path::PathBuf, std::path::PathBuf), metric: Metric) -> Option<(Hnsw, Vec<String>)> {
+    let index = Hnsw::load(&paths.0, 0).ok().filter(|i| i.metric() == metric)?;
+    let ids: Vec<String> = serde_json::from_slice(&std::fs::read(&paths.1).ok()?).ok()?;
+    (ids.len() == index.len()).then_some((index, ids))
+}
+
+/// Brings the index to `dataset.version`: loads it if this version was saved before (a
+/// restart); else loads the previous version's and applies the difference (inserts for new or
+/// changed vectors, tombstones for gone ones), so an upload never costs a full rebuild; else,
+/// or when tombstones pass a third of the nodes, builds from scratch. Progress is a job row.
+fn refresh_index(
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: Space,
+    metric: Metric,
+    data: SpaceVectors,
+    previous: Option<i64>,
+) -> Option<BuiltIndex> {
+    let paths = index_paths(store, dataset, space, metric, dataset.version);
+    let publish = |index: Hnsw, ids: Vec<String>| {
+        let position_of: HashMap<&str, u32> =
+            data.ids.iter().enumerate().map(|(p, id)| (id.as_str(), p as u32)).collect();
+        let positions = (0..index.len() as u32)
+            .map(|node| {
+                if index.is_deleted(node) {
+                    u32::MAX
+                } else {
+                    position_of.get(ids[node as usize].as_str()).copied().unwrap_or(u32::MAX)
                 }
-            };
-            let index = Hnsw::build_owned(vectors, metric, HnswParams::default(), Some(&progress));
-            let saved = std::fs::create_dir_all(&dir).and_then(|()| index.save(&path));
-            if let Some(job) = job {
-                let message = saved.as_ref().err().map(|e| format!("index kept in memory only: {e}"));
-                let _ = store.update_job(job, total as i64, Some(("done", message.as_deref())));
-            }
-            Some(index)
+            })
+            .collect();
+        BuiltIndex { version: dataset.version, index, positions }
+    };
+    if let Some((index, ids)) = load_saved(&paths, metric)
+        && index.live_len() == data.ids.len()
+    {
+        return Some(publish(index, ids));
+    }
+    let job_kind = format!("index:{}:{}", space_name(space), metric.name());
+    let job = store.start_job(dataset, &job_kind, Some(data.ids.len() as i64)).ok();
+    let last_report = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |done: usize, total: usize| {
+        // A write per 5% keeps the catalog quiet during big builds.
+        let step = (total / 20).max(1);
+        if done / step > last_report.fetch_max(done / step, std::sync::atomic::Ordering::Relaxed)
+            && let Some(job) = job
+        {
+            let _ = store.update_job(job, done as i64, None);
         }
     };
-    let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
-    let entry = indexes.entry(key).or_insert((None, false));
-    entry.1 = false;
-    if let Some(index) = index {
-        entry.0 = Some(Arc::new(BuiltIndex { version: dataset.version, index }));
+    let base = previous
+        .map(|v| index_paths(store, dataset, space, metric, v))
+        .and_then(|p| load_saved(&p, metric).map(|loaded| (loaded, p)));
+    let (index, ids, message, old_paths) = match base {
+        Some(((mut index, mut ids), old_paths)) => {
+            let mut live: HashMap<String, u32> = (0..index.len() as u32)
+                .filter(|&n| !index.is_deleted(n))
+                .map(|n| (ids[n as usize].clone(), n))
+                .collect();
+            let mut added_flat = Vec::new();
+            let mut added_ids = Vec::new();
+            let mut deleted = 0usize;
+            for (position, id) in data.ids.iter().enumerate() {
+                let mut vector = data.vectors.get(position as u32).to_vec();
+                metric.prepare(&mut vector);
+                match live.remove(id) {
+                    Some(node) if index.vector(node) == &vector[..] => {}
+                    found => {
+                        if let Some(node) = found {
+                            index.delete(node);
+                            deleted += 1;
+                        }
+                        added_flat.extend_from_slice(data.vectors.get(position as u32));
+                        added_ids.push(id.clone());
+                    }
+                }
+            }
+            for node in live.into_values() {
+                index.delete(node);
+                deleted += 1;
+            }
+            index.add_batch(&added_flat, Some(&progress));
+            ids.extend(added_ids.iter().cloned());
+            let message = format!(
+                "updated from version {}: {} added, {} removed",
+                previous.unwrap_or(0),
+                added_ids.len(),
+                deleted
+            );
+            if index.len() - index.live_len() > index.len() / 3 {
+                (None, Vec::new(), String::new(), Some(old_paths))
+            } else {
+                (Some(index), ids, message, Some(old_paths))
+            }
+        }
+        None => (None, Vec::new(), String::new(), None),
+    };
+    let (index, ids, message) = match index {
+        Some(index) => (index, ids, message),
+        None => {
+            let index = Hnsw::build_owned(data.vectors.clone(), metric, HnswParams::default(), Some(&progress));
+            (index, data.ids.clone(), "built from scratch".to_string())
+        }
+    };
+    let saved = paths
+        .0
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| index.save(&paths.0))
+        .and_then(|()| std::fs::write(&paths.1, serde_json::to_vec(&ids).expect("ids serialize")));
+    let message = match &saved {
+        Ok(()) => {
+            // The previous version's files are superseded; only the newest is kept.
+            if let Some((old_index, old_ids)) = old_paths.filter(|p| p.0 != paths.0) {
+                let _ = std::fs::remove_file(old_index);
+                let _ = std::fs::remove_file(old_ids);
+            }
+            message
+        }
+        Err(e) => format!("{message}; kept in memory only: {e}"),
+    };
+    if let Some(job) = job {
+        let _ = store.update_job(job, data.ids.len() as i64, Some(("done", Some(&message))));
     }
+    Some(publish(index, ids))
 }
 
 pub fn similar(store: &Store, dataset: &DatasetInfo, request: &SimilarRequest) -> ApiResult<Value> {
@@ -455,11 +577,21 @@ pub fn similar(store: &Store, dataset: &DatasetInfo, request: &SimilarRequest) -
     let allow = |id: u32| Some(id) != exclude && allowed.as_ref().is_none_or(|a| a[id as usize]);
     let allowed_count = allowed.as_ref().map_or(data.ids.len(), |a| a.iter().filter(|x| **x).count());
     // A very selective filter makes a graph walk long; exact search over the few allowed is faster.
-    let use_index = data.ids.len() > EXACT_LIMIT && allowed_count * 20 > data.ids.len();
+    let use_index = data.ids.len() > exact_limit() && allowed_count * 20 > data.ids.len();
     let (neighbors, method) = match use_index.then(|| ready_index(store, dataset, space, metric, &data)).flatten() {
         Some(built) => {
             let ef = (request.k * 2).max(64);
-            (built.index.search_filtered(&query, request.k, ef, Some(&allow)), "hnsw")
+            // Nodes are numbered by insertion; results go back to positions in `data`.
+            let allow_node = |node: u32| {
+                let position = built.positions[node as usize];
+                position != u32::MAX && allow(position)
+            };
+            let found = built.index.search_filtered(&query, request.k, ef, Some(&allow_node));
+            let found = found
+                .into_iter()
+                .map(|n| milkglass_insight::Neighbor { id: built.positions[n.id as usize], distance: n.distance })
+                .collect();
+            (found, "hnsw")
         }
         None => {
             let mut prepared = data.vectors.clone();

@@ -23,7 +23,7 @@ impl Drop for Demo {
     }
 }
 
-fn demo(frames: &str) -> Demo {
+fn demo(frames: &str, exact_search_limit: Option<&str>) -> Demo {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("demo");
     let mut child = Command::new(BIN)
@@ -38,6 +38,7 @@ fn demo(frames: &str) -> Demo {
         ])
         .args(["--frames", frames])
         .env("MILKGLASS_LOG", "warn")
+        .envs(exact_search_limit.map(|limit| ("MILKGLASS_EXACT_SEARCH_LIMIT", limit)))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -68,7 +69,7 @@ fn field_of(response: reqwest::blocking::Response, status: u16) -> String {
 
 #[test]
 fn label_errors_metrics_similarity_and_map_over_http() {
-    let demo = demo("120");
+    let demo = demo("120", None);
 
     // Label errors: ranked, scored in [0, 1], and the injected errors near the top.
     let queue: Value =
@@ -176,4 +177,83 @@ fn label_errors_metrics_similarity_and_map_over_http() {
     let floats: Vec<f32> = umap.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     assert!(!floats.is_empty() && floats.iter().all(|x| x.is_finite()));
     assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/map?layout=tsne")), 400), "layout");
+}
+
+/// Waits until the dataset's newest `index:frames:cosine` job is done and has the id after
+/// `after`; returns it.
+fn wait_for_index_job(demo: &Demo, after: i64) -> Value {
+    for _ in 0..600 {
+        let status: Value = demo.get("/api/projects/shapes/datasets/shapes/status").json().unwrap();
+        let job = status["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["kind"] == "index:frames:cosine" && j["id"].as_i64().unwrap() > after)
+            .cloned();
+        if let Some(job) = job.filter(|j| j["state"] == "done") {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the index job did not finish");
+}
+
+#[test]
+fn the_index_is_built_in_the_background_and_updated_not_rebuilt_per_upload() {
+    // Force the index path on 80 frames.
+    let demo = demo("80", Some("20"));
+    let similar = |body: Value| -> Value { demo.post(&format!("{INSIGHTS}/similar"), &body).json().unwrap() };
+    let first = similar(json!({"frame_id": "frame_0003", "k": 5}));
+    assert_eq!(first["method"], "exact", "answered exactly while the index builds");
+    let job = wait_for_index_job(&demo, 0);
+    assert_eq!(job["message"], "built from scratch");
+    assert_eq!(job["progress"], 80);
+    let indexed = similar(json!({"frame_id": "frame_0003", "k": 5}));
+    assert_eq!(indexed["method"], "hnsw");
+    assert_eq!(indexed["neighbors"], first["neighbors"], "on 80 points the index finds the exact answer");
+
+    // A new frame: a new version, and the index is updated from the previous one.
+    let mut vector = vec![0.0f32; 64];
+    vector[0] = 1.0;
+    let frame = json!({
+        "frame_id": "frame_new",
+        "sensors": [{"sensor_id": "DEFAULT", "kind": "image", "url": "https://img.example.com/new.png"}],
+        "embedding": vector,
+    });
+    let response = demo
+        .client
+        .post(format!("{}/api/projects/shapes/datasets/shapes/frames", demo.base))
+        .bearer_auth(&demo.admin)
+        .header("content-type", "application/x-ndjson")
+        .body(format!("{frame}\n"))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.text().unwrap());
+    let meanwhile = similar(json!({"vector": vector, "k": 1}));
+    assert_eq!(meanwhile["neighbors"][0]["frame_id"], "frame_new");
+    let job = wait_for_index_job(&demo, job["id"].as_i64().unwrap());
+    let message = job["message"].as_str().unwrap();
+    assert!(message.contains("1 added, 0 removed"), "{message}");
+    let after = similar(json!({"vector": vector, "k": 1}));
+    assert_eq!(after["method"], "hnsw");
+    assert_eq!(after["neighbors"][0]["frame_id"], "frame_new");
+    assert!(after["neighbors"][0]["distance"].as_f64().unwrap() < 1e-5);
+
+    // A deleted frame becomes a tombstone: never returned.
+    let deleted = demo
+        .client
+        .delete(format!("{}/api/projects/shapes/datasets/shapes/frames/frame_new", demo.base))
+        .bearer_auth(&demo.admin)
+        .send()
+        .unwrap();
+    assert!(deleted.status().is_success());
+    let _ = similar(json!({"vector": vector, "k": 1}));
+    let job = wait_for_index_job(&demo, job["id"].as_i64().unwrap());
+    assert!(job["message"].as_str().unwrap().contains("0 added, 1 removed"), "{}", job["message"]);
+    let gone = similar(json!({"vector": vector, "k": 80}));
+    assert_eq!(gone["method"], "hnsw");
+    let ids: Vec<&str> =
+        gone["neighbors"].as_array().unwrap().iter().map(|n| n["frame_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 80);
+    assert!(!ids.contains(&"frame_new"));
 }
