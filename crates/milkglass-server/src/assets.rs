@@ -580,13 +580,18 @@ async fn mirror(
             format!("project {:?} is {}; only mirrored projects are mirrored", project.name, project.access_mode),
         ));
     }
-    let (fetcher, access) = assets.fetcher_for(&state.store, &project, "mirroring")?;
-    let store = state.store.clone();
-    let (p, d) = (project.name.clone(), dataset.clone());
+    Ok(Json(run_mirror(&state.store, &assets, &project, &dataset).await?))
+}
+
+/// Fetches every URL of a mirrored project's dataset that is not in the store yet.
+async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, dataset: &str) -> ApiResult<Value> {
+    let (fetcher, access) = assets.fetcher_for(store, project, "mirroring")?;
+    let store = store.clone();
+    let (p, d) = (project.name.clone(), dataset.to_string());
     let urls = tokio::task::spawn_blocking(move || dataset_urls(&store, &p, &d))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let dir = assets.project_dir(&project);
+    let dir = assets.project_dir(project);
     let total = urls.len();
     let outcomes: Vec<(String, Result<bool, String>)> = futures::stream::iter(urls.into_iter().map(|(url, _)| {
         let (dir, access, root) = (dir.clone(), access.clone(), assets.root.clone());
@@ -604,13 +609,28 @@ async fn mirror(
         .iter()
         .filter_map(|(url, o)| o.as_ref().err().map(|e| json!({ "url": milkglass_fetch::redact(url), "error": e })))
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "assets": total,
         "fetched": fetched,
         "already_mirrored": already,
         "failed_count": failed.len(),
         "failed": failed.into_iter().take(100).collect::<Vec<_>>(),
-    })))
+    }))
+}
+
+/// Serializes fetches of the same mirror target, so concurrent runs (a route, the check after an
+/// upload, embedding generation) still send one request per asset.
+fn target_lock(target: &FsPath) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = BTreeMap<PathBuf, std::sync::Weak<tokio::sync::Mutex<()>>>;
+    static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(BTreeMap::new());
+    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
+    locks.retain(|_, lock| lock.strong_count() > 0);
+    if let Some(lock) = locks.get(target).and_then(std::sync::Weak::upgrade) {
+        return lock;
+    }
+    let lock = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(target.to_path_buf(), Arc::downgrade(&lock));
+    lock
 }
 
 /// Fetches one URL into the store unless it is there already. `Ok(true)` when it was fetched now.
@@ -625,6 +645,8 @@ async fn mirror_one(
         return Ok(false);
     }
     let target = dir.join(mirror_key(url));
+    let lock = target_lock(&target);
+    let _held = lock.lock().await;
     if tokio::fs::try_exists(&target).await.unwrap_or(false) {
         return Ok(false);
     }
@@ -707,14 +729,20 @@ async fn url_check(
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    let store = state.store.clone();
-    let (p, d) = (project.name.clone(), dataset.clone());
-    let (info, urls) =
-        tokio::task::spawn_blocking(move || Ok::<_, ApiError>((store.dataset(&p, &d)?, dataset_urls(&store, &p, &d)?)))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(run_url_check(&state.store, &assets, &project, &dataset).await?))
+}
+
+/// Sorts a dataset's URLs into the report's categories and stores the report.
+async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, dataset: &str) -> ApiResult<Value> {
+    let reader = store.clone();
+    let (p, d) = (project.name.clone(), dataset.to_string());
+    let (info, urls) = tokio::task::spawn_blocking(move || {
+        Ok::<_, ApiError>((reader.dataset(&p, &d)?, dataset_urls(&reader, &p, &d)?))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let hosted_dir =
-        matches!(project.access_mode, AccessMode::Hosted | AccessMode::Mirrored).then(|| assets.project_dir(&project));
+        matches!(project.access_mode, AccessMode::Hosted | AccessMode::Mirrored).then(|| assets.project_dir(project));
     let mut results: Vec<(String, String, Category, String)> = Vec::with_capacity(urls.len());
     let mut to_probe = Vec::new();
     // Anonymous projects are judged by the default rules: milkglass would not load their URLs even
@@ -741,7 +769,7 @@ async fn url_check(
     }
     if !to_probe.is_empty() {
         // Not for anonymous projects: fetcher_for refuses them, and none reaches here anyway.
-        let (fetcher, access) = assets.fetcher_for(&state.store, &project, "URL checks")?;
+        let (fetcher, access) = assets.fetcher_for(store, project, "URL checks")?;
         let unprobed = to_probe.split_off(to_probe.len().min(MAX_PROBES));
         let probed: Vec<(String, String, Category, String)> =
             futures::stream::iter(to_probe.into_iter().map(|(url, frame)| {
@@ -785,14 +813,39 @@ async fn url_check(
         "counts": counts,
         "examples": examples,
     });
-    let store = state.store.clone();
+    let writer = store.clone();
     let stored = report.clone();
-    let checked_at = tokio::task::spawn_blocking(move || store.set_url_report(info.id, &stored))
+    let checked_at = tokio::task::spawn_blocking(move || writer.set_url_report(info.id, &stored))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let mut report = report;
     report["checked_at"] = checked_at.into();
-    Ok(Json(report))
+    Ok(report)
+}
+
+/// After frames arrive, checks their URLs in the background so the user learns at upload time
+/// (from `url_report`) which images will not load; a mirrored project mirrors first, so the check
+/// finds the copies and the user's server still sees one request per asset.
+pub(crate) fn check_after_upload(state: &AppState, project: &str, dataset: &str) {
+    let (state, project, dataset) = (state.clone(), project.to_string(), dataset.to_string());
+    tokio::spawn(async move {
+        let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
+        let run = async {
+            let store = state.store.clone();
+            let name = project.clone();
+            let info = tokio::task::spawn_blocking(move || store.project(&name))
+                .await
+                .map_err(|e| internal(e.to_string()))??;
+            let assets = Assets::new(&state.store, &state.config.fetch_allow).map_err(|e| internal(e.to_string()))?;
+            if info.access_mode == AccessMode::Mirrored {
+                run_mirror(&state.store, &assets, &info, &dataset).await?;
+            }
+            run_url_check(&state.store, &assets, &info, &dataset).await
+        };
+        if let Err(e) = run.await {
+            tracing::warn!("URL check after an upload to {project}/{dataset}: {}", e.message);
+        }
+    });
 }
 
 async fn url_report(

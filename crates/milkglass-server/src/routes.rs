@@ -402,7 +402,11 @@ async fn upload_frames(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Value>> {
-    upload(state, caller, path.0, None, UploadKind::Frames, headers, body).await
+    let (project, dataset) = path.0;
+    let target = (project.clone(), dataset.clone());
+    let answer = upload(State(state.0.clone()), caller, target, None, UploadKind::Frames, headers, body).await?;
+    crate::assets::check_after_upload(&state, &project, &dataset);
+    Ok(answer)
 }
 
 async fn upload_labels(

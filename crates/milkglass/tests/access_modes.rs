@@ -101,6 +101,19 @@ fn upload(server: &Server, token: &str, project: &str, frames: &[Value]) {
     assert_eq!(r.status(), 200, "{}", r.text().unwrap());
 }
 
+/// The report the server makes in the background after an upload of frames.
+fn report_after_upload(server: &Server, token: &str, project: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let response = server.get(token, &format!("/api/projects/{project}/datasets/d/url_report"));
+        if response.status() == 200 {
+            return response.json().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no URL report after the upload");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn anonymous_projects_never_reach_the_users_server() {
     let images = image_server();
@@ -111,6 +124,8 @@ fn anonymous_projects_never_reach_the_users_server() {
         (0..5).map(|i| frame_with(&format!("f{i}"), &images.url(&format!("f{i}.png")))).collect();
     frames.push(frame_with("public", "https://images.example.com/public.png"));
     upload(&server, &admin, "anon", &frames);
+    let at_upload = report_after_upload(&server, &admin, "anon");
+    assert_eq!(at_upload["counts"]["browser_only"], 5, "{at_upload}");
 
     // Every read and write of the dataset API.
     for path in [
@@ -188,19 +203,33 @@ fn mirrored_projects_fetch_each_asset_once_then_serve_it() {
         frame_with("e", "http://169.254.169.254/latest/meta-data/"),
     ];
     upload(&server, &admin, "mirror", &frames);
+    // The upload mirrors in the background, then checks the URLs against the copies.
+    let at_upload = report_after_upload(&server, &admin, "mirror");
+    assert_eq!(at_upload["counts"]["reachable"], 3, "{at_upload}");
     let report: Value = server.post_json(&admin, &format!("{d}/mirror"), &json!({})).json().unwrap();
     assert_eq!(report["assets"], 4, "{report}");
-    assert_eq!(report["fetched"], 3, "{report}");
-    assert_eq!(report["failed_count"], 1, "{report}");
+    assert_eq!(report["already_mirrored"], 3, "{report}");
+    assert_eq!(report["failed_count"], 1, "the metadata URL is refused on every run: {report}");
     assert!(report["failed"][0]["error"].as_str().unwrap().contains("link-local"), "{report}");
     assert_eq!(images.count(), 3, "exactly one request per asset");
     assert!(
         images.seen.lock().unwrap().iter().all(|head| head.to_ascii_lowercase().contains("x-shared-secret: s3cr3t"))
     );
 
+    // New frames are mirrored by their upload; known URLs are not fetched again.
+    upload(
+        &server,
+        &admin,
+        "mirror",
+        &[frame_with("f", &images.url("a.png")), frame_with("g", &images.url("new.png"))],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while images.count() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let again: Value = server.post_json(&admin, &format!("{d}/mirror"), &json!({})).json().unwrap();
-    assert_eq!(again["already_mirrored"], 3, "{again}");
-    assert_eq!(images.count(), 3, "a second mirror run fetches nothing");
+    assert_eq!(again["already_mirrored"], 4, "{again}");
+    assert_eq!(images.count(), 4, "one more request, for the one new URL");
 
     // Served from the store through signed URLs, without another request upstream.
     let urls = json!({"urls": [images.url("a.png"), images.url("c.png?sig=short-lived"), images.url("never.png")]});
@@ -215,12 +244,12 @@ fn mirrored_projects_fetch_each_asset_once_then_serve_it() {
         assert_eq!(response.bytes().unwrap().to_vec(), image_bytes(name));
     }
     assert!(resolved["urls"][2]["load_url"].is_null());
-    assert_eq!(images.count(), 3);
+    assert_eq!(images.count(), 4);
 
     let check: Value = server.post_json(&admin, &format!("{d}/url_check"), &json!({})).json().unwrap();
-    assert_eq!(check["counts"]["reachable"], 3, "{check}");
+    assert_eq!(check["counts"]["reachable"], 4, "{check}");
     assert_eq!(check["counts"]["browser_only"], 1, "{check}");
-    assert_eq!(images.count(), 3, "mirrored URLs are checked in the store");
+    assert_eq!(images.count(), 4, "mirrored URLs are checked in the store");
 }
 
 #[test]
@@ -309,13 +338,18 @@ fn url_checks_report_what_milkglass_and_the_browser_can_load() {
             frame_with("e", "http://nas/e.png"),
         ],
     );
+    // Checked at upload time, in the background...
+    let at_upload = report_after_upload(&server, &admin, "pub");
+    assert_eq!(images.count(), 2, "one probe each for the two loopback URLs");
+    // ...and again on request.
     let report: Value = server.post_json(&admin, "/api/projects/pub/datasets/d/url_check", &json!({})).json().unwrap();
+    assert_eq!(report["counts"], at_upload["counts"]);
     let counts = &report["counts"];
     assert_eq!(counts["reachable"], 1, "{report}");
     assert_eq!(counts["invalid"], 1, "{report}");
     assert_eq!(counts["bucket_path"], 1, "{report}");
     assert_eq!(counts["browser_only"], 2, "{report}");
-    assert_eq!(images.count(), 2, "one probe each for the two loopback URLs");
+    assert_eq!(images.count(), 4);
     // A public project has nothing to mirror or host.
     expect_error(server.post_json(&admin, "/api/projects/pub/datasets/d/mirror", &json!({})), 409);
     expect_error(server.post_json(&admin, "/api/projects/pub/assets/sign", &json!({"keys": ["a.png"]})), 409);
@@ -327,6 +361,7 @@ fn the_fetcher_refuses_loopback_unless_the_admin_allows_it() {
     let (server, admin) = Server::start(&[]);
     create(&server, &admin, "m", "mirrored");
     upload(&server, &admin, "m", &[frame_with("a", &images.url("a.png"))]);
+    report_after_upload(&server, &admin, "m");
     let report: Value = server.post_json(&admin, "/api/projects/m/datasets/d/mirror", &json!({})).json().unwrap();
     assert_eq!(report["failed_count"], 1, "{report}");
     assert!(report["failed"][0]["error"].as_str().unwrap().contains("loopback"), "{report}");
