@@ -10,6 +10,7 @@
 
 use crate::AppState;
 use crate::auth::Caller;
+use crate::embedding::{EmbedRequest, ImageSource};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use axum::Router;
@@ -81,6 +82,48 @@ impl Assets {
         self.root.join(project.id.to_string())
     }
 
+    /// Reads frame images for server-side work: hosted keys from the store, mirrored URLs through the
+    /// mirror (fetched once, then read from the store), anything else through the fetcher.
+    fn image_source(self: &Arc<Self>, store: &Store, project: &ProjectInfo, feature: &str) -> ApiResult<ImageSource> {
+        let (_, access) = self.fetcher_for(store, project, feature)?;
+        let (assets, dir, mode) = (self.clone(), self.project_dir(project), project.access_mode);
+        Ok(Arc::new(move |url: String| {
+            let (assets, dir, access) = (assets.clone(), dir.clone(), access.clone());
+            Box::pin(async move {
+                let stored = match (mode, url.strip_prefix("hosted:")) {
+                    (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => {
+                        check_key("url", key).map_err(|e| e.message)?;
+                        dir.join(key)
+                    }
+                    (AccessMode::Mirrored, None) => {
+                        mirror_one(&assets.fetcher, &access, &assets.root, &dir, &url).await?;
+                        dir.join(mirror_key(&url))
+                    }
+                    (_, Some(_)) => return Err(format!("{url}: hosted: keys need a hosted project")),
+                    (_, None) => {
+                        let fetched = assets.fetcher.fetch(&url, &access).await.map_err(|e| e.to_string())?;
+                        return Ok(fetched.bytes.to_vec());
+                    }
+                };
+                tokio::fs::read(&stored).await.map_err(|e| format!("{}: {e}", milkglass_fetch::redact(&url)))
+            })
+        }))
+    }
+}
+
+/// `POST {dataset}/embed`: starts embedding generation (see `crate::embedding`).
+async fn embed(
+    State(state): State<AppState>,
+    Extension(assets): Extension<Arc<Assets>>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+    JsonBody(request): JsonBody<EmbedRequest>,
+) -> ApiResult<Response> {
+    let project = caller.project(&state, &project, ProjectRole::Owner)?;
+    let dataset = state.store.dataset(&project.name, &dataset)?;
+    let source = assets.image_source(&state.store, &project, "embedding generation")?;
+    let (status, body) = crate::embedding::start(state, project, dataset, request, source).await?;
+    Ok((status, Json(body)).into_response())
 }
 
 fn anonymous_refusal(project: &str, feature: &str) -> ApiError {
@@ -113,6 +156,7 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route(&format!("{project}/assets/resolve"), post(resolve_urls))
         .route(&format!("{project}/fetch"), get(get_fetch_settings).put(put_fetch_settings))
         .route(&format!("{dataset}/mirror"), post(mirror))
+        .route(&format!("{dataset}/embed"), post(embed))
         .route(&format!("{dataset}/url_check"), post(url_check))
         .route(&format!("{dataset}/url_report"), get(url_report))
         .layer(Extension(Arc::new(assets)))

@@ -5,6 +5,7 @@
 
 mod assets;
 mod auth;
+mod embedding;
 mod error;
 pub mod flight;
 mod ingest;

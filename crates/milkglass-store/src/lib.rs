@@ -21,7 +21,6 @@ mod error;
 mod guarded;
 mod ingest;
 mod insight;
-mod insight;
 mod migrations;
 mod reviews;
 mod rows;
@@ -34,7 +33,6 @@ pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, Pr
 pub use embeddings::{EmbeddingFile, Space};
 pub use error::{StoreError, StoreResult};
 pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
-pub use insight::{BoxRecord, FrameRecord};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
 pub use insight::{BoxRecord, FrameRecord};
 pub use reviews::ReviewRequest;

@@ -154,6 +154,26 @@ fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
 }
 
 impl Store {
+    /// `(frame id, URL of its first image sensor)` for every current frame, ordered by id: what
+    /// embedding generation reads. Frames without an image sensor have `None`.
+    pub fn frame_image_urls(&self, dataset: &DatasetInfo) -> StoreResult<Vec<(String, Option<String>)>> {
+        self.db().read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT frame_id, sensors FROM frames WHERE dataset_id = ?1 AND valid_to IS NULL ORDER BY frame_id",
+            )?;
+            let rows = stmt.query_map([dataset.id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let mut urls = Vec::new();
+            for row in rows {
+                let (frame_id, sensors) = row?;
+                let sensors: Vec<milkglass_core::Sensor> = serde_json::from_str(&sensors)
+                    .map_err(|e| StoreError::Corrupt(format!("sensors of frame {frame_id:?}: {e}")))?;
+                let url = sensors.into_iter().find(|s| s.kind == SensorKind::Image).map(|s| s.url);
+                urls.push((frame_id, url));
+            }
+            Ok(urls)
+        })
+    }
+
     /// One frame with its labels and inferences, as of `version` (default latest).
     pub fn frame(&self, dataset: &DatasetInfo, frame_id: &str, version: Option<i64>) -> StoreResult<StoredFrame> {
         check_version(dataset, version)?;

@@ -56,6 +56,13 @@ enum Command {
         #[command(flatten)]
         remote: remote::Remote,
     },
+    /// Generate frame and crop embeddings on the server with the pretrained model, with a progress bar.
+    Embed {
+        #[command(flatten)]
+        args: remote::EmbedArgs,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
     /// Serve a local directory to the browser (CORS, Range requests), for data URLs in experiments.
     ServeFiles(ServeFilesArgs),
     /// Measure milkglass against a reference, on this machine.
@@ -198,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Table { command, remote } => remote::table(&remote, command),
         Command::Review { command, remote } => remote::review(&remote, command),
         Command::Audit { args, remote } => remote::audit(&remote, args),
+        Command::Embed { args, remote } => remote::embed(&remote, args),
         Command::ServeFiles(args) => serve_files(args),
         Command::Bench { command } => bench::run(command),
     }

@@ -1,4 +1,4 @@
-//! Commands that talk to a running server: `table`, `review`, `audit`.
+//! Commands that talk to a running server: `table`, `review`, `audit`, `embed`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -74,6 +74,18 @@ pub enum AuditCommand {
         #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    pub project: String,
+    pub dataset: String,
+    /// Embed whole frames only, not the crops of their label boxes.
+    #[arg(long)]
+    pub no_crops: bool,
+    /// Frames read and embedded together.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
 }
 
 impl Remote {
@@ -200,4 +212,52 @@ pub fn audit(remote: &Remote, args: AuditArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Starts embedding generation on the server and follows its job with a progress bar.
+pub fn embed(remote: &Remote, args: EmbedArgs) -> Result<()> {
+    let dataset = format!("/api/projects/{}/datasets/{}", segment(&args.project), segment(&args.dataset));
+    let body = serde_json::json!({ "crops": !args.no_crops, "batch": args.batch });
+    let started = remote.send(remote.request(reqwest::Method::POST, &format!("{dataset}/embed"))?.json(&body))?;
+    let job = started["job"].as_i64().context("the server did not name the job")?;
+    let bar = indicatif::ProgressBar::new(started["total"].as_u64().unwrap_or(0));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} embedding [{bar:40}] {pos}/{len} frames {per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let status = remote.send(remote.request(reqwest::Method::GET, &format!("{dataset}/status"))?)?;
+        let Some(state) = status["jobs"].as_array().into_iter().flatten().find(|j| j["id"].as_i64() == Some(job))
+        else {
+            bail!("job {job} is no longer listed in the dataset status");
+        };
+        bar.set_position(state["progress"].as_u64().unwrap_or(0));
+        let message = state["message"].as_str().unwrap_or("").to_string();
+        match state["state"].as_str() {
+            Some("done") => {
+                bar.finish_and_clear();
+                println!("{message}");
+                return Ok(());
+            }
+            Some("failed") | Some("interrupted") => {
+                bar.abandon();
+                bail!("embedding failed: {message}");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A name as one URL path segment.
+fn segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
