@@ -867,6 +867,19 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
     Ok(report)
 }
 
+/// A deleted project's hosted and mirrored files go with it, so its signed URLs stop working at
+/// once and a later project that gets the same id starts with an empty store.
+pub(crate) async fn remove_project_files(store: &Store, project: &ProjectInfo) {
+    let dir = store.dir().join("assets").join(project.id.to_string());
+    match tokio::fs::remove_dir_all(&dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::error!("cannot remove the files of deleted project {:?} at {}: {e}", project.name, dir.display())
+        }
+    }
+}
+
 /// After frames arrive, checks their URLs in the background so the user learns at upload time
 /// (from `url_report`) which images will not load; a mirrored project mirrors first, so the check
 /// finds the copies and the user's server still sees one request per asset.

@@ -117,9 +117,10 @@ async fn delete_project(
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
-    caller.project(&state, &project, ProjectRole::Owner)?;
+    let info = caller.project(&state, &project, ProjectRole::Owner)?;
     let store = state.store.clone();
     blocking(move || Ok(store.delete_project(&project)?)).await?;
+    crate::assets::remove_project_files(&state.store, &info).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -319,6 +319,12 @@ fn hosted_files_need_a_valid_unexpired_signature() {
     assert_eq!(check["counts"]["reachable"], 1, "{check}");
     assert_eq!(check["counts"]["invalid"], 1, "{check}");
     expect_error(server.post_json(&admin, "/api/projects/host/assets/sign", &json!({"keys": ["../x"]})), 400);
+
+    // Deleting the project deletes its files: even a valid signature finds nothing.
+    let r = server.request(reqwest::Method::DELETE, &admin, "/api/projects/host").send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(client.get(get_url).send().unwrap().status(), 404);
+    assert!(!server.dir.join("assets").join("1").exists(), "the project's directory is gone");
 }
 
 #[test]
