@@ -83,7 +83,7 @@ pub(crate) async fn start(
     // Load the model before answering, so a missing model is the caller's error now, not a failed job later.
     let model = tokio::task::spawn_blocking(embedder)
         .await
-        .map_err(internal)?
+        .map_err(ApiError::internal)?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e))?;
     let dims = model.lock().unwrap_or_else(|e| e.into_inner()).dimensions();
     let spaces = [("frame", dataset.frame_embedding_dim, true), ("label", dataset.label_embedding_dim, request.crops)];
@@ -110,7 +110,7 @@ pub(crate) async fn start(
             Ok((frames, boxes, job))
         })
         .await
-        .map_err(internal)??
+        .map_err(ApiError::internal)??
     };
     let mut crops: HashMap<String, Vec<(String, Region)>> = HashMap::new();
     for b in boxes {
@@ -120,10 +120,6 @@ pub(crate) async fn start(
     let frame_count = frames.len();
     tokio::spawn(run(state, dataset, job, frames, crops, batch, source));
     Ok((StatusCode::ACCEPTED, json!({ "job": job, "kind": JOB_KIND, "total": frame_count })))
-}
-
-fn internal(e: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 /// What the job did, for its final message.

@@ -38,6 +38,12 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// A failure that is not the caller's: logged in full, answered without details.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {cause}");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+    }
+
     pub fn too_large(limit: u64) -> Self {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

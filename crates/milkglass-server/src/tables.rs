@@ -116,11 +116,11 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> Api
             }
             "file" => {
                 let file_name = field.file_name().map(String::from);
-                let mut out = tokio::fs::File::create(&staging.0).await.map_err(|e| internal(&e))?;
+                let mut out = tokio::fs::File::create(&staging.0).await.map_err(ApiError::internal)?;
                 while let Some(chunk) = field.chunk().await.map_err(|e| body_error(&e.to_string()))? {
-                    out.write_all(&chunk).await.map_err(|e| internal(&e))?;
+                    out.write_all(&chunk).await.map_err(ApiError::internal)?;
                 }
-                out.flush().await.map_err(|e| internal(&e))?;
+                out.flush().await.map_err(ApiError::internal)?;
                 upload = Some(file_name);
             }
             other => {
@@ -162,7 +162,7 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> Api
     let table =
         tokio::task::spawn_blocking(move || store.publish_table(&owner, &name, &policy, readers.as_deref(), &imported))
             .await
-            .map_err(|e| internal(&e))??;
+            .map_err(ApiError::internal)??;
     Ok((StatusCode::CREATED, Json(table)).into_response())
 }
 
@@ -177,11 +177,6 @@ impl Drop for Staging {
 
 fn tempfile_in(state: &AppState) -> ApiResult<Staging> {
     Ok(Staging(state.store.staging_file()?))
-}
-
-fn internal(e: &dyn std::fmt::Display) -> ApiError {
-    tracing::error!("table upload: {e}");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
 }
 
 fn body_error(message: &str) -> ApiError {
@@ -295,11 +290,11 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             let mut body = Vec::new();
             {
                 let mut writer =
-                    arrow::ipc::writer::StreamWriter::try_new(&mut body, &schema).map_err(|e| internal(&e))?;
+                    arrow::ipc::writer::StreamWriter::try_new(&mut body, &schema).map_err(ApiError::internal)?;
                 for batch in &batches {
-                    writer.write(batch).map_err(|e| internal(&e))?;
+                    writer.write(batch).map_err(ApiError::internal)?;
                 }
-                writer.finish().map_err(|e| internal(&e))?;
+                writer.finish().map_err(ApiError::internal)?;
             }
             let _ = columns;
             let mut response = body.into_response();
@@ -322,12 +317,15 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
                 .with_explicit_nulls(true)
                 .build::<_, arrow::json::writer::JsonArray>(Vec::new());
             for batch in &batches {
-                writer.write(batch).map_err(|e| internal(&e))?;
+                writer.write(batch).map_err(ApiError::internal)?;
             }
-            writer.finish().map_err(|e| internal(&e))?;
+            writer.finish().map_err(ApiError::internal)?;
             let bytes = writer.into_inner();
-            let rows: Value =
-                if bytes.is_empty() { json!([]) } else { serde_json::from_slice(&bytes).map_err(|e| internal(&e))? };
+            let rows: Value = if bytes.is_empty() {
+                json!([])
+            } else {
+                serde_json::from_slice(&bytes).map_err(ApiError::internal)?
+            };
             let count = batches.iter().map(|b| b.num_rows()).sum::<usize>();
             Ok(Json(json!({
                 "columns": columns,
