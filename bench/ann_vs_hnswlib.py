@@ -82,6 +82,8 @@ def main():
         rust = json.load(f)
     for key, value in previous.items():
         rust.setdefault(key, value)  # build figures survive a query-only rerun
+    with open(os.path.join(args.dir, "rust.json"), "w") as f:
+        json.dump(rust, f)
 
     import hnswlib
 
@@ -140,12 +142,15 @@ def main():
                                     ("hnswlib 0.8", peer, theirs_first, theirs_at)]:
         first_cells = f"{first['ef']} | {first['recall']:.4f} | {first['qps']:,.0f}" if first else "- | - | -"
         at_cell = f"{at:,.0f}" if at else "-"
-        print(f"| {name} | {result['build_s']:.1f} | {result['index_mib']:.0f} | {first_cells} | {at_cell} |")
+        build = f"{result['build_s']:.1f}" if "build_s" in result else "-"
+        memory = f"{result['index_mib']:.0f}" if "index_mib" in result else "-"
+        print(f"| {name} | {build} | {memory} | {first_cells} | {at_cell} |")
     if ours_first and theirs_first:
         print(f"\nQPS ratio milkglass / hnswlib, first ef reaching {target}: {ours_first['qps'] / theirs_first['qps']:.2f}")
     if ours_at and theirs_at:
         print(f"QPS ratio milkglass / hnswlib, interpolated at recall {target}: {ours_at / theirs_at:.2f}")
-    print(f"build time ratio milkglass / hnswlib: {rust['build_s'] / build_s:.2f}")
+    if "build_s" in rust:
+        print(f"build time ratio milkglass / hnswlib: {rust['build_s'] / build_s:.2f}")
     for key in ["graph_s", "graph_recall", "pca_s", "layout_s", "kmeans_s", "layout_neighbor_preservation",
                 "peak_rss_mib_after_graph", "peak_rss_mib_after_map", "peak_rss_mib"]:
         if key in rust:
