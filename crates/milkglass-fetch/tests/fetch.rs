@@ -372,3 +372,16 @@ async fn probes_reachability() {
         other => panic!("{other:?}"),
     }
 }
+
+#[cfg(not(feature = "tls"))]
+#[tokio::test]
+async fn https_without_tls_says_how_to_get_it() {
+    let fetch = fetcher(&[], quick());
+    match fetch.fetch("https://images.example.com/a.png", &ProjectAccess::default()).await {
+        Err(FetchError::Unsupported { url, reason }) => {
+            assert_eq!(url, "https://images.example.com/a.png");
+            assert!(reason.contains("`tls` feature"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
