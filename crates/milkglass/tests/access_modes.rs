@@ -150,7 +150,19 @@ fn anonymous_projects_never_reach_the_users_server() {
                            "geometry": {"kind": "box2d", "top": 0.0, "left": 0.0, "width": 5.0, "height": 5.0}});
     assert_eq!(server.upload_lines(&admin, &format!("{d}/inference_sets/m/inferences"), &[inference]).status(), 200);
 
+    // Every insight works from labels, inferences and embeddings alone.
+    let insights = format!("{d}/insights");
+    let similar = server.post_json(&admin, &format!("{insights}/similar"), &json!({"frame_id": "f1", "k": 3}));
+    assert_eq!(similar.status(), 200, "{}", similar.text().unwrap());
+    for path in ["label_errors?inference_set=m", "metrics?inference_set=m", "map?space=frames", "map/ids?space=frames"]
+    {
+        let r = server.get(&admin, &format!("{insights}/{path}"));
+        assert_eq!(r.status(), 200, "{path}: {}", r.text().unwrap());
+    }
+
     // The raw-data features answer with why, without trying.
+    let error = expect_error(server.post_json(&admin, &format!("{d}/embed"), &json!({})), 409);
+    assert_eq!(error["code"], "anonymous_project");
     let error = expect_error(server.post_json(&admin, &format!("{d}/mirror"), &json!({})), 409);
     assert_eq!(error["code"], "anonymous_project");
     assert!(error["message"].as_str().unwrap().contains("never fetches"), "{error}");
