@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::insight_service::{self, LabelErrorQuery, MetricsQuery, SimilarRequest};
+use crate::insight_service::{self, Collection, Dismissal, LabelErrorQuery, MetricsQuery, SimilarRequest};
 use crate::json::JsonBody;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -14,10 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use milkglass_core::ProjectRole;
-use milkglass_store::{DatasetInfo, ProjectInfo};
+use milkglass_store::{DatasetInfo, ProjectInfo, SegmentSpec};
 use serde_json::Value;
 
 pub fn router() -> Router<AppState> {
+    let datasets = "/api/projects/{project}/datasets/{dataset}";
     let base = "/api/projects/{project}/datasets/{dataset}/insights";
     Router::new()
         .route(&format!("{base}/similar"), post(similar))
@@ -25,12 +26,26 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{base}/metrics"), get(metrics))
         .route(&format!("{base}/map"), get(embedding_map))
         .route(&format!("{base}/map/ids"), get(embedding_map_ids))
+        .route(&format!("{base}/label_errors/dismiss"), post(dismiss))
+        .route(&format!("{datasets}/segments"), get(list_segments).post(create_segment))
+        .route(
+            &format!("{datasets}/segments/{{segment}}"),
+            get(get_segment).patch(update_segment).delete(delete_segment),
+        )
+        .route(&format!("{datasets}/segments/{{segment}}/export"), get(export_segment))
+        .route(&format!("{datasets}/segments/{{segment}}/collect"), post(collect))
 }
 
 async fn on_blocking_pool<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))?
+}
+
+/// Changes (segments, dismissals) need the owner role on the project.
+fn owned(state: &AppState, caller: &Caller, project: &str, dataset: &str) -> ApiResult<DatasetInfo> {
+    let project = caller.project(state, project, ProjectRole::Owner)?;
+    Ok(state.store.dataset(&project.name, dataset)?)
 }
 
 fn viewable(state: &AppState, caller: &Caller, project: &str, dataset: &str) -> ApiResult<(ProjectInfo, DatasetInfo)> {
@@ -150,4 +165,93 @@ async fn embedding_map_ids(
     let store = state.store.clone();
     let ids = on_blocking_pool(move || insight_service::map_ids(&store, &dataset, &space)).await?;
     Ok(Json(serde_json::json!({ "ids": ids })))
+}
+
+async fn dismiss(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+    JsonBody(dismissal): JsonBody<Dismissal>,
+) -> ApiResult<Json<Value>> {
+    let dataset = owned(&state, &caller, &project, &dataset)?;
+    let store = state.store.clone();
+    Ok(Json(on_blocking_pool(move || insight_service::dismiss(&store, &dataset, &dismissal)).await?))
+}
+
+async fn list_segments(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
+    Ok(Json(serde_json::json!({ "segments": state.store.list_segments(&dataset)? })))
+}
+
+async fn create_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+    JsonBody(spec): JsonBody<SegmentSpec>,
+) -> ApiResult<Response> {
+    let dataset = owned(&state, &caller, &project, &dataset)?;
+    let segment = state.store.create_segment(&dataset, &spec)?;
+    Ok((StatusCode::CREATED, Json(segment)).into_response())
+}
+
+async fn get_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset, segment)): Path<(String, String, String)>,
+) -> ApiResult<Json<Value>> {
+    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
+    Ok(Json(serde_json::to_value(state.store.segment(&dataset, &segment)?).expect("serializable")))
+}
+
+async fn update_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset, segment)): Path<(String, String, String)>,
+    JsonBody(patch): JsonBody<SegmentSpec>,
+) -> ApiResult<Json<Value>> {
+    let dataset = owned(&state, &caller, &project, &dataset)?;
+    Ok(Json(serde_json::to_value(state.store.update_segment(&dataset, &segment, &patch)?).expect("serializable")))
+}
+
+async fn delete_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset, segment)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let dataset = owned(&state, &caller, &project, &dataset)?;
+    state.store.delete_segment(&dataset, &segment)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn export_segment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset, segment)): Path<(String, String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult<Response> {
+    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
+    let p = Params::new(params, &["format"])?;
+    let format = p.text("format").unwrap_or_else(|| "jsonl".into());
+    let store = state.store.clone();
+    let (content_type, body) =
+        on_blocking_pool(move || insight_service::export_segment(&store, &dataset, &segment, &format)).await?;
+    Ok(([(CONTENT_TYPE, content_type)], body).into_response())
+}
+
+async fn collect(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset, segment)): Path<(String, String, String)>,
+    JsonBody(request): JsonBody<Collection>,
+) -> ApiResult<Response> {
+    let (_, source) = viewable(&state, &caller, &project, &dataset)?;
+    let target = owned(&state, &caller, &project, &request.from_dataset)?;
+    let store = state.store.clone();
+    let saved =
+        on_blocking_pool(move || insight_service::collect(&store, &source, &target, &segment, &request)).await?;
+    Ok((StatusCode::CREATED, Json(saved)).into_response())
 }

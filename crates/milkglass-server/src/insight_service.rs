@@ -152,7 +152,19 @@ pub fn label_errors(
     let frames = frame_scores(&issues);
     let class = |id: Option<u32>| id.and_then(|c| detection.class_names.get(&c).cloned());
     let label_id = |n: Option<u32>| n.map(|n| detection.label_records[n as usize].label_id.clone());
-    let selected: Vec<_> = issues.iter().filter(|i| query.kind.as_deref().is_none_or(|k| k == i.kind.name())).collect();
+    let inference_id = |n: Option<u32>| n.map(|n| detection.inference_records[n as usize].label_id.clone());
+    let dismissed = store.dismissed_issues(dataset)?;
+    let selected: Vec<_> = issues
+        .iter()
+        .filter(|i| query.kind.as_deref().is_none_or(|k| k == i.kind.name()))
+        .filter(|i| {
+            !dismissed.contains(&issue_key(
+                i.kind.name(),
+                label_id(i.label).as_deref(),
+                inference_id(i.inference).as_deref(),
+            ))
+        })
+        .collect();
     let page: Vec<Value> = selected
         .iter()
         .skip(query.offset)
@@ -651,4 +663,139 @@ pub fn embedding_map(
         _ => return Err(ApiError::invalid("layout", "layout must be \"pca\" or \"umap\"")),
     };
     Ok((data.ids, map::pack_le(&points)))
+}
+
+/// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and
+/// inference, which stay the same across dataset versions.
+pub fn issue_key(kind: &str, label_id: Option<&str>, inference_id: Option<&str>) -> String {
+    format!("{kind}|{}|{}", label_id.unwrap_or(""), inference_id.unwrap_or(""))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dismissal {
+    pub kind: String,
+    pub label_id: Option<String>,
+    pub inference_id: Option<String>,
+}
+
+pub fn dismiss(store: &Store, dataset: &DatasetInfo, dismissal: &Dismissal) -> ApiResult<Value> {
+    const KINDS: [&str; 5] =
+        ["missing_label", "class_confusion", "bad_localization", "duplicate_label", "spurious_label"];
+    if !KINDS.contains(&dismissal.kind.as_str()) {
+        return Err(ApiError::invalid("kind", format!("kind must be one of {KINDS:?}")));
+    }
+    if dismissal.label_id.is_none() && dismissal.inference_id.is_none() {
+        return Err(ApiError::invalid("label_id", "name the issue's label_id or inference_id"));
+    }
+    let key = issue_key(&dismissal.kind, dismissal.label_id.as_deref(), dismissal.inference_id.as_deref());
+    store.dismiss_issue(dataset, &key)?;
+    Ok(json!({ "dismissed": key }))
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
+/// A segment's items as JSON Lines or CSV (`frame_id`, and for labels the `label_id` first).
+pub fn export_segment(
+    store: &Store,
+    dataset: &DatasetInfo,
+    name: &str,
+    format: &str,
+) -> ApiResult<(&'static str, String)> {
+    let segment = store.segment(dataset, name)?;
+    let labels = segment.item_kind == "labels";
+    let frames: HashMap<String, String> = if labels {
+        store.current_boxes(dataset, None)?.into_iter().map(|b| (b.label_id, b.frame_id)).collect()
+    } else {
+        HashMap::new()
+    };
+    match format {
+        "jsonl" => {
+            let mut out = String::new();
+            for id in &segment.items {
+                let line = if labels {
+                    json!({ "segment": segment.name, "label_id": id, "frame_id": frames.get(id) })
+                } else {
+                    json!({ "segment": segment.name, "frame_id": id })
+                };
+                out.push_str(&line.to_string());
+                out.push('\n');
+            }
+            Ok(("application/x-ndjson", out))
+        }
+        "csv" => {
+            let mut out = String::from(if labels { "label_id,frame_id\n" } else { "frame_id\n" });
+            for id in &segment.items {
+                out.push_str(&csv_field(id));
+                if labels {
+                    out.push(',');
+                    out.push_str(&csv_field(frames.get(id).map_or("", String::as_str)));
+                }
+                out.push('\n');
+            }
+            Ok(("text/csv", out))
+        }
+        _ => Err(ApiError::invalid("format", "format must be jsonl or csv")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Collection {
+    /// The dataset (of the same project) to collect from, e.g. an unlabeled pool.
+    pub from_dataset: String,
+    /// The name of the segment saved there.
+    pub name: String,
+    /// Nearest frames per segment frame.
+    #[serde(default = "default_k")]
+    pub k: usize,
+}
+
+/// Collection: for each frame of a frames segment, its `k` most similar frames in another
+/// dataset (cosine over frame embeddings); the union, nearest first, saved as a segment there.
+pub fn collect(
+    store: &Store,
+    source: &DatasetInfo,
+    target: &DatasetInfo,
+    segment: &str,
+    request: &Collection,
+) -> ApiResult<Value> {
+    if request.k == 0 || request.k > 1000 {
+        return Err(ApiError::invalid("k", "k must be between 1 and 1000"));
+    }
+    let segment = store.segment(source, segment)?;
+    if segment.item_kind != "frames" {
+        return Err(ApiError::invalid("segment", "collection works from a segment of frames"));
+    }
+    let here = space_vectors(store, source, Space::Frames)?;
+    let there = space_vectors(store, target, Space::Frames)?;
+    if here.vectors.dim() != there.vectors.dim() {
+        return Err(ApiError::invalid("from_dataset", "the two datasets' frame embeddings have different dimensions"));
+    }
+    let position: HashMap<&str, u32> = here.ids.iter().enumerate().map(|(p, id)| (id.as_str(), p as u32)).collect();
+    let mut prepared = there.vectors.clone();
+    prepared.prepare(Metric::Cosine);
+    let mut best: HashMap<u32, f32> = HashMap::new();
+    for id in &segment.items {
+        let Some(&p) = position.get(id.as_str()) else { continue };
+        for n in exact_knn(&prepared, Metric::Cosine, here.vectors.get(p), request.k, None) {
+            let entry = best.entry(n.id).or_insert(f32::INFINITY);
+            *entry = entry.min(n.distance);
+        }
+    }
+    let mut chosen: Vec<(u32, f32)> = best.into_iter().collect();
+    chosen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    let spec = milkglass_store::SegmentSpec {
+        name: Some(request.name.clone()),
+        description: Some(format!(
+            "collected from segment {:?} of dataset {:?}, {} nearest each",
+            segment.name, source.name, request.k
+        )),
+        state: None,
+        item_kind: Some("frames".to_string()),
+        items: Some(chosen.iter().map(|(p, _)| there.ids[*p as usize].clone()).collect()),
+    };
+    Ok(serde_json::to_value(store.create_segment(target, &spec)?).expect("serializable"))
 }

@@ -2,8 +2,10 @@
 //! current box of a dataset or inference set in one pass, frames' embedding ordinals and
 //! metadata, and jobs to report background work in the dataset status.
 
-use crate::{DatasetInfo, InferenceSetInfo, Store, StoreResult};
+use crate::{DatasetInfo, InferenceSetInfo, Store, StoreError, StoreResult};
+use milkglass_core::Invalid;
 use rusqlite::OptionalExtension;
+use serde::{Deserialize, Serialize};
 
 /// One current 2-D box label or inference, with what the insight algorithms read.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,7 +31,205 @@ pub struct FrameRecord {
     pub metadata: String,
 }
 
+/// A saved set of frames or labels of one dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Segment {
+    pub name: String,
+    pub description: String,
+    /// `open`, `in_review` or `resolved`.
+    pub state: String,
+    /// `frames` or `labels`: what `items` names.
+    pub item_kind: String,
+    pub items: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// A new segment, or (every field optional) a change to one.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentSpec {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub state: Option<String>,
+    pub item_kind: Option<String>,
+    pub items: Option<Vec<String>>,
+}
+
+const SEGMENT_STATES: [&str; 3] = ["open", "in_review", "resolved"];
+
+fn invalid(field: &str, message: impl Into<String>) -> StoreError {
+    StoreError::Invalid(Invalid { field: field.to_string(), message: message.into() })
+}
+
+fn check_segment(spec: &SegmentSpec) -> StoreResult<()> {
+    if let Some(name) = &spec.name
+        && (name.is_empty() || name.len() > 200 || name.contains('/'))
+    {
+        return Err(invalid("name", "a segment name is 1 to 200 characters without '/'"));
+    }
+    if let Some(state) = &spec.state
+        && !SEGMENT_STATES.contains(&state.as_str())
+    {
+        return Err(invalid("state", "state must be open, in_review or resolved"));
+    }
+    if let Some(kind) = &spec.item_kind
+        && kind != "frames"
+        && kind != "labels"
+    {
+        return Err(invalid("item_kind", "item_kind must be frames or labels"));
+    }
+    if spec.items.as_ref().is_some_and(|items| items.len() > 1_000_000) {
+        return Err(invalid("items", "a segment holds at most 1,000,000 items"));
+    }
+    Ok(())
+}
+
+fn segment_from_row(r: &rusqlite::Row) -> rusqlite::Result<Segment> {
+    Ok(Segment {
+        name: r.get(0)?,
+        description: r.get(1)?,
+        state: r.get(2)?,
+        item_kind: r.get(3)?,
+        items: crate::db::json_column(r, 4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}
+
+const SEGMENT_COLUMNS: &str = "name, description, state, item_kind, items, created_at, updated_at";
+
 impl Store {
+    pub fn create_segment(&self, dataset: &DatasetInfo, spec: &SegmentSpec) -> StoreResult<Segment> {
+        check_segment(spec)?;
+        let name = spec.name.clone().ok_or_else(|| invalid("name", "a segment needs a name"))?;
+        let now = crate::now();
+        let items = serde_json::to_string(&spec.items.clone().unwrap_or_default()).expect("ids serialize");
+        let kind = spec.item_kind.clone().unwrap_or_else(|| "frames".to_string());
+        let state = spec.state.clone().unwrap_or_else(|| "open".to_string());
+        self.db().write(|tx| {
+            let exists: bool = tx
+                .query_row(
+                    "SELECT 1 FROM segments WHERE dataset_id = ?1 AND name = ?2",
+                    rusqlite::params![dataset.id, name],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                return Err(StoreError::Conflict(format!("segment {name:?} already exists")));
+            }
+            tx.execute(
+                "INSERT INTO segments (dataset_id, name, description, state, item_kind, items, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                rusqlite::params![
+                    dataset.id,
+                    name,
+                    spec.description.clone().unwrap_or_default(),
+                    state,
+                    kind,
+                    items,
+                    now
+                ],
+            )?;
+            Ok(())
+        })?;
+        self.segment(dataset, &name)
+    }
+
+    pub fn segment(&self, dataset: &DatasetInfo, name: &str) -> StoreResult<Segment> {
+        self.db().read(|conn| {
+            conn.query_row(
+                &format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE dataset_id = ?1 AND name = ?2"),
+                rusqlite::params![dataset.id, name],
+                segment_from_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NotFound { what: format!("segment {name:?}") })
+        })
+    }
+
+    pub fn list_segments(&self, dataset: &DatasetInfo) -> StoreResult<Vec<Segment>> {
+        self.db().read(|conn| {
+            let mut stmt =
+                conn.prepare(&format!("SELECT {SEGMENT_COLUMNS} FROM segments WHERE dataset_id = ?1 ORDER BY name"))?;
+            let rows = stmt.query_map([dataset.id], segment_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Changes the given fields (a new name renames it).
+    pub fn update_segment(&self, dataset: &DatasetInfo, name: &str, patch: &SegmentSpec) -> StoreResult<Segment> {
+        check_segment(patch)?;
+        let mut segment = self.segment(dataset, name)?;
+        if let Some(v) = &patch.description {
+            segment.description = v.clone();
+        }
+        if let Some(v) = &patch.state {
+            segment.state = v.clone();
+        }
+        if let Some(v) = &patch.item_kind {
+            segment.item_kind = v.clone();
+        }
+        if let Some(v) = &patch.items {
+            segment.items = v.clone();
+        }
+        let new_name = patch.name.clone().unwrap_or_else(|| name.to_string());
+        let now = crate::now();
+        let items = serde_json::to_string(&segment.items).expect("ids serialize");
+        self.db().write(|tx| {
+            if new_name != name {
+                let taken: bool = tx
+                    .query_row("SELECT 1 FROM segments WHERE dataset_id = ?1 AND name = ?2", rusqlite::params![dataset.id, new_name], |_| Ok(true))
+                    .optional()?
+                    .unwrap_or(false);
+                if taken {
+                    return Err(StoreError::Conflict(format!("segment {new_name:?} already exists")));
+                }
+            }
+            tx.execute(
+                "UPDATE segments SET name = ?1, description = ?2, state = ?3, item_kind = ?4, items = ?5, updated_at = ?6
+                 WHERE dataset_id = ?7 AND name = ?8",
+                rusqlite::params![new_name, segment.description, segment.state, segment.item_kind, items, now, dataset.id, name],
+            )?;
+            Ok(())
+        })?;
+        self.segment(dataset, &new_name)
+    }
+
+    pub fn delete_segment(&self, dataset: &DatasetInfo, name: &str) -> StoreResult<()> {
+        let deleted = self.db().write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM segments WHERE dataset_id = ?1 AND name = ?2",
+                rusqlite::params![dataset.id, name],
+            )?)
+        })?;
+        if deleted == 0 {
+            return Err(StoreError::NotFound { what: format!("segment {name:?}") });
+        }
+        Ok(())
+    }
+
+    /// Remembers that a label-error issue is not one; `key` names it by kind and item ids.
+    pub fn dismiss_issue(&self, dataset: &DatasetInfo, key: &str) -> StoreResult<()> {
+        let now = crate::now();
+        self.db().write(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO dismissed_issues (dataset_id, issue_key, dismissed_at) VALUES (?1, ?2, ?3)",
+                rusqlite::params![dataset.id, key, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn dismissed_issues(&self, dataset: &DatasetInfo) -> StoreResult<std::collections::HashSet<String>> {
+        self.db().read(|conn| {
+            let mut stmt = conn.prepare("SELECT issue_key FROM dismissed_issues WHERE dataset_id = ?1")?;
+            let rows = stmt.query_map([dataset.id], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// Every current box of the dataset's labels (`inference_set` None) or of one inference
     /// set, ordered by frame then label id.
     pub fn current_boxes(

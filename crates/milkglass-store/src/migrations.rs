@@ -186,6 +186,28 @@ const MIGRATIONS: &[&str] = &[
         checked_at TEXT NOT NULL
     );
     "#,
+    // 4: segments (saved sets of frames or labels) and label-error issues marked "not an
+    // issue". Both name items by frame or label id, which outlive dataset versions.
+    r#"
+    CREATE TABLE segments (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL CHECK (state IN ('open', 'in_review', 'resolved')),
+        item_kind TEXT NOT NULL CHECK (item_kind IN ('frames', 'labels')),
+        items TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (dataset_id, name)
+    );
+    CREATE TABLE dismissed_issues (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        issue_key TEXT NOT NULL,
+        dismissed_at TEXT NOT NULL,
+        PRIMARY KEY (dataset_id, issue_key)
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

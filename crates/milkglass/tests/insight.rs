@@ -257,3 +257,91 @@ fn the_index_is_built_in_the_background_and_updated_not_rebuilt_per_upload() {
     assert_eq!(ids.len(), 80);
     assert!(!ids.contains(&"frame_new"));
 }
+
+#[test]
+fn not_an_issue_marks_segments_export_and_collection() {
+    let demo = demo("60", None);
+    let queue = |extra: &str| -> Value {
+        demo.get(&format!("{INSIGHTS}/label_errors?inference_set=detector_v1&limit=1000{extra}")).json().unwrap()
+    };
+    let before = queue("");
+    let first = before["issues"][0].clone();
+    let mark = json!({"kind": first["kind"], "label_id": first["label_id"], "inference_id": first["inference_id"]});
+    let response = demo.post(&format!("{INSIGHTS}/label_errors/dismiss"), &mark);
+    assert_eq!(response.status(), 200);
+    let after = queue("");
+    assert_eq!(after["total"].as_u64().unwrap(), before["total"].as_u64().unwrap() - 1);
+    assert_ne!(after["issues"][0], first, "the dismissed issue left the queue");
+    assert_eq!(
+        field_of(
+            demo.post(&format!("{INSIGHTS}/label_errors/dismiss"), &json!({"kind": "typo", "label_id": "x"})),
+            400
+        ),
+        "kind"
+    );
+
+    let segments = "/api/projects/shapes/datasets/shapes/segments";
+    let spec = json!({"name": "hard", "description": "to relabel", "item_kind": "frames", "items": ["frame_0001", "frame_0002"]});
+    let created = demo.post(segments, &spec);
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().unwrap();
+    assert_eq!(created["state"], "open");
+    assert_eq!(demo.post(segments, &spec).status(), 409);
+    assert_eq!(field_of(demo.post(segments, &json!({"name": "x", "state": "done"})), 400), "state");
+    let listed: Value = demo.get(segments).json().unwrap();
+    assert_eq!(listed["segments"].as_array().unwrap().len(), 1);
+    let patched: Value = demo
+        .client
+        .patch(format!("{}{segments}/hard", demo.base))
+        .bearer_auth(&demo.admin)
+        .json(&json!({"state": "in_review"}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(patched["state"], "in_review");
+    assert_eq!(patched["items"], json!(["frame_0001", "frame_0002"]));
+    let jsonl = demo.get(&format!("{segments}/hard/export?format=jsonl")).text().unwrap();
+    assert_eq!(jsonl.lines().count(), 2);
+    assert_eq!(serde_json::from_str::<Value>(jsonl.lines().next().unwrap()).unwrap()["frame_id"], "frame_0001");
+    let csv = demo.get(&format!("{segments}/hard/export?format=csv")).text().unwrap();
+    assert_eq!(csv, "frame_id\nframe_0001\nframe_0002\n");
+    assert_eq!(field_of(demo.get(&format!("{segments}/hard/export?format=xml")), 400), "format");
+
+    // Collection into a pool dataset of the same project.
+    let pool = demo.post("/api/projects/shapes/datasets", &json!({"name": "pool"}));
+    assert!(pool.status().is_success(), "{}", pool.text().unwrap());
+    let lines: String = (0..5)
+        .map(|i| {
+            let vector: Vec<f32> = (0..64).map(|d| ((i * 7 + d) % 11) as f32 - 5.0).collect();
+            let frame = json!({
+                "frame_id": format!("pool_{i}"),
+                "sensors": [{"sensor_id": "DEFAULT", "kind": "image", "url": format!("https://img.example.com/p{i}.png")}],
+                "embedding": vector,
+            });
+            format!("{frame}\n")
+        })
+        .collect();
+    let uploaded = demo
+        .client
+        .post(format!("{}/api/projects/shapes/datasets/pool/frames", demo.base))
+        .bearer_auth(&demo.admin)
+        .header("content-type", "application/x-ndjson")
+        .body(lines)
+        .send()
+        .unwrap();
+    assert!(uploaded.status().is_success(), "{}", uploaded.text().unwrap());
+    let collected =
+        demo.post(&format!("{segments}/hard/collect"), &json!({"from_dataset": "pool", "name": "pick", "k": 2}));
+    assert_eq!(collected.status(), 201);
+    let collected: Value = collected.json().unwrap();
+    let items = collected["items"].as_array().unwrap();
+    assert!((2..=4).contains(&items.len()), "{items:?}");
+    assert!(items.iter().all(|i| i.as_str().unwrap().starts_with("pool_")));
+    let saved: Value = demo.get("/api/projects/shapes/datasets/pool/segments/pick").json().unwrap();
+    assert_eq!(saved["items"], collected["items"]);
+
+    let deleted = demo.client.delete(format!("{}{segments}/hard", demo.base)).bearer_auth(&demo.admin).send().unwrap();
+    assert_eq!(deleted.status(), 204);
+    assert_eq!(demo.get(&format!("{segments}/hard")).status(), 404);
+}
