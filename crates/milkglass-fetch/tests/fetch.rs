@@ -189,16 +189,9 @@ async fn checks_every_redirect() {
     assert_eq!(seen.requests.load(Ordering::SeqCst), 4);
 }
 
+/// A query value, form-encoded.
 fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[tokio::test]

@@ -106,6 +106,16 @@ impl FileRoot {
     }
 }
 
+/// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
+const SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// One name as one URL path segment (`/` and every other reserved byte encoded): the inverse of the
+/// decoding `relative_path` does per segment.
+pub fn encode_segment(segment: &str) -> String {
+    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
 /// The relative file path a raw URL path names, or why it names none.
 pub fn relative_path(raw_path: &str) -> Result<PathBuf, PathRefusal> {
     let rest = raw_path.strip_prefix('/').unwrap_or(raw_path);

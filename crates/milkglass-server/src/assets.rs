@@ -23,7 +23,7 @@ use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use milkglass_core::{AccessMode, ProjectRole, SensorKind};
 use milkglass_fetch::{AllowList, Fetcher, Limits, Probe, ProjectAccess, Rules};
-use milkglass_files::{FileRoot, error_response, file_response, preflight, relative_path};
+use milkglass_files::{FileRoot, encode_segment, error_response, file_response, preflight, relative_path};
 use milkglass_store::{FetchSettings, FrameFilter, MAX_PAGE, ProjectInfo, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -122,7 +122,7 @@ async fn embed(
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     let dataset = state.store.dataset(&project.name, &dataset)?;
     let source = assets.image_source(&state.store, &project, "embedding generation")?;
-    let (status, body) = crate::embedding::start(state, project, dataset, request, source).await?;
+    let (status, body) = crate::embedding::start(state, dataset, request, source).await?;
     Ok((status, Json(body)).into_response())
 }
 
@@ -214,20 +214,6 @@ impl Signer {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Percent-encodes one path segment (everything but unreserved characters).
-fn encode_segment(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The URL path of a key in a project's store, encoded the one way signatures are computed over.

@@ -5,15 +5,14 @@
 //!
 //! Image bytes come through `ImageSource`, which the asset layer provides: it is the one place that
 //! decides, by the project's data-access mode, whether and how raw data may be read. Anonymous projects
-//! are refused before any job starts.
+//! get no `ImageSource` (409), so no job can start for them.
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
 use futures::future::BoxFuture;
-use milkglass_core::AccessMode;
 use milkglass_embed::{Embedder, ImageJob, Region, embed_images};
-use milkglass_store::{DatasetInfo, EmbeddingRecord, EmbeddingTarget, ProjectInfo, UploadKind};
+use milkglass_store::{DatasetInfo, EmbeddingRecord, EmbeddingTarget, UploadKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -60,22 +59,10 @@ fn embedder() -> Result<&'static Mutex<Embedder>, String> {
 /// Checks the request and starts the job; answers with the job's id at once.
 pub(crate) async fn start(
     state: AppState,
-    project: ProjectInfo,
     dataset: DatasetInfo,
     request: EmbedRequest,
     source: ImageSource,
 ) -> ApiResult<(StatusCode, Value)> {
-    if project.access_mode == AccessMode::Anonymous {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "anonymous_project",
-            format!(
-                "embedding generation needs the raw data, and project {:?} is anonymous: milkglass never fetches \
-                 its files. Upload your own vectors to {{dataset}}/embeddings instead.",
-                project.name
-            ),
-        ));
-    }
     let batch = request.batch.unwrap_or(32);
     if batch == 0 || batch > MAX_BATCH {
         return Err(ApiError::invalid("batch", format!("must be between 1 and {MAX_BATCH}")));

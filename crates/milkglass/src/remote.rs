@@ -216,6 +216,7 @@ pub fn audit(remote: &Remote, args: AuditArgs) -> Result<()> {
 
 /// Starts embedding generation on the server and follows its job with a progress bar.
 pub fn embed(remote: &Remote, args: EmbedArgs) -> Result<()> {
+    let segment = milkglass_files::encode_segment;
     let dataset = format!("/api/projects/{}/datasets/{}", segment(&args.project), segment(&args.dataset));
     let body = serde_json::json!({ "crops": !args.no_crops, "batch": args.batch });
     let started = remote.send(remote.request(reqwest::Method::POST, &format!("{dataset}/embed"))?.json(&body))?;
@@ -250,14 +251,4 @@ pub fn embed(remote: &Remote, args: EmbedArgs) -> Result<()> {
             _ => {}
         }
     }
-}
-
-/// A name as one URL path segment.
-fn segment(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
