@@ -2,34 +2,16 @@
 
 mod common;
 
-use common::{BIN, ready_address};
+use common::{BIN, start_demo};
 use reqwest::blocking::Client;
 use serde_json::Value;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn demo_serves_the_sample_data() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("demo");
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--flight-addr",
-            "127.0.0.1:0",
-            "--frames",
-            "60",
-        ])
-        .env("MILKGLASS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = ready_address(&mut child);
-    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("demo-tokens.json")).unwrap()).unwrap();
+    let (mut child, base, tokens) = start_demo(&dir, "60", &[]);
     let admin = tokens["admin"]["token"].as_str().unwrap();
     let viewer = tokens["victor"]["token"].as_str().unwrap();
     let client = Client::new();

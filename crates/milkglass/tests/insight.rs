@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::{BIN, ready_address};
+use common::start_demo;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 
 struct Demo {
     child: std::process::Child,
@@ -26,25 +25,9 @@ impl Drop for Demo {
 fn demo(frames: &str, exact_search_limit: Option<&str>) -> Demo {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("demo");
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--flight-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--frames", frames])
-        .env("MILKGLASS_LOG", "warn")
-        .envs(exact_search_limit.map(|limit| ("MILKGLASS_EXACT_SEARCH_LIMIT", limit)))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = ready_address(&mut child);
-    let tokens: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("demo-tokens.json")).unwrap()).unwrap();
+    let envs: Vec<(&str, &str)> =
+        exact_search_limit.map(|limit| ("MILKGLASS_EXACT_SEARCH_LIMIT", limit)).into_iter().collect();
+    let (child, base, tokens) = start_demo(&dir, frames, &envs);
     let admin = tokens["admin"]["token"].as_str().unwrap().to_string();
     Demo { child, base, admin, client: Client::new(), _temp: temp }
 }

@@ -33,6 +33,23 @@ pub fn add_user(dir: &Path, name: &str, role: &str) -> String {
     out.lines().last().expect("token line").trim().to_string()
 }
 
+/// Starts `milkglass demo` with `frames` sample frames in `dir` on free ports, with extra environment
+/// variables; returns the process, its HTTP address and the tokens it saved (`demo-tokens.json`).
+pub fn start_demo(dir: &Path, frames: &str, envs: &[(&str, &str)]) -> (Child, String, Value) {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--data-dir", dir.to_str().unwrap(), "--http-addr", "127.0.0.1:0"])
+        .args(["--flight-addr", "127.0.0.1:0", "--frames", frames])
+        .env("MILKGLASS_LOG", "warn")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start milkglass demo");
+    let base = ready_address(&mut child);
+    let tokens = std::fs::read_to_string(dir.join("demo-tokens.json")).expect("demo-tokens.json");
+    (child, base, serde_json::from_str(&tokens).expect("tokens JSON"))
+}
+
 /// Reads the child's stdout up to the "milkglass serving ... on http://ADDR" line.
 pub fn ready_address(child: &mut Child) -> String {
     ready_addresses(child).0
