@@ -5,72 +5,16 @@
 
 mod common;
 
-use common::{Server, expect_error};
+use common::{ImageServer, Server, expect_error};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// An HTTP server that counts every request and remembers its path and headers.
-struct ImageServer {
-    addr: SocketAddr,
-    requests: Arc<AtomicUsize>,
-    seen: Arc<Mutex<Vec<String>>>,
-}
 
 fn image_bytes(path: &str) -> Vec<u8> {
     format!("\u{89}PNG bytes of {path}").into_bytes()
 }
 
+/// The user's image server: any path but one containing `missing` answers with bytes of its own.
 fn image_server() -> ImageServer {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let requests = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (count, log) = (requests.clone(), seen.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let (count, log) = (count.clone(), log.clone());
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut head = String::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    head.push_str(&line);
-                }
-                count.fetch_add(1, Ordering::SeqCst);
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                log.lock().unwrap().push(head);
-                let (status, body) = if path.contains("missing") {
-                    ("404 Not Found", Vec::new())
-                } else {
-                    ("200 OK", image_bytes(&path))
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(&body);
-            });
-        }
-    });
-    ImageServer { addr, requests, seen }
-}
-
-impl ImageServer {
-    fn url(&self, name: &str) -> String {
-        format!("http://{}/{name}", self.addr)
-    }
-
-    fn count(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
+    ImageServer::start(|path| (!path.contains("missing")).then(|| image_bytes(path)))
 }
 
 fn create(server: &Server, token: &str, project: &str, mode: &str) {

@@ -4,42 +4,16 @@
 
 mod common;
 
-use common::{Server, cli, expect_error};
+use common::{ImageServer, Server, cli, expect_error};
 use milkglass_sample::{DetectionConfig, render_png};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Serves `/N.png` as the sample's frame N, counting requests.
-fn png_server(config: DetectionConfig) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let requests = Arc::new(AtomicUsize::new(0));
-    let count = requests.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request_line = String::new();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            reader.read_line(&mut request_line).unwrap_or(0);
-            while reader.read_line(&mut String::new()).map(|n| n > 2).unwrap_or(false) {}
-            count.fetch_add(1, Ordering::SeqCst);
-            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-            let index = path.trim_start_matches('/').trim_end_matches(".png").parse::<usize>().ok();
-            let (status, body) = match index {
-                Some(i) => ("200 OK", render_png(&config, i)),
-                None => ("404 Not Found", Vec::new()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
-        }
-    });
-    (base, requests)
+fn png_server(config: DetectionConfig) -> ImageServer {
+    ImageServer::start(move |path| {
+        let index = path.trim_start_matches('/').trim_end_matches(".png").parse::<usize>().ok()?;
+        Some(render_png(&config, index))
+    })
 }
 
 fn project(server: &Server, token: &str, name: &str, mode: &str) {
@@ -70,7 +44,8 @@ fn frames(base: &str, count: usize) -> Vec<Value> {
 
 #[test]
 fn embed_reads_each_image_once_and_attaches_frame_and_crop_vectors() {
-    let (base, requests) = png_server(DetectionConfig { frames: 10, ..Default::default() });
+    let images = png_server(DetectionConfig { frames: 10, ..Default::default() });
+    let base = format!("http://{}", images.addr);
     let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
     project(&server, &admin, "shapes", "public");
     let d = "/api/projects/shapes/datasets/d";
@@ -84,12 +59,12 @@ fn embed_reads_each_image_once_and_attaches_frame_and_crop_vectors() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let before = requests.load(Ordering::SeqCst);
+    let before = images.count();
     assert_eq!(before, 7, "the URL check probes each image once");
     let out = cli(&["embed", "shapes", "d", "--batch", "4", "--server", &server.base, "--token", &admin]);
     assert!(out.contains("embedded 6 frames and 12 crops"), "{out}");
     assert!(out.contains("1 images could not be read") && out.contains("f06"), "{out}");
-    assert_eq!(requests.load(Ordering::SeqCst) - before, 7, "each image is read exactly once");
+    assert_eq!(images.count() - before, 7, "each image is read exactly once");
 
     let status: Value = server.get(&admin, &format!("{d}/status")).json().unwrap();
     assert_eq!(status["frame_embeddings"], 6, "{status}");
@@ -109,7 +84,8 @@ fn embed_reads_each_image_once_and_attaches_frame_and_crop_vectors() {
 
 #[test]
 fn embed_is_refused_for_anonymous_projects_without_a_request() {
-    let (base, requests) = png_server(DetectionConfig { frames: 3, ..Default::default() });
+    let images = png_server(DetectionConfig { frames: 3, ..Default::default() });
+    let base = format!("http://{}", images.addr);
     let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
     project(&server, &admin, "secret", "anonymous");
     let d = "/api/projects/secret/datasets/d";
@@ -121,7 +97,7 @@ fn embed_is_refused_for_anonymous_projects_without_a_request() {
     let error = expect_error(server.post_json(&admin, &format!("{d}/embed"), &json!({})), 409);
     assert_eq!(error["code"], "anonymous_project", "{error}");
     assert!(error["message"].as_str().unwrap().contains("never fetches"), "{error}");
-    assert_eq!(requests.load(Ordering::SeqCst), 0);
+    assert_eq!(images.count(), 0);
 }
 
 #[test]

@@ -3,9 +3,11 @@
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_milkglass");
@@ -31,6 +33,63 @@ pub fn cli(args: &[&str]) -> String {
 pub fn add_user(dir: &Path, name: &str, role: &str) -> String {
     let out = cli(&["user", "add", name, "--role", role, "--data-dir", dir.to_str().unwrap()]);
     out.lines().last().expect("token line").trim().to_string()
+}
+
+/// An HTTP server on loopback standing in for the user's image server: it answers each GET with the
+/// bytes `respond` gives for the path (404 for None), counts every request and keeps its head.
+pub struct ImageServer {
+    pub addr: std::net::SocketAddr,
+    pub requests: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl ImageServer {
+    pub fn start(respond: impl Fn(&str) -> Option<Vec<u8>> + Send + Sync + 'static) -> ImageServer {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (count, log, respond) = (requests.clone(), seen.clone(), Arc::new(respond));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (count, log, respond) = (count.clone(), log.clone(), respond.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    log.lock().unwrap().push(head);
+                    let (status, body) = match respond(&path) {
+                        Some(body) => ("200 OK", body),
+                        None => ("404 Not Found", Vec::new()),
+                    };
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(&body);
+                });
+            }
+        });
+        ImageServer { addr, requests, seen }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
 }
 
 /// Starts `milkglass demo` with `frames` sample frames in `dir` on free ports, with extra environment
