@@ -7,7 +7,7 @@ through the server's guard and returns a ``polars.DataFrame``. ``sql()`` shows w
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import polars as pl
@@ -140,9 +140,7 @@ class RemoteLazyFrame:
 
     def _project(self, outputs: Sequence[Compiled], passthrough: Optional[Dict[str, str]] = None) -> "RemoteLazyFrame":
         names = [c.name for c in outputs]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise UnsupportedExpression(f"the output would have duplicate column names {duplicates}; use .alias()")
+        _check_unique(names)
         keeps = passthrough if passthrough is not None else {c.name: c.name for c in outputs if c.sql == quote(c.name)}
         plan = self._plan.projected([c.select_item() for c in outputs], names, keeps)
         return RemoteLazyFrame(self._client, plan)
@@ -320,18 +318,16 @@ class RemoteGroupBy:
                 raise UnsupportedExpression(
                     f"{c.name!r} in agg() does not aggregate (Polars would make a list per group); "
                     "use an aggregate such as .mean(), .sum() or .count()")
+        columns = tuple(k.name for k in self._keys) + tuple(c.name for c in outputs)
+        _check_unique(columns)
         plan = _Plan(
             source=self._frame._plan.wrapped().source,
-            columns=tuple(k.name for k in self._keys) + tuple(c.name for c in outputs),
+            columns=columns,
             select=tuple(k.select_item() for k in self._keys) + tuple(c.select_item() for c in outputs),
             group_by=tuple(k.sql for k in self._keys),
             tables=self._frame._plan.tables,
         )
-        frame = RemoteLazyFrame(self._frame._client, plan)
-        names = plan.columns
-        if len(set(names)) != len(names):
-            raise UnsupportedExpression(f"duplicate output names {list(names)}; use .alias()")
-        return frame
+        return RemoteLazyFrame(self._frame._client, plan)
 
     def len(self, name: str = "len") -> RemoteLazyFrame:
         """The number of rows in each group."""
@@ -348,6 +344,12 @@ class RemoteGroupBy:
         """The sum of every non-key column."""
         keys = {k.name for k in self._keys}
         return self.agg([pl.col(c).sum() for c in self._frame.columns if c not in keys])
+
+
+def _check_unique(names: Sequence[str]) -> None:
+    duplicates = sorted({n for n in names if list(names).count(n) > 1})
+    if duplicates:
+        raise UnsupportedExpression(f"the output would have duplicate column names {duplicates}; use .alias()")
 
 
 def _per_key(value: Union[bool, Sequence[bool]], n: int, what: str) -> List[bool]:
