@@ -9,9 +9,11 @@
 mod error;
 mod resolver;
 mod rules;
+mod s3;
 
 pub use error::{FetchError, FetchResult, redact};
 pub use rules::{AllowList, Refusal, Rules};
+pub use s3::{AwsKeys, S3Access, S3Credentials, parse_s3_url};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, LOCATION, RANGE, USER_AGENT};
@@ -62,6 +64,8 @@ pub struct ProjectAccess {
     /// When set, each asset URL is first POSTed here as `{"url": ...}`; the answer `{"url": ...}` is
     /// fetched instead. The endpoint gets the project headers too, so it can tell milkglass apart.
     pub signing_endpoint: Option<Url>,
+    /// How `s3://` URLs are read when there is no signing endpoint to turn them into https.
+    pub s3: Option<S3Access>,
 }
 
 impl ProjectAccess {
@@ -76,7 +80,7 @@ impl ProjectAccess {
             value.set_sensitive(true);
             headers.append(header, value);
         }
-        Ok(ProjectAccess { headers, signing_endpoint: None })
+        Ok(ProjectAccess { headers, ..ProjectAccess::default() })
     }
 }
 
@@ -108,10 +112,13 @@ pub struct Fetcher {
     client: reqwest::Client,
     rules: Arc<Rules>,
     limits: Arc<Limits>,
+    s3: s3::S3Client,
 }
 
 impl Fetcher {
-    pub fn new(rules: Rules, limits: Limits) -> FetchResult<Fetcher> {
+    /// `aws_identity` is the server's own AWS identity, used only to assume the roles that projects
+    /// name in their S3 access (never to read a bucket directly).
+    pub fn new(rules: Rules, limits: Limits, aws_identity: Option<AwsKeys>) -> FetchResult<Fetcher> {
         let rules = Arc::new(rules);
         let client = reqwest::Client::builder()
             // Redirects are followed by hand so that each hop passes the rules.
@@ -122,7 +129,9 @@ impl Fetcher {
             .connect_timeout(limits.connect_timeout)
             .build()
             .map_err(|e| FetchError::Client(e.to_string()))?;
-        Ok(Fetcher { client, rules, limits: Arc::new(limits) })
+        let http = s3::CheckedHttp { client: client.clone(), rules: rules.clone(), max_bytes: limits.max_bytes };
+        let s3 = s3::S3Client::new(http, aws_identity, &limits);
+        Ok(Fetcher { client, rules, limits: Arc::new(limits), s3 })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -132,6 +141,14 @@ impl Fetcher {
     /// Downloads `url` for a project, within the limits.
     pub async fn fetch(&self, url: &str, access: &ProjectAccess) -> FetchResult<Fetched> {
         let deadline = Instant::now() + self.limits.total_timeout;
+        if let Some(s3) = s3_access(url, access)? {
+            // object_store retries by itself, within the same limits.
+            let read = self.s3.get(url, s3, self.limits.max_bytes);
+            return match tokio::time::timeout_at(deadline, read).await {
+                Ok(bytes) => Ok(Fetched { bytes: bytes?, content_type: None, final_url: parse_url(url)?, requests: 1 }),
+                Err(_) => Err(FetchError::Timeout { url: redact(url), after: self.limits.total_timeout }),
+            };
+        }
         match tokio::time::timeout_at(deadline, self.fetch_with_retries(url, access, deadline)).await {
             Ok(result) => result,
             Err(_) => Err(FetchError::Timeout { url: redact(url), after: self.limits.total_timeout }),
@@ -141,6 +158,21 @@ impl Fetcher {
     /// Whether milkglass can load `url`: one small ranged GET (not HEAD, which presigned URLs
     /// often refuse because their signature covers the method), no retries.
     pub async fn probe(&self, url: &str, access: &ProjectAccess) -> Probe {
+        let s3 = match s3_access(url, access) {
+            Ok(s3) => s3,
+            Err(e) => return Probe::BrowserOnly(e.to_string()),
+        };
+        if let Some(s3) = s3 {
+            return match tokio::time::timeout(self.limits.attempt_timeout, self.s3.head(url, s3)).await {
+                Err(_) => Probe::BrowserOnly(format!("no answer within {:?}", self.limits.attempt_timeout)),
+                Ok(Ok(())) => Probe::Reachable,
+                Ok(Err(FetchError::Status { status: 404, .. })) => {
+                    Probe::Invalid("no such object in the bucket".into())
+                }
+                Ok(Err(FetchError::InvalidUrl { reason, .. })) => Probe::Invalid(reason),
+                Ok(Err(e)) => Probe::BrowserOnly(e.to_string()),
+            };
+        }
         let attempt = async {
             let url = self.signed_url(url, access, &mut 0).await?;
             let mut range = HeaderMap::new();
@@ -320,6 +352,25 @@ impl Fetcher {
             body.extend_from_slice(&chunk);
         }
         Ok(body.freeze())
+    }
+}
+
+/// The S3 access to read `url` with: `Some` for an `s3://` URL of a project that has S3 access and
+/// no signing endpoint (a signer turns bucket paths into https URLs, and then wins). An `s3://`
+/// URL with neither is refused with what to set up.
+fn s3_access<'a>(url: &str, access: &'a ProjectAccess) -> FetchResult<Option<&'a S3Access>> {
+    let is_s3 = url.get(..5).is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"));
+    if !is_s3 || access.signing_endpoint.is_some() {
+        return Ok(None);
+    }
+    match &access.s3 {
+        Some(s3) => Ok(Some(s3)),
+        None => Err(FetchError::Unsupported {
+            url: redact(url),
+            reason: "an s3:// bucket path: set the project's S3 access (keys or a role to assume) or a signing \
+                     endpoint in its fetch settings so milkglass can read it"
+                .into(),
+        }),
     }
 }
 

@@ -94,7 +94,7 @@ async fn sign(headers: HeaderMap, body: String) -> Response {
 }
 
 fn fetcher(allow: &[&str], limits: Limits) -> Fetcher {
-    Fetcher::new(Rules { allow: AllowList::parse(allow).unwrap() }, limits).unwrap()
+    Fetcher::new(Rules { allow: AllowList::parse(allow).unwrap() }, limits, None).unwrap()
 }
 
 fn quick() -> Limits {
@@ -159,9 +159,15 @@ async fn refuses_names_that_resolve_to_loopback() {
 #[tokio::test]
 async fn refuses_other_schemes() {
     let fetch = fetcher(&["0.0.0.0/0", "::/0"], quick());
-    for url in ["file:///etc/passwd", "ftp://example.com/a", "gopher://127.0.0.1/", "s3://bucket/key"] {
+    for url in ["file:///etc/passwd", "ftp://example.com/a", "gopher://127.0.0.1/"] {
         let (_, rule) = refusal(fetch.fetch(url, &ProjectAccess::default()).await);
         assert!(matches!(rule, Refusal::Scheme(_)), "{url}: {rule:?}");
+    }
+    // A bucket path is read only with the project's S3 access or signing endpoint, and the error
+    // says which to set.
+    match fetch.fetch("s3://bucket/key", &ProjectAccess::default()).await {
+        Err(FetchError::Unsupported { reason, .. }) => assert!(reason.contains("S3 access"), "{reason}"),
+        other => panic!("expected an explanation, got {other:?}"),
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! This crate reads local files only; it never fetches anything (that is `milkglass-fetch`).
 //! `milkglass serve-files` serves a directory with [`router`]; the hosted store reuses
-//! [`FileRoot`], [`file_response`] and the CORS helpers behind its signature check.
+//! [`FileRoot`], [`file_response`] (or [`blob_response`] for a bucket) and the CORS helpers behind
+//! its signature check.
 
 use axum::Router;
 use axum::body::Body;
@@ -147,25 +148,84 @@ pub fn relative_path(raw_path: &str) -> Result<PathBuf, PathRefusal> {
     Ok(relative)
 }
 
-/// The response for one file: the whole file, one byte range (206), 416 for a range past the
-/// end, or 304 when the browser's copy is current. `cache_control` is the caller's, since a
-/// local directory and signed URLs want different lifetimes.
+/// What a response is made of: a local file, or an object in a bucket. [`blob_response`] does
+/// the HTTP (validators, ranges, content type); a blob only says what it is and reads bytes.
+pub trait Blob: Send {
+    fn size(&self) -> u64;
+    fn modified(&self) -> Option<chrono::DateTime<chrono::Utc>>;
+    /// A strong validator, quoted as HTTP writes it.
+    fn etag(&self) -> String;
+    /// The name the content type is guessed from.
+    fn name(&self) -> &Path;
+    /// `len` bytes from `start`, or `None` when the blob can no longer be read.
+    fn body(self, start: u64, len: u64) -> impl std::future::Future<Output = Option<Body>> + Send;
+}
+
+/// A file on this machine's disk.
+struct LocalFile {
+    path: PathBuf,
+    handle: tokio::fs::File,
+    size: u64,
+    modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Blob for LocalFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn modified(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.modified
+    }
+
+    fn etag(&self) -> String {
+        let nanos = self.modified.map(|m| m.timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0);
+        format!("\"{:x}-{nanos:x}\"", self.size)
+    }
+
+    fn name(&self) -> &Path {
+        &self.path
+    }
+
+    async fn body(mut self, start: u64, len: u64) -> Option<Body> {
+        if start > 0 {
+            self.handle.seek(SeekFrom::Start(start)).await.ok()?;
+        }
+        Some(Body::from_stream(tokio_util::io::ReaderStream::new(self.handle.take(len))))
+    }
+}
+
+/// The response for one file (see [`blob_response`]).
 pub async fn file_response(file: &Path, method: &Method, headers: &HeaderMap, cache_control: HeaderValue) -> Response {
-    let Ok(mut handle) = tokio::fs::File::open(file).await else {
+    let Ok(handle) = tokio::fs::File::open(file).await else {
         return PathRefusal::NotFound.into_response();
     };
     let Ok(meta) = handle.metadata().await else {
         return PathRefusal::NotFound.into_response();
     };
-    let size = meta.len();
     let modified = meta.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
-    let etag = format!("\"{size:x}-{:x}\"", modified.map(|m| m.timestamp_nanos_opt().unwrap_or(0)).unwrap_or(0));
+    let blob = LocalFile { path: file.to_path_buf(), handle, size: meta.len(), modified };
+    blob_response(blob, method, headers, cache_control).await
+}
 
+/// The response for one blob: the whole of it, one byte range (206), 416 for a range past the
+/// end, or 304 when the browser's copy is current. `cache_control` is the caller's, since a
+/// local directory and signed URLs want different lifetimes.
+pub async fn blob_response(
+    blob: impl Blob,
+    method: &Method,
+    headers: &HeaderMap,
+    cache_control: HeaderValue,
+) -> Response {
+    let size = blob.size();
+    let etag = blob.etag();
     let mut common = HeaderMap::new();
     common.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    common.insert(ETAG, HeaderValue::from_str(&etag).expect("ascii"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        common.insert(ETAG, value);
+    }
     common.insert(CACHE_CONTROL, cache_control);
-    if let Some(modified) = modified {
+    if let Some(modified) = blob.modified() {
         let date = modified.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         common.insert(LAST_MODIFIED, HeaderValue::from_str(&date).expect("ascii"));
     }
@@ -174,7 +234,7 @@ pub async fn file_response(file: &Path, method: &Method, headers: &HeaderMap, ca
         return with_cors((StatusCode::NOT_MODIFIED, common).into_response());
     }
 
-    let content_type = mime_guess::from_path(file).first_or_octet_stream();
+    let content_type = mime_guess::from_path(blob.name()).first_or_octet_stream();
     common.insert(CONTENT_TYPE, HeaderValue::from_str(content_type.essence_str()).expect("mime is ascii"));
     // A served file never runs as a page of this origin, whatever it contains.
     common.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
@@ -197,10 +257,9 @@ pub async fn file_response(file: &Path, method: &Method, headers: &HeaderMap, ca
     if method == Method::HEAD {
         return with_cors((status, common).into_response());
     }
-    if start > 0 && handle.seek(SeekFrom::Start(start)).await.is_err() {
+    let Some(body) = blob.body(start, len).await else {
         return PathRefusal::NotFound.into_response();
-    }
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(handle.take(len)));
+    };
     with_cors((status, common, body).into_response())
 }
 

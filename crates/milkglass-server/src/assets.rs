@@ -12,26 +12,26 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::embedding::{EmbedRequest, ImageSource};
 use crate::error::{ApiError, ApiResult};
+use crate::hosted::{AssetError, HostedStore};
 use crate::json::JsonBody;
+use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use axum::{Extension, Json};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use milkglass_core::{AccessMode, ProjectRole, SensorKind};
-use milkglass_fetch::{AllowList, Fetcher, Limits, Probe, ProjectAccess, Rules};
-use milkglass_files::{FileRoot, encode_segment, error_response, file_response, preflight, relative_path};
-use milkglass_store::{FetchSettings, FrameFilter, MAX_PAGE, ProjectInfo, Store};
+use milkglass_fetch::{AllowList, AwsKeys, Fetcher, Limits, Probe, ProjectAccess, Rules, S3Access, S3Credentials};
+use milkglass_files::{encode_segment, error_response, preflight, relative_path};
+use milkglass_store::{FetchSettings, FrameFilter, MAX_PAGE, ProjectInfo, S3Settings, Store};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::{Path as FsPath, PathBuf};
+use std::path::Path as FsPath;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 const DEFAULT_TTL_SECS: u64 = 3600;
 /// As with presigned S3 URLs: a leaked URL stops working within a week at most.
@@ -56,16 +56,21 @@ pub(crate) struct Assets {
     /// The fetcher's rules, for telling offline which URLs it would refuse.
     rules: Rules,
     signer: Signer,
-    root: PathBuf,
+    hosted: HostedStore,
 }
 
 impl Assets {
-    fn new(store: &Store, allow: &[String]) -> std::io::Result<Assets> {
+    /// `asset_store` is where hosted and mirrored files go (see [`HostedStore::open`]).
+    pub(crate) fn new(store: &Store, allow: &[String], asset_store: Option<&str>) -> std::io::Result<Assets> {
         let allow = AllowList::parse(allow).map_err(std::io::Error::other)?;
         let rules = Rules { allow };
-        let fetcher = Fetcher::new(rules.clone(), Limits::default()).map_err(std::io::Error::other)?;
+        // The server's own AWS identity (from the standard variables) only ever assumes the roles
+        // projects name; it never reads a project's bucket as itself.
+        let fetcher =
+            Fetcher::new(rules.clone(), Limits::default(), AwsKeys::from_env()).map_err(std::io::Error::other)?;
         let signer = Signer::load_or_create(&store.dir().join("asset-signing.key"))?;
-        Ok(Assets { fetcher, rules, signer, root: store.dir().join("assets") })
+        let hosted = HostedStore::open(asset_store, store.dir()).map_err(std::io::Error::other)?;
+        Ok(Assets { fetcher, rules, signer, hosted })
     }
 
     /// The one way to the fetcher. Anonymous projects get a refusal that says why, so no feature
@@ -78,26 +83,22 @@ impl Assets {
         Ok((&self.fetcher, project_access(&settings)?))
     }
 
-    fn project_dir(&self, project: &ProjectInfo) -> PathBuf {
-        self.root.join(project.id.to_string())
-    }
-
     /// Reads frame images for server-side work: hosted keys from the store, mirrored URLs through the
     /// mirror (fetched once, then read from the store), anything else through the fetcher.
     fn image_source(self: &Arc<Self>, store: &Store, project: &ProjectInfo, feature: &str) -> ApiResult<ImageSource> {
         let (_, access) = self.fetcher_for(store, project, feature)?;
-        let (assets, dir, mode) = (self.clone(), self.project_dir(project), project.access_mode);
+        let (assets, project_id, mode) = (self.clone(), project.id, project.access_mode);
         Ok(Arc::new(move |url: String| {
-            let (assets, dir, access) = (assets.clone(), dir.clone(), access.clone());
+            let (assets, access) = (assets.clone(), access.clone());
             Box::pin(async move {
-                let stored = match (mode, url.strip_prefix("hosted:")) {
+                let key = match (mode, url.strip_prefix("hosted:")) {
                     (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => {
                         check_key("url", key).map_err(|e| e.message)?;
-                        dir.join(key)
+                        key.to_string()
                     }
                     (AccessMode::Mirrored, None) => {
-                        mirror_one(&assets.fetcher, &access, &assets.root, &dir, &url).await?;
-                        dir.join(mirror_key(&url))
+                        mirror_one(&assets.fetcher, &access, &assets.hosted, project_id, &url).await?;
+                        mirror_key(&url)
                     }
                     (_, Some(_)) => return Err(format!("{url}: hosted: keys need a hosted project")),
                     (_, None) => {
@@ -105,7 +106,11 @@ impl Assets {
                         return Ok(fetched.bytes.to_vec());
                     }
                 };
-                tokio::fs::read(&stored).await.map_err(|e| format!("{}: {e}", milkglass_fetch::redact(&url)))
+                assets
+                    .hosted
+                    .read(project_id, FsPath::new(&key))
+                    .await
+                    .map_err(|e| format!("{}: {e}", milkglass_fetch::redact(&url)))
             })
         }))
     }
@@ -114,11 +119,11 @@ impl Assets {
 /// `POST {dataset}/embed`: starts embedding generation (see `crate::embedding`).
 async fn embed(
     State(state): State<AppState>,
-    Extension(assets): Extension<Arc<Assets>>,
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
     JsonBody(request): JsonBody<EmbedRequest>,
 ) -> ApiResult<Response> {
+    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     let dataset = state.store.dataset(&project.name, &dataset)?;
     let source = assets.image_source(&state.store, &project, "embedding generation")?;
@@ -143,11 +148,70 @@ fn project_access(settings: &FetchSettings) -> ApiResult<ProjectAccess> {
         access.signing_endpoint =
             Some(endpoint.parse().map_err(|e| ApiError::invalid("signing_endpoint", format!("not a URL: {e}")))?);
     }
+    access.s3 = settings.s3.as_ref().map(|s3| s3_access(s3, settings.external_id.as_deref())).transpose()?;
     Ok(access)
 }
 
-pub(crate) fn router(state: &AppState) -> Router<AppState> {
-    let assets = Assets::new(&state.store, &state.config.fetch_allow).expect("the asset store can be opened");
+/// Checks stored or given S3 settings and makes the fetcher's form of them; each error names the
+/// field under `s3`.
+fn s3_access(s3: &S3Settings, external_id: Option<&str>) -> ApiResult<S3Access> {
+    let endpoint = |field: &str, value: &Option<String>| -> ApiResult<Option<url::Url>> {
+        let Some(value) = value else { return Ok(None) };
+        match url::Url::parse(value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() && url.query().is_none() => {
+                Ok(Some(url))
+            }
+            _ => Err(ApiError::invalid(
+                field,
+                "must be an http(s) URL with a host and no query, such as https://s3.example.com",
+            )),
+        }
+    };
+    let region_ok = !s3.region.is_empty()
+        && s3.region.len() <= 32
+        && s3.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !region_ok {
+        return Err(ApiError::invalid("s3.region", "must be a region name such as us-east-1"));
+    }
+    let credentials = match (&s3.access_key_id, &s3.secret_access_key, &s3.role_arn) {
+        (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
+            return Err(ApiError::invalid("s3.role_arn", "give access keys or a role to assume, not both"));
+        }
+        (Some(id), Some(secret), None) if !id.is_empty() && !secret.is_empty() => S3Credentials::Keys(AwsKeys {
+            access_key_id: id.clone(),
+            secret_access_key: secret.clone(),
+            session_token: s3.session_token.clone().filter(|t| !t.is_empty()),
+        }),
+        (Some(_), _, None) => {
+            return Err(ApiError::invalid("s3.secret_access_key", "required (and not empty) with access_key_id"));
+        }
+        (None, Some(_), None) => {
+            return Err(ApiError::invalid("s3.access_key_id", "required (and not empty) with secret_access_key"));
+        }
+        (None, None, Some(role)) => {
+            if !role.starts_with("arn:") || !role.contains(":role/") {
+                return Err(ApiError::invalid(
+                    "s3.role_arn",
+                    "must be a role ARN such as arn:aws:iam::123456789012:role/milkglass-reader",
+                ));
+            }
+            let external_id =
+                external_id.ok_or_else(|| ApiError::invalid("s3.role_arn", "the project has no external id yet"))?;
+            S3Credentials::AssumeRole { role_arn: role.clone(), external_id: external_id.to_string() }
+        }
+        (None, None, None) => {
+            return Err(ApiError::invalid("s3", "give access_key_id and secret_access_key, or role_arn"));
+        }
+    };
+    Ok(S3Access {
+        region: s3.region.clone(),
+        endpoint: endpoint("s3.endpoint", &s3.endpoint)?,
+        sts_endpoint: endpoint("s3.sts_endpoint", &s3.sts_endpoint)?,
+        credentials,
+    })
+}
+
+pub(crate) fn router() -> Router<AppState> {
     let project = "/api/projects/{project}";
     let dataset = "/api/projects/{project}/datasets/{dataset}";
     Router::new()
@@ -159,7 +223,6 @@ pub(crate) fn router(state: &AppState) -> Router<AppState> {
         .route(&format!("{dataset}/embed"), post(embed))
         .route(&format!("{dataset}/url_check"), post(url_check))
         .route(&format!("{dataset}/url_report"), get(url_report))
-        .layer(Extension(Arc::new(assets)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -251,14 +314,12 @@ fn check_key(field: &str, key: &str) -> ApiResult<()> {
 // The signed file routes (no bearer token: an <img> tag cannot send one; the signature is the
 // credential)
 
-async fn asset(State(state): State<AppState>, Extension(assets): Extension<Arc<Assets>>, request: Request) -> Response {
-    match serve_asset(&state, &assets, request).await {
+async fn asset(State(state): State<AppState>, request: Request) -> Response {
+    match serve_asset(&state, &state.assets, request).await {
         Ok(response) => response,
         Err((status, code, message)) => error_response(status, code, &message),
     }
 }
-
-type AssetError = (StatusCode, &'static str, String);
 
 async fn serve_asset(state: &AppState, assets: &Assets, request: Request) -> Result<Response, AssetError> {
     let method = request.method().clone();
@@ -297,7 +358,6 @@ async fn serve_asset(state: &AppState, assets: &Assets, request: Request) -> Res
         .await
         .map_err(|_| not_found())?
         .map_err(|_| not_found())?;
-    let dir = assets.project_dir(&project);
     let raw_key = format!("/{key}");
 
     if method == Method::PUT {
@@ -307,17 +367,16 @@ async fn serve_asset(state: &AppState, assets: &Assets, request: Request) -> Res
         let relative = relative_path(&raw_key).map_err(|r| (r.status(), "invalid", r.message()))?;
         let limit = state.config.max_upload_bytes;
         let body = request.into_body().into_data_stream();
-        let bytes = write_atomically(&assets.root, &dir.join(&relative), body, limit).await?;
+        let bytes = assets.hosted.write(project.id, &relative, body, limit).await?;
         let key = relative.to_string_lossy().to_string();
         let response =
             (StatusCode::CREATED, Json(json!({ "key": key, "bytes": bytes, "url": format!("hosted:{key}") })));
         return Ok(milkglass_files::with_cors(response.into_response()));
     }
-    let root = FileRoot::new(&dir).map_err(|_| not_found())?;
-    let file = root.resolve(&raw_key).await.map_err(|r| (r.status(), "not_found", r.message()))?;
     // The browser may keep the bytes as long as the URL is valid, and no shared cache may.
     let cache = format!("private, max-age={}", expires.saturating_sub(unix_now()));
-    Ok(file_response(&file, &method, request.headers(), HeaderValue::from_str(&cache).expect("ascii")).await)
+    let cache = HeaderValue::from_str(&cache).expect("ascii");
+    assets.hosted.serve(project.id, &raw_key, &method, request.headers(), cache).await
 }
 
 fn query_pairs(query: &str) -> BTreeMap<String, String> {
@@ -330,51 +389,6 @@ fn query_pairs(query: &str) -> BTreeMap<String, String> {
 
 fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().to_string()
-}
-
-/// Streams a body into a staging file and renames it into place, so a reader never sees half a
-/// file and a failed upload leaves nothing behind.
-async fn write_atomically(
-    root: &FsPath,
-    target: &FsPath,
-    body: impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
-    limit: u64,
-) -> Result<u64, AssetError> {
-    let internal = |e: std::io::Error| {
-        tracing::error!("asset store: {e}");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot write the file; see the server log".to_string())
-    };
-    let staging = root.join(".staging");
-    tokio::fs::create_dir_all(&staging).await.map_err(internal)?;
-    let temp = staging.join(format!("{:016x}", rand::random::<u64>()));
-    let mut file = tokio::fs::File::create(&temp).await.map_err(internal)?;
-    let mut written = 0u64;
-    let mut body = body;
-    let result: Result<(), AssetError> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| (StatusCode::BAD_REQUEST, "invalid", format!("the upload broke off: {e}")))?;
-            written += chunk.len() as u64;
-            if written > limit {
-                return Err((
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!("larger than the limit of {limit} bytes"),
-                ));
-            }
-            file.write_all(&chunk).await.map_err(internal)?;
-        }
-        file.sync_all().await.map_err(internal)?;
-        if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(internal)?;
-        }
-        tokio::fs::rename(&temp, target).await.map_err(internal)
-    }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&temp).await;
-    }
-    result.map(|()| written)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,12 +417,12 @@ fn ttl(expires_in: Option<u64>) -> ApiResult<u64> {
 
 async fn sign_urls(
     State(state): State<AppState>,
-    Extension(assets): Extension<Arc<Assets>>,
     caller: Caller,
     Path(project): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<SignRequest>,
 ) -> ApiResult<Json<Value>> {
+    let assets = state.assets.clone();
     let needed = if body.put { ProjectRole::Owner } else { ProjectRole::Viewer };
     let project = caller.project(&state, &project, needed)?;
     match (project.access_mode, body.put) {
@@ -461,44 +475,38 @@ struct ResolveRequest {
 /// fetches anything.
 async fn resolve_urls(
     State(state): State<AppState>,
-    Extension(assets): Extension<Arc<Assets>>,
     caller: Caller,
     Path(project): Path<String>,
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<ResolveRequest>,
 ) -> ApiResult<Json<Value>> {
+    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Viewer)?;
     if body.urls.len() > MAX_KEYS_PER_CALL {
         return Err(ApiError::invalid("urls", format!("give at most {MAX_KEYS_PER_CALL} URLs")));
     }
     let ttl = ttl(body.expires_in)?;
     let base = base_url(&headers);
-    let dir = assets.project_dir(&project);
-    let resolved: Vec<Value> = body
-        .urls
-        .iter()
-        .map(|url| {
-            let hosted = |key: &str| {
-                let (load_url, expires_at) = signed_url(&base, &assets.signer, "GET", &project.name, key, ttl);
-                json!({ "url": url, "load_url": load_url, "via": "hosted", "expires_at": expires_at })
-            };
-            match (project.access_mode, url.strip_prefix("hosted:")) {
-                (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => hosted(key),
-                (AccessMode::Mirrored, None) => {
-                    let key = mirror_key(url);
-                    if dir.join(&key).is_file() {
-                        let mut entry = hosted(&key);
-                        entry["via"] = "mirror".into();
-                        entry
-                    } else {
-                        json!({ "url": url, "load_url": null, "via": "mirror", "reason": "not mirrored yet; POST .../mirror" })
-                    }
+    let hosted = |url: &str, key: &str, via: &str| {
+        let (load_url, expires_at) = signed_url(&base, &assets.signer, "GET", &project.name, key, ttl);
+        json!({ "url": url, "load_url": load_url, "via": via, "expires_at": expires_at })
+    };
+    let mut resolved: Vec<Value> = Vec::with_capacity(body.urls.len());
+    for url in &body.urls {
+        resolved.push(match (project.access_mode, url.strip_prefix("hosted:")) {
+            (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => hosted(url, key, "hosted"),
+            (AccessMode::Mirrored, None) => {
+                let key = mirror_key(url);
+                if assets.hosted.exists(project.id, FsPath::new(&key)).await {
+                    hosted(url, &key, "mirror")
+                } else {
+                    json!({ "url": url, "load_url": null, "via": "mirror", "reason": "not mirrored yet; POST .../mirror" })
                 }
-                (_, Some(_)) => json!({ "url": url, "load_url": null, "reason": format!("project is {}; hosted: keys need a hosted project", project.access_mode) }),
-                (_, None) => json!({ "url": url, "load_url": url, "via": "browser" }),
             }
-        })
-        .collect();
+            (_, Some(_)) => json!({ "url": url, "load_url": null, "reason": format!("project is {}; hosted: keys need a hosted project", project.access_mode) }),
+            (_, None) => json!({ "url": url, "load_url": url, "via": "browser" }),
+        });
+    }
     Ok(Json(json!({ "urls": resolved })))
 }
 
@@ -526,6 +534,49 @@ struct FetchSettingsBody {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     signing_endpoint: Option<String>,
+    #[serde(default)]
+    s3: Option<S3Body>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct S3Body {
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    sts_endpoint: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
+    #[serde(default)]
+    role_arn: Option<String>,
+}
+
+/// What the settings routes answer: header values and S3 secrets are write-only.
+fn settings_view(settings: &FetchSettings) -> Value {
+    let headers: BTreeMap<&str, &str> = settings.headers.iter().map(|(name, _)| (name.as_str(), "(set)")).collect();
+    let s3 = settings.s3.as_ref().map(|s3| {
+        json!({
+            "region": s3.region,
+            "endpoint": s3.endpoint,
+            "sts_endpoint": s3.sts_endpoint,
+            "access_key_id": s3.access_key_id,
+            "secret_access_key": s3.secret_access_key.as_ref().map(|_| "(set)"),
+            "session_token": s3.session_token.as_ref().map(|_| "(set)"),
+            "role_arn": s3.role_arn,
+        })
+    });
+    json!({
+        "headers": headers,
+        "signing_endpoint": settings.signing_endpoint,
+        "s3": s3,
+        "external_id": settings.external_id,
+    })
 }
 
 async fn get_fetch_settings(
@@ -534,10 +585,7 @@ async fn get_fetch_settings(
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    let settings = state.store.fetch_settings(project.id)?;
-    // Values may be credentials: they are write-only.
-    let headers: BTreeMap<&str, &str> = settings.headers.iter().map(|(name, _)| (name.as_str(), "(set)")).collect();
-    Ok(Json(json!({ "headers": headers, "signing_endpoint": settings.signing_endpoint })))
+    Ok(Json(settings_view(&state.store.fetch_settings(project.id)?)))
 }
 
 async fn put_fetch_settings(
@@ -550,9 +598,22 @@ async fn put_fetch_settings(
     if project.access_mode == AccessMode::Anonymous {
         return Err(anonymous_refusal(&project.name, "fetch settings"));
     }
+    let empty_is_none = |value: Option<String>| value.filter(|v| !v.is_empty());
+    let s3 = body.s3.map(|s3| S3Settings {
+        region: empty_is_none(s3.region).unwrap_or_else(|| "us-east-1".into()),
+        endpoint: empty_is_none(s3.endpoint),
+        sts_endpoint: empty_is_none(s3.sts_endpoint),
+        access_key_id: empty_is_none(s3.access_key_id),
+        secret_access_key: empty_is_none(s3.secret_access_key),
+        session_token: empty_is_none(s3.session_token),
+        role_arn: empty_is_none(s3.role_arn),
+    });
     let settings = FetchSettings {
         headers: body.headers.into_iter().collect(),
-        signing_endpoint: body.signing_endpoint.filter(|e| !e.is_empty()),
+        signing_endpoint: empty_is_none(body.signing_endpoint),
+        s3,
+        // Kept by the store when the project has one already.
+        external_id: Some(hex::encode(rand::random::<[u8; 16]>())),
     };
     ProjectAccess::with_headers(&settings.headers).map_err(|e| ApiError::invalid("headers", e))?;
     if let Some(endpoint) = &settings.signing_endpoint {
@@ -561,9 +622,11 @@ async fn put_fetch_settings(
             _ => return Err(ApiError::invalid("signing_endpoint", "must be an http(s) URL")),
         }
     }
-    state.store.set_fetch_settings(project.id, &settings)?;
-    let names: Vec<&str> = settings.headers.iter().map(|(n, _)| n.as_str()).collect();
-    Ok(Json(json!({ "headers": names, "signing_endpoint": settings.signing_endpoint })))
+    if let Some(s3) = &settings.s3 {
+        s3_access(s3, settings.external_id.as_deref())?;
+    }
+    let stored = state.store.set_fetch_settings(project.id, &settings)?;
+    Ok(Json(settings_view(&stored)))
 }
 
 /// Every distinct raw-data URL of a dataset's current frames, with a frame that uses it.
@@ -595,10 +658,10 @@ fn dataset_urls(store: &Store, project: &str, dataset: &str) -> ApiResult<Vec<(S
 
 async fn mirror(
     State(state): State<AppState>,
-    Extension(assets): Extension<Arc<Assets>>,
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
+    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     if project.access_mode != AccessMode::Mirrored {
         if project.access_mode == AccessMode::Anonymous {
@@ -621,12 +684,11 @@ async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, datas
     let urls = tokio::task::spawn_blocking(move || dataset_urls(&store, &p, &d))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let dir = assets.project_dir(project);
     let total = urls.len();
     let outcomes: Vec<(String, Result<bool, String>)> = futures::stream::iter(urls.into_iter().map(|(url, _)| {
-        let (dir, access, root) = (dir.clone(), access.clone(), assets.root.clone());
+        let access = access.clone();
         async move {
-            let outcome = mirror_one(fetcher, &access, &root, &dir, &url).await;
+            let outcome = mirror_one(fetcher, &access, &assets.hosted, project.id, &url).await;
             (url, outcome)
         }
     }))
@@ -650,8 +712,8 @@ async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, datas
 
 /// Serializes fetches of the same mirror target, so concurrent runs (a route, the check after an
 /// upload, embedding generation) still send one request per asset.
-fn target_lock(target: &FsPath) -> Arc<tokio::sync::Mutex<()>> {
-    type Locks = BTreeMap<PathBuf, std::sync::Weak<tokio::sync::Mutex<()>>>;
+fn target_lock(target: &str) -> Arc<tokio::sync::Mutex<()>> {
+    type Locks = BTreeMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>;
     static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(BTreeMap::new());
     let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
     locks.retain(|_, lock| lock.strong_count() > 0);
@@ -659,7 +721,7 @@ fn target_lock(target: &FsPath) -> Arc<tokio::sync::Mutex<()>> {
         return lock;
     }
     let lock = Arc::new(tokio::sync::Mutex::new(()));
-    locks.insert(target.to_path_buf(), Arc::downgrade(&lock));
+    locks.insert(target.to_string(), Arc::downgrade(&lock));
     lock
 }
 
@@ -667,22 +729,22 @@ fn target_lock(target: &FsPath) -> Arc<tokio::sync::Mutex<()>> {
 async fn mirror_one(
     fetcher: &Fetcher,
     access: &ProjectAccess,
-    root: &FsPath,
-    dir: &FsPath,
+    hosted: &HostedStore,
+    project_id: i64,
     url: &str,
 ) -> Result<bool, String> {
     if url.starts_with("hosted:") {
         return Ok(false);
     }
-    let target = dir.join(mirror_key(url));
-    let lock = target_lock(&target);
+    let key = mirror_key(url);
+    let lock = target_lock(&format!("{project_id}/{key}"));
     let _held = lock.lock().await;
-    if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+    if hosted.exists(project_id, FsPath::new(&key)).await {
         return Ok(false);
     }
     let fetched = fetcher.fetch(url, access).await.map_err(|e| e.to_string())?;
     let body = futures::stream::once(async move { Ok::<_, axum::Error>(fetched.bytes) });
-    write_atomically(root, &target, Box::pin(body), u64::MAX).await.map_err(|(_, _, message)| message)?;
+    hosted.write(project_id, FsPath::new(&key), Box::pin(body), u64::MAX).await.map_err(|(_, _, message)| message)?;
     Ok(true)
 }
 
@@ -713,20 +775,24 @@ impl Category {
 }
 
 /// What can be said about a URL without any network access. `rules` are the fetcher's: an address
-/// they refuse can only be loaded by the user's browser.
-fn classify_offline(url: &str, hosted_dir: Option<&FsPath>, rules: &Rules) -> Option<(Category, String)> {
+/// they refuse can only be loaded by the user's browser. `access` is how milkglass reaches the
+/// project's files (`None` for anonymous projects): with a signing endpoint or S3 access, bucket
+/// paths are for milkglass to try, not only for the browser.
+fn classify_offline(url: &str, rules: &Rules, access: Option<&ProjectAccess>) -> Option<(Category, String)> {
     if let Err(invalid) = milkglass_core::check_data_url("url", url) {
         return Some((Category::Invalid, invalid.message));
     }
-    if let Some(key) = url.strip_prefix("hosted:") {
-        return Some(match hosted_dir {
-            Some(dir) if dir.join(key).is_file() => (Category::Reachable, "in the hosted store".into()),
-            Some(_) => (Category::Invalid, "no such file in the hosted store; upload it with a PUT URL".into()),
-            None => (Category::Invalid, "hosted: keys need a hosted or mirrored project".into()),
-        });
+    if url.starts_with("hosted:") {
+        // Hosted and mirrored projects look their keys up in the store before asking here.
+        return Some((Category::Invalid, "hosted: keys need a hosted or mirrored project".into()));
     }
     let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
     if scheme == "s3" || scheme == "gs" {
+        let signed = access.is_some_and(|a| a.signing_endpoint.is_some());
+        let s3_keys = scheme == "s3" && access.is_some_and(|a| a.s3.is_some());
+        if signed || s3_keys {
+            return None;
+        }
         return Some((
             Category::BucketPath,
             format!(
@@ -754,10 +820,10 @@ fn classify_offline(url: &str, hosted_dir: Option<&FsPath>, rules: &Rules) -> Op
 
 async fn url_check(
     State(state): State<AppState>,
-    Extension(assets): Extension<Arc<Assets>>,
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
+    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     Ok(Json(run_url_check(&state.store, &assets, &project, &dataset).await?))
 }
@@ -771,22 +837,35 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let hosted_dir =
-        matches!(project.access_mode, AccessMode::Hosted | AccessMode::Mirrored).then(|| assets.project_dir(project));
+    let has_store = matches!(project.access_mode, AccessMode::Hosted | AccessMode::Mirrored);
     let mut results: Vec<(String, String, Category, String)> = Vec::with_capacity(urls.len());
     let mut to_probe = Vec::new();
     // Anonymous projects are judged by the default rules: milkglass would not load their URLs even
     // where the admin allows an address.
     let default_rules = Rules::default();
     let rules = if project.access_mode == AccessMode::Anonymous { &default_rules } else { &assets.rules };
+    let access = match project.access_mode {
+        AccessMode::Anonymous => None,
+        _ => Some(project_access(&store.fetch_settings(project.id)?)?),
+    };
     for (url, frame) in urls {
+        if has_store && let Some(key) = url.strip_prefix("hosted:") {
+            let (category, reason) =
+                if check_key("url", key).is_ok() && assets.hosted.exists(project.id, FsPath::new(key)).await {
+                    (Category::Reachable, "in the hosted store")
+                } else {
+                    (Category::Invalid, "no such file in the hosted store; upload it with a PUT URL")
+                };
+            results.push((url, frame, category, reason.into()));
+            continue;
+        }
         let mirrored = project.access_mode == AccessMode::Mirrored
-            && hosted_dir.as_deref().is_some_and(|dir| dir.join(mirror_key(&url)).is_file());
+            && assets.hosted.exists(project.id, FsPath::new(&mirror_key(&url))).await;
         if mirrored {
             results.push((url, frame, Category::Reachable, "mirrored into the hosted store".into()));
             continue;
         }
-        match classify_offline(&url, hosted_dir.as_deref(), rules) {
+        match classify_offline(&url, rules, access.as_ref()) {
             Some((category, reason)) => results.push((url, frame, category, reason)),
             None if project.access_mode == AccessMode::Anonymous => results.push((
                 url,
@@ -855,15 +934,8 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
 
 /// A deleted project's hosted and mirrored files go with it, so its signed URLs stop working at
 /// once and a later project that gets the same id starts with an empty store.
-pub(crate) async fn remove_project_files(store: &Store, project: &ProjectInfo) {
-    let dir = store.dir().join("assets").join(project.id.to_string());
-    match tokio::fs::remove_dir_all(&dir).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            tracing::error!("cannot remove the files of deleted project {:?} at {}: {e}", project.name, dir.display())
-        }
-    }
+pub(crate) async fn remove_project_files(state: &AppState, project: &ProjectInfo) {
+    state.assets.hosted.remove_project(project.id).await;
 }
 
 /// After frames arrive, checks their URLs in the background so the user learns at upload time
@@ -879,11 +951,10 @@ pub(crate) fn check_after_upload(state: &AppState, project: &str, dataset: &str)
             let info = tokio::task::spawn_blocking(move || store.project(&name))
                 .await
                 .map_err(|e| internal(e.to_string()))??;
-            let assets = Assets::new(&state.store, &state.config.fetch_allow).map_err(|e| internal(e.to_string()))?;
             if info.access_mode == AccessMode::Mirrored {
-                run_mirror(&state.store, &assets, &info, &dataset).await?;
+                run_mirror(&state.store, &state.assets, &info, &dataset).await?;
             }
-            run_url_check(&state.store, &assets, &info, &dataset).await
+            run_url_check(&state.store, &state.assets, &info, &dataset).await
         };
         if let Err(e) = run.await {
             tracing::warn!("URL check after an upload to {project}/{dataset}: {}", e.message);
@@ -941,7 +1012,7 @@ mod tests {
     #[test]
     fn offline_classes() {
         let rules = Rules::default();
-        let class = |url: &str| classify_offline(url, None, &rules).map(|(category, _)| category);
+        let class = |url: &str| classify_offline(url, &rules, None).map(|(category, _)| category);
         assert_eq!(class("s3://bucket/a.png"), Some(Category::BucketPath));
         assert_eq!(class("gs://bucket/a.png"), Some(Category::BucketPath));
         assert_eq!(class("ftp://x/a"), Some(Category::Invalid));
@@ -950,7 +1021,23 @@ mod tests {
         assert_eq!(class("hosted:a.png"), Some(Category::Invalid));
         assert_eq!(class("https://images.example.com/a.png"), None);
         let allowed = Rules { allow: AllowList::parse(&["10.0.0.0/8", "nas"]).unwrap() };
-        assert_eq!(classify_offline("http://10.1.2.3/a.png", None, &allowed), None);
-        assert_eq!(classify_offline("http://nas/a.png", None, &allowed), None);
+        assert_eq!(classify_offline("http://10.1.2.3/a.png", &allowed, None), None);
+        assert_eq!(classify_offline("http://nas/a.png", &allowed, None), None);
+        // Bucket paths are milkglass's to try once it has a way in: S3 access reads s3:// only; a
+        // signing endpoint signs either kind.
+        let keys = S3Settings {
+            region: "us-east-1".into(),
+            access_key_id: Some("AKID".into()),
+            secret_access_key: Some("secret".into()),
+            ..S3Settings::default()
+        };
+        let with_s3 = project_access(&FetchSettings { s3: Some(keys), ..FetchSettings::default() }).unwrap();
+        assert_eq!(classify_offline("s3://bucket/a.png", &rules, Some(&with_s3)), None);
+        let gs = classify_offline("gs://bucket/a.png", &rules, Some(&with_s3));
+        assert_eq!(gs.map(|(category, _)| category), Some(Category::BucketPath));
+        let signer =
+            FetchSettings { signing_endpoint: Some("https://sign.example/".into()), ..FetchSettings::default() };
+        let signed = project_access(&signer).unwrap();
+        assert_eq!(classify_offline("gs://bucket/a.png", &rules, Some(&signed)), None);
     }
 }

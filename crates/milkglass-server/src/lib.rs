@@ -8,6 +8,7 @@ mod auth;
 mod embedding;
 mod error;
 pub mod flight;
+mod hosted;
 mod ingest;
 mod insight;
 mod insight_service;
@@ -43,6 +44,9 @@ pub struct ServerConfig {
     pub flight_url: Option<String>,
     /// Private addresses and hosts the fetcher may reach anyway (CIDRs, addresses, host names).
     pub fetch_allow: Vec<String>,
+    /// Where hosted and mirrored files live: `s3://bucket[/prefix]` (credentials from the `AWS_*`
+    /// variables), or `None` for `DATA_DIR/assets`.
+    pub asset_store: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +59,7 @@ impl Default for ServerConfig {
             review_wait: std::time::Duration::from_secs(60),
             flight_url: None,
             fetch_allow: Vec::new(),
+            asset_store: None,
         }
     }
 }
@@ -63,22 +68,30 @@ impl Default for ServerConfig {
 pub struct AppState {
     pub store: Store,
     pub config: Arc<ServerConfig>,
+    /// The raw-data boundary: the fetcher, the hosted store and URL signatures.
+    pub(crate) assets: Arc<assets::Assets>,
+}
+
+impl AppState {
+    /// Fails when the fetch allow-list, the asset signing key or the hosted store is unusable.
+    pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
+        let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
+        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets) })
+    }
 }
 
 /// The whole HTTP application.
-pub fn app(store: Store, config: ServerConfig) -> Router {
-    routes::router(AppState { store, config: Arc::new(config) })
+pub fn app(store: Store, config: ServerConfig) -> std::io::Result<Router> {
+    Ok(routes::router(AppState::new(store, config)?))
 }
 
 /// Serves the HTTP API and, when given a second listener, Flight SQL, until `shutdown` completes.
 pub async fn serve_all(
     http: TcpListener,
     flight: Option<TcpListener>,
-    store: Store,
-    config: ServerConfig,
+    state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = AppState { store, config: Arc::new(config) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flight_task = flight.map(|listener| {
         let service = flight::service(state.clone());
@@ -118,7 +131,7 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(store, config);
+    let app = app(store, config)?;
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await

@@ -55,7 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/sample/{*path}", get(sample_file))
         .merge(api)
-        .merge(crate::assets::router(&state))
+        .merge(crate::assets::router())
         .with_state(state)
 }
 
@@ -120,7 +120,7 @@ async fn delete_project(
     let info = caller.project(&state, &project, ProjectRole::Owner)?;
     let store = state.store.clone();
     blocking(move || Ok(store.delete_project(&project)?)).await?;
-    crate::assets::remove_project_files(&state.store, &info).await;
+    crate::assets::remove_project_files(&state, &info).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -12,6 +12,30 @@ pub struct FetchSettings {
     /// Header name and value pairs, in order (a name may repeat).
     pub headers: Vec<(String, String)>,
     pub signing_endpoint: Option<String>,
+    /// How `s3://` URLs are read, if at all.
+    pub s3: Option<S3Settings>,
+    /// What milkglass says as `ExternalId` when it assumes the project's role. Made by milkglass
+    /// (never chosen by the owner) and kept for the life of the project, so the owner's trust
+    /// policy can name it before the role is set.
+    pub external_id: Option<String>,
+}
+
+/// A project's S3 access, as stored. Validated by the server before it is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Settings {
+    pub region: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sts_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
 }
 
 impl Store {
@@ -19,31 +43,47 @@ impl Store {
         self.db().read(|conn| {
             let row = conn
                 .query_row(
-                    "SELECT headers, signing_endpoint FROM project_fetch_settings WHERE project_id = ?1",
+                    "SELECT headers, signing_endpoint, s3, external_id FROM project_fetch_settings
+                     WHERE project_id = ?1",
                     [project_id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                        ))
+                    },
                 )
                 .optional()?;
             Ok(match row {
-                Some((headers, signing_endpoint)) => {
-                    FetchSettings { headers: serde_json::from_str(&headers)?, signing_endpoint }
-                }
+                Some((headers, signing_endpoint, s3, external_id)) => FetchSettings {
+                    headers: serde_json::from_str(&headers)?,
+                    signing_endpoint,
+                    s3: s3.map(|s3| serde_json::from_str(&s3)).transpose()?,
+                    external_id,
+                },
                 None => FetchSettings::default(),
             })
         })
     }
 
-    pub fn set_fetch_settings(&self, project_id: i64, settings: &FetchSettings) -> StoreResult<()> {
+    /// Replaces a project's settings. An external id, once made, is kept whatever `settings` says,
+    /// so a trust policy written for it keeps working.
+    pub fn set_fetch_settings(&self, project_id: i64, settings: &FetchSettings) -> StoreResult<FetchSettings> {
         let headers = serde_json::to_string(&settings.headers)?;
+        let s3 = settings.s3.as_ref().map(serde_json::to_string).transpose()?;
         self.db().write(|tx| {
             tx.execute(
-                "INSERT INTO project_fetch_settings (project_id, headers, signing_endpoint, updated_at)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (project_id) DO UPDATE SET headers = ?2, signing_endpoint = ?3, updated_at = ?4",
-                params![project_id, headers, settings.signing_endpoint, now()],
+                "INSERT INTO project_fetch_settings (project_id, headers, signing_endpoint, s3, external_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (project_id) DO UPDATE SET headers = ?2, signing_endpoint = ?3, s3 = ?4,
+                     external_id = COALESCE(external_id, ?5), updated_at = ?6",
+                params![project_id, headers, settings.signing_endpoint, s3, settings.external_id, now()],
             )?;
             Ok(())
-        })
+        })?;
+        self.fetch_settings(project_id)
     }
 
     /// The last URL report of a dataset (its JSON as written) and when it was made.
@@ -89,9 +129,20 @@ mod tests {
         let settings = FetchSettings {
             headers: vec![("Authorization".into(), "Bearer x".into())],
             signing_endpoint: Some("https://sign.example/".into()),
+            s3: Some(S3Settings {
+                region: "eu-west-1".into(),
+                role_arn: Some("arn:aws:iam::1:role/r".into()),
+                ..S3Settings::default()
+            }),
+            external_id: Some("first".into()),
         };
         store.set_fetch_settings(project.id, &settings).unwrap();
         store.set_fetch_settings(project.id, &settings).unwrap();
         assert_eq!(store.fetch_settings(project.id).unwrap(), settings);
+        // The external id outlives any later setting, and a cleared S3 access is cleared.
+        let later = FetchSettings { external_id: Some("second".into()), ..FetchSettings::default() };
+        let stored = store.set_fetch_settings(project.id, &later).unwrap();
+        assert_eq!(stored.external_id.as_deref(), Some("first"));
+        assert_eq!(stored.s3, None);
     }
 }

@@ -27,7 +27,7 @@ mod rows;
 mod tables;
 mod users;
 
-pub use access::FetchSettings;
+pub use access::{FetchSettings, S3Settings};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};

@@ -208,6 +208,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (dataset_id, issue_key)
     );
     "#,
+    // 5: how milkglass reads a project's s3:// URLs (keys, or a role to assume; JSON), and the
+    // external id milkglass presents when it assumes that role, made once per project.
+    r#"
+    ALTER TABLE project_fetch_settings ADD COLUMN s3 TEXT;
+    ALTER TABLE project_fetch_settings ADD COLUMN external_id TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use milkglass_core::{DatasetSpec, ProjectRole, ProjectSpec, Role};
 use milkglass_sample::{DetectionConfig, TITANIC_CSV, detection_dataset, write_images};
-use milkglass_server::ServerConfig;
+use milkglass_server::{AppState, ServerConfig};
 use milkglass_store::{Store, UploadKind};
 use serde_json::json;
 use std::path::Path;
@@ -49,6 +49,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         flight_url: Some(format!("grpc://{flight_addr}")),
         ..ServerConfig::default()
     };
+    let state = AppState::new(store, config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
     println!(
         "\nmilkglass serving {} on http://{addr} (Flight SQL on grpc://{flight_addr})  (Ctrl-C to stop)",
         dir.display()
@@ -57,7 +58,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
         tokens[0].2
     );
-    runtime()?.block_on(serve(store, listener, flight, config))
+    runtime()?.block_on(serve(state, listener, flight))
 }
 
 fn add_users(store: &Store) -> Result<Vec<(String, Role, String)>> {

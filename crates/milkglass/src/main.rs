@@ -7,7 +7,7 @@ mod remote;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use milkglass_core::Role;
-use milkglass_server::ServerConfig;
+use milkglass_server::{AppState, ServerConfig};
 use milkglass_store::Store;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,6 +100,11 @@ struct ServeArgs {
     /// Loopback, link-local and private addresses are refused unless listed here.
     #[arg(long, env = "MILKGLASS_FETCH_ALLOW", value_delimiter = ',')]
     fetch_allow: Vec<String>,
+    /// Where hosted and mirrored files live: s3://BUCKET[/PREFIX] on S3-compatible storage, with
+    /// credentials, region and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION
+    /// and AWS_ENDPOINT_URL. Default: DATA_DIR/assets.
+    #[arg(long, env = "MILKGLASS_ASSET_STORE")]
+    asset_store: Option<String>,
 }
 
 #[derive(Args)]
@@ -186,19 +191,22 @@ fn run(cli: Cli) -> Result<()> {
                 review_wait: std::time::Duration::from_secs(args.review_wait_secs),
                 flight_url: None,
                 fetch_allow: args.fetch_allow.clone(),
+                asset_store: args.asset_store.clone(),
             };
             milkglass_server::check_fetch_allow(&config.fetch_allow)
                 .map_err(|e| anyhow::anyhow!("--fetch-allow: {e}"))?;
             let listener = bind(args.http_addr)?;
             let flight = bind(args.flight_addr)?;
             let config = ServerConfig { flight_url: Some(format!("grpc://{}", flight.local_addr()?)), ..config };
+            // Made before anything is announced, so an unusable asset store stops the start.
+            let state = AppState::new(store, config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
             println!(
                 "milkglass serving {} on http://{} (Flight SQL on grpc://{})",
                 args.data_dir.display(),
                 listener.local_addr()?,
                 flight.local_addr()?
             );
-            runtime()?.block_on(serve(store, listener, flight, config))
+            runtime()?.block_on(serve(state, listener, flight))
         }
         Command::Demo(args) => demo::run(args),
         Command::User { command } => user(command),
@@ -246,15 +254,10 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// Serves HTTP and Flight SQL on bound listeners until Ctrl-C or SIGTERM.
-async fn serve(
-    store: Store,
-    http: std::net::TcpListener,
-    flight: std::net::TcpListener,
-    config: ServerConfig,
-) -> Result<()> {
+async fn serve(state: AppState, http: std::net::TcpListener, flight: std::net::TcpListener) -> Result<()> {
     let http = tokio::net::TcpListener::from_std(http)?;
     let flight = tokio::net::TcpListener::from_std(flight)?;
-    milkglass_server::serve_all(http, Some(flight), store, config, shutdown_signal()).await?;
+    milkglass_server::serve_all(http, Some(flight), state, shutdown_signal()).await?;
     Ok(())
 }
 
