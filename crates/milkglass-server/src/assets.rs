@@ -676,32 +676,58 @@ async fn mirror(
     Ok(Json(run_mirror(&state.store, &assets, &project, &dataset).await?))
 }
 
-/// Fetches every URL of a mirrored project's dataset that is not in the store yet.
+/// The job kind mirroring shows in the dataset status.
+const MIRROR_JOB: &str = "mirror";
+/// Progress is written after this many assets, so a status poll sees it move without a catalog
+/// write per asset.
+const PROGRESS_EVERY: usize = 25;
+
+/// Fetches every URL of a mirrored project's dataset that is not in the store yet, as a job in the
+/// dataset status (progress in assets, then a summary).
 async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, dataset: &str) -> ApiResult<Value> {
     let (fetcher, access) = assets.fetcher_for(store, project, "mirroring")?;
-    let store = store.clone();
+    let reader = store.clone();
     let (p, d) = (project.name.clone(), dataset.to_string());
-    let urls = tokio::task::spawn_blocking(move || dataset_urls(&store, &p, &d))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let (urls, job) = tokio::task::spawn_blocking(move || {
+        let info = reader.dataset(&p, &d)?;
+        let urls = dataset_urls(&reader, &p, &d)?;
+        let job = reader.start_job(&info, MIRROR_JOB, Some(urls.len() as i64))?;
+        Ok::<_, ApiError>((urls, job))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let total = urls.len();
-    let outcomes: Vec<(String, Result<bool, String>)> = futures::stream::iter(urls.into_iter().map(|(url, _)| {
+    let mut fetches = futures::stream::iter(urls.into_iter().map(|(url, _)| {
         let access = access.clone();
         async move {
             let outcome = mirror_one(fetcher, &access, &assets.hosted, project.id, &url).await;
             (url, outcome)
         }
     }))
-    .buffer_unordered(CONCURRENCY)
-    .collect()
-    .await;
+    .buffer_unordered(CONCURRENCY);
+    let mut outcomes: Vec<(String, Result<bool, String>)> = Vec::with_capacity(total);
+    while let Some(outcome) = fetches.next().await {
+        outcomes.push(outcome);
+        if outcomes.len().is_multiple_of(PROGRESS_EVERY) {
+            let (writer, done) = (store.clone(), outcomes.len() as i64);
+            let _ = tokio::task::spawn_blocking(move || writer.update_job(job, done, None)).await;
+        }
+    }
     let fetched = outcomes.iter().filter(|(_, o)| matches!(o, Ok(true))).count();
     let already = outcomes.iter().filter(|(_, o)| matches!(o, Ok(false))).count();
     let failed: Vec<Value> = outcomes
         .iter()
         .filter_map(|(url, o)| o.as_ref().err().map(|e| json!({ "url": milkglass_fetch::redact(url), "error": e })))
         .collect();
+    let message = format!("{fetched} fetched, {already} already mirrored, {} failed", failed.len());
+    // As with embedding: a run that mirrored nothing it was given failed; one with some failures is
+    // done, and its message counts them.
+    let state = if total > 0 && fetched + already == 0 { "failed" } else { "done" };
+    let writer = store.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || writer.update_job(job, total as i64, Some((state, Some(&message))))).await;
     Ok(json!({
+        "job": job,
         "assets": total,
         "fetched": fetched,
         "already_mirrored": already,

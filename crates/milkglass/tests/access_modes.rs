@@ -168,6 +168,13 @@ fn mirrored_projects_fetch_each_asset_once_then_serve_it() {
     assert_eq!(report["failed_count"], 1, "the metadata URL is refused on every run: {report}");
     assert!(report["failed"][0]["error"].as_str().unwrap().contains("link-local"), "{report}");
     assert_eq!(images.count(), 3, "exactly one request per asset");
+    // Each run is a job in the dataset status: the upload's and this one, finished, with a summary.
+    let status: Value = server.get(&admin, &format!("{d}/status")).json().unwrap();
+    let runs: Vec<&Value> = status["jobs"].as_array().unwrap().iter().filter(|j| j["kind"] == "mirror").collect();
+    assert_eq!(runs.len(), 2, "{status}");
+    let last = runs.iter().find(|j| j["id"] == report["job"]).expect("the route's job is listed");
+    assert_eq!((&last["state"], &last["progress"], &last["total"]), (&json!("done"), &json!(4), &json!(4)), "{last}");
+    assert_eq!(last["message"], "0 fetched, 3 already mirrored, 1 failed", "{last}");
     assert!(
         images.seen.lock().unwrap().iter().all(|head| head.to_ascii_lowercase().contains("x-shared-secret: s3cr3t"))
     );
