@@ -41,12 +41,8 @@ impl FetchError {
 
     /// Maps a client error, recognising a refusal made inside the DNS resolver.
     pub(crate) fn from_reqwest(url: &str, error: reqwest::Error) -> FetchError {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-        while let Some(e) = source {
-            if let Some(rule) = e.downcast_ref::<Refusal>() {
-                return FetchError::Refused { url: redact(url), rule: rule.clone() };
-            }
-            source = e.source();
+        if let Some(rule) = find_refusal(&error) {
+            return FetchError::Refused { url: redact(url), rule };
         }
         if error.is_timeout() {
             return FetchError::Timeout { url: redact(url), after: Duration::ZERO };
@@ -55,7 +51,21 @@ impl FetchError {
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// A refusal anywhere in an error's chain: the rules speak from inside the DNS resolver and the S3
+/// client, and a refusal should read as the rule it is, not as a failed connection.
+pub(crate) fn find_refusal(error: &(dyn std::error::Error + 'static)) -> Option<Refusal> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(rule) = e.downcast_ref::<Refusal>() {
+            return Some(rule.clone());
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// An error and its sources, as one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

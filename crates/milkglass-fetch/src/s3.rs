@@ -10,7 +10,7 @@
 //!   for a third party reading a customer's bucket: the owner's trust policy names milkglass's
 //!   identity and the external id, and no long-lived key of theirs is ever handed over.
 
-use crate::error::{FetchError, FetchResult, redact};
+use crate::error::{FetchError, FetchResult, error_chain, find_refusal, redact};
 use crate::rules::{Refusal, Rules};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -232,19 +232,10 @@ fn object_error(url: &str, error: object_store::Error) -> FetchError {
         object_store::Error::NotFound { .. } => FetchError::Status { url, status: 404 },
         object_store::Error::PermissionDenied { .. } => FetchError::Status { url, status: 403 },
         object_store::Error::Unauthenticated { .. } => FetchError::Status { url, status: 401 },
-        other => {
-            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&other);
-            while let Some(e) = source {
-                if let Some(rule) = e.downcast_ref::<Refusal>() {
-                    return FetchError::Refused { url, rule: rule.clone() };
-                }
-                if let Some(fetch) = e.downcast_ref::<FetchError>() {
-                    return FetchError::Connect { url, reason: fetch.to_string() };
-                }
-                source = e.source();
-            }
-            FetchError::Connect { url, reason: other.to_string() }
-        }
+        other => match find_refusal(&other) {
+            Some(rule) => FetchError::Refused { url, rule },
+            None => FetchError::Connect { url, reason: error_chain(&other) },
+        },
     }
 }
 
@@ -300,9 +291,9 @@ impl AssumedRole {
             .body(HttpRequestBody::from(form))
             .map_err(|e| sts_error(format!("not a usable STS address: {e}")))?;
         AwsAuthorizer::new(&self.identity, "sts", &self.region).authorize(&mut request, None);
-        let response = self.http.call(request).await.map_err(|e| sts_error(http_error_text(&e)))?;
+        let response = self.http.call(request).await.map_err(|e| sts_error(error_chain(&e)))?;
         let status = response.status();
-        let body = response.into_body().bytes().await.map_err(|e| sts_error(http_error_text(&e)))?;
+        let body = response.into_body().bytes().await.map_err(|e| sts_error(error_chain(&e)))?;
         let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
             let code = xml_field(&text, "Code").unwrap_or_default();
@@ -433,17 +424,6 @@ fn into_http_error(url: &Url, error: reqwest::Error) -> HttpError {
         FetchError::Refused { rule, .. } => HttpError::new(HttpErrorKind::Request, rule),
         other => HttpError::new(kind, other),
     }
-}
-
-fn http_error_text(error: &HttpError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]
