@@ -21,7 +21,7 @@ use reqwest::{Method, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use url::{Host, Url};
+use url::Url;
 
 /// Limits of one fetcher, set by the admin.
 #[derive(Debug, Clone)]
@@ -91,7 +91,8 @@ pub struct Fetched {
     pub content_type: Option<String>,
     /// Where the bytes came from after redirects (and signing).
     pub final_url: Url,
-    /// Requests sent for this asset, counting signing, redirects and retries.
+    /// Requests sent for this asset, counting signing, redirects and retries. An `s3://` object
+    /// counts as one: object_store's own retries are not seen from here.
     pub requests: u32,
 }
 
@@ -330,12 +331,7 @@ impl Fetcher {
                     .into(),
             });
         }
-        match url.host() {
-            None => Err(refused(Refusal::NoHost)),
-            Some(Host::Ipv4(ip)) => self.rules.check_ip(ip.into()).map_err(refused),
-            Some(Host::Ipv6(ip)) => self.rules.check_ip(ip.into()).map_err(refused),
-            Some(Host::Domain(_)) => Ok(()),
-        }
+        self.rules.check_url(url).map_err(refused)
     }
 
     async fn read_capped(&self, mut response: reqwest::Response, url: &Url) -> FetchResult<Bytes> {

@@ -125,6 +125,18 @@ impl Rules {
         }
     }
 
+    /// What a URL must pass before any request: its scheme and, when its host is a literal address,
+    /// that address (a name is checked on the resolver's answer, the address actually dialled).
+    pub fn check_url(&self, url: &url::Url) -> Result<(), Refusal> {
+        self.check_scheme(url.scheme())?;
+        match url.host() {
+            None => Err(Refusal::NoHost),
+            Some(url::Host::Ipv4(ip)) => self.check_ip(ip.into()),
+            Some(url::Host::Ipv6(ip)) => self.check_ip(ip.into()),
+            Some(url::Host::Domain(_)) => Ok(()),
+        }
+    }
+
     /// Refuses an address in a blocked range unless allow-listed. IPv6 forms that carry an IPv4
     /// address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4
     /// `2002::/16`) are judged by that IPv4 address too, so `[::ffff:127.0.0.1]` is loopback.

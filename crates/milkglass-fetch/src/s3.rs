@@ -11,7 +11,7 @@
 //!   identity and the external id, and no long-lived key of theirs is ever handed over.
 
 use crate::error::{FetchError, FetchResult, error_chain, find_refusal, redact};
-use crate::rules::{Refusal, Rules};
+use crate::rules::Rules;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use object_store::aws::{AmazonS3Builder, AwsAuthorizer, AwsCredential, AwsCredentialProvider};
@@ -22,7 +22,7 @@ use object_store::{BackoffConfig, ClientOptions, CredentialProvider, ObjectStore
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use url::{Host, Url};
+use url::Url;
 
 /// Assumed-role credentials are renewed this long before they expire, so a fetch never starts
 /// with credentials about to lapse mid-request.
@@ -365,14 +365,7 @@ impl HttpService for CheckedHttp {
     async fn call(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let (parts, body) = request.into_parts();
         let url = Url::parse(&parts.uri.to_string()).map_err(|e| HttpError::new(HttpErrorKind::Request, e))?;
-        let refused = |rule: Refusal| HttpError::new(HttpErrorKind::Request, rule);
-        self.rules.check_scheme(url.scheme()).map_err(refused)?;
-        match url.host() {
-            Some(Host::Ipv4(ip)) => self.rules.check_ip(ip.into()).map_err(refused)?,
-            Some(Host::Ipv6(ip)) => self.rules.check_ip(ip.into()).map_err(refused)?,
-            Some(Host::Domain(_)) => {}
-            None => return Err(refused(Refusal::NoHost)),
-        }
+        self.rules.check_url(&url).map_err(|rule| HttpError::new(HttpErrorKind::Request, rule))?;
         // The fetcher only reads: GETs, HEADs and STS's small form posts carry bodies in memory.
         let body = body.as_bytes().cloned().unwrap_or_default();
         let response = self

@@ -123,7 +123,7 @@ async fn embed(
     Path((project, dataset)): Path<(String, String)>,
     JsonBody(request): JsonBody<EmbedRequest>,
 ) -> ApiResult<Response> {
-    let assets = state.assets.clone();
+    let assets = &state.assets;
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     let dataset = state.store.dataset(&project.name, &dataset)?;
     let source = assets.image_source(&state.store, &project, "embedding generation")?;
@@ -315,13 +315,14 @@ fn check_key(field: &str, key: &str) -> ApiResult<()> {
 // credential)
 
 async fn asset(State(state): State<AppState>, request: Request) -> Response {
-    match serve_asset(&state, &state.assets, request).await {
+    match serve_asset(&state, request).await {
         Ok(response) => response,
         Err((status, code, message)) => error_response(status, code, &message),
     }
 }
 
-async fn serve_asset(state: &AppState, assets: &Assets, request: Request) -> Result<Response, AssetError> {
+async fn serve_asset(state: &AppState, request: Request) -> Result<Response, AssetError> {
+    let assets = &state.assets;
     let method = request.method().clone();
     if method == Method::OPTIONS {
         return Ok(preflight(request.headers(), "GET, HEAD, PUT, OPTIONS"));
@@ -422,7 +423,7 @@ async fn sign_urls(
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<SignRequest>,
 ) -> ApiResult<Json<Value>> {
-    let assets = state.assets.clone();
+    let assets = &state.assets;
     let needed = if body.put { ProjectRole::Owner } else { ProjectRole::Viewer };
     let project = caller.project(&state, &project, needed)?;
     match (project.access_mode, body.put) {
@@ -480,7 +481,7 @@ async fn resolve_urls(
     headers: axum::http::HeaderMap,
     JsonBody(body): JsonBody<ResolveRequest>,
 ) -> ApiResult<Json<Value>> {
-    let assets = state.assets.clone();
+    let assets = &state.assets;
     let project = caller.project(&state, &project, ProjectRole::Viewer)?;
     if body.urls.len() > MAX_KEYS_PER_CALL {
         return Err(ApiError::invalid("urls", format!("give at most {MAX_KEYS_PER_CALL} URLs")));
@@ -535,26 +536,7 @@ struct FetchSettingsBody {
     #[serde(default)]
     signing_endpoint: Option<String>,
     #[serde(default)]
-    s3: Option<S3Body>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct S3Body {
-    #[serde(default)]
-    region: Option<String>,
-    #[serde(default)]
-    endpoint: Option<String>,
-    #[serde(default)]
-    sts_endpoint: Option<String>,
-    #[serde(default)]
-    access_key_id: Option<String>,
-    #[serde(default)]
-    secret_access_key: Option<String>,
-    #[serde(default)]
-    session_token: Option<String>,
-    #[serde(default)]
-    role_arn: Option<String>,
+    s3: Option<S3Settings>,
 }
 
 /// What the settings routes answer: header values and S3 secrets are write-only.
@@ -598,20 +580,10 @@ async fn put_fetch_settings(
     if project.access_mode == AccessMode::Anonymous {
         return Err(anonymous_refusal(&project.name, "fetch settings"));
     }
-    let empty_is_none = |value: Option<String>| value.filter(|v| !v.is_empty());
-    let s3 = body.s3.map(|s3| S3Settings {
-        region: empty_is_none(s3.region).unwrap_or_else(|| "us-east-1".into()),
-        endpoint: empty_is_none(s3.endpoint),
-        sts_endpoint: empty_is_none(s3.sts_endpoint),
-        access_key_id: empty_is_none(s3.access_key_id),
-        secret_access_key: empty_is_none(s3.secret_access_key),
-        session_token: empty_is_none(s3.session_token),
-        role_arn: empty_is_none(s3.role_arn),
-    });
     let settings = FetchSettings {
         headers: body.headers.into_iter().collect(),
-        signing_endpoint: empty_is_none(body.signing_endpoint),
-        s3,
+        signing_endpoint: body.signing_endpoint.filter(|e| !e.is_empty()),
+        s3: body.s3.map(S3Settings::normalized),
         // Kept by the store when the project has one already.
         external_id: Some(hex::encode(rand::random::<[u8; 16]>())),
     };
@@ -661,7 +633,6 @@ async fn mirror(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
     if project.access_mode != AccessMode::Mirrored {
         if project.access_mode == AccessMode::Anonymous {
@@ -673,7 +644,7 @@ async fn mirror(
             format!("project {:?} is {}; only mirrored projects are mirrored", project.name, project.access_mode),
         ));
     }
-    Ok(Json(run_mirror(&state.store, &assets, &project, &dataset).await?))
+    Ok(Json(run_mirror(&state.store, &state.assets, &project, &dataset).await?))
 }
 
 /// The job kind mirroring shows in the dataset status.
@@ -849,9 +820,8 @@ async fn url_check(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let assets = state.assets.clone();
     let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    Ok(Json(run_url_check(&state.store, &assets, &project, &dataset).await?))
+    Ok(Json(run_url_check(&state.store, &state.assets, &project, &dataset).await?))
 }
 
 /// Sorts a dataset's URLs into the report's categories and stores the report.
@@ -870,9 +840,10 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
     // where the admin allows an address.
     let default_rules = Rules::default();
     let rules = if project.access_mode == AccessMode::Anonymous { &default_rules } else { &assets.rules };
-    let access = match project.access_mode {
+    // Not for anonymous projects: fetcher_for refuses them, and none of their URLs is probed.
+    let fetch = match project.access_mode {
         AccessMode::Anonymous => None,
-        _ => Some(project_access(&store.fetch_settings(project.id)?)?),
+        _ => Some(assets.fetcher_for(store, project, "URL checks")?),
     };
     for (url, frame) in urls {
         if has_store && let Some(key) = url.strip_prefix("hosted:") {
@@ -891,7 +862,7 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
             results.push((url, frame, Category::Reachable, "mirrored into the hosted store".into()));
             continue;
         }
-        match classify_offline(&url, rules, access.as_ref()) {
+        match classify_offline(&url, rules, fetch.as_ref().map(|(_, access)| access)) {
             Some((category, reason)) => results.push((url, frame, category, reason)),
             None if project.access_mode == AccessMode::Anonymous => results.push((
                 url,
@@ -902,9 +873,7 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
             None => to_probe.push((url, frame)),
         }
     }
-    if !to_probe.is_empty() {
-        // Not for anonymous projects: fetcher_for refuses them, and none reaches here anyway.
-        let (fetcher, access) = assets.fetcher_for(store, project, "URL checks")?;
+    if let Some((fetcher, access)) = fetch.filter(|_| !to_probe.is_empty()) {
         let unprobed = to_probe.split_off(to_probe.len().min(MAX_PROBES));
         let probed: Vec<(String, String, Category, String)> =
             futures::stream::iter(to_probe.into_iter().map(|(url, frame)| {

@@ -184,12 +184,20 @@ fn internal(e: impl std::fmt::Display) -> AssetError {
     (StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot write the file; see the server log".to_string())
 }
 
-fn too_large(limit: u64) -> AssetError {
-    (StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("larger than the limit of {limit} bytes"))
-}
-
-fn broke_off(e: axum::Error) -> AssetError {
-    (StatusCode::BAD_REQUEST, "invalid", format!("the upload broke off: {e}"))
+/// The next chunk of an upload, counted into `written`; an error once the upload passes `limit`
+/// or breaks off.
+async fn next_within(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+    written: &mut u64,
+    limit: u64,
+) -> Result<Option<bytes::Bytes>, AssetError> {
+    let Some(chunk) = body.next().await else { return Ok(None) };
+    let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, "invalid", format!("the upload broke off: {e}")))?;
+    *written += chunk.len() as u64;
+    if *written > limit {
+        return Err((StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("larger than the limit of {limit} bytes")));
+    }
+    Ok(Some(chunk))
 }
 
 async fn write_file_atomically(
@@ -204,12 +212,7 @@ async fn write_file_atomically(
     let mut file = tokio::fs::File::create(&temp).await.map_err(internal)?;
     let mut written = 0u64;
     let result: Result<(), AssetError> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(broke_off)?;
-            written += chunk.len() as u64;
-            if written > limit {
-                return Err(too_large(limit));
-            }
+        while let Some(chunk) = next_within(&mut body, &mut written, limit).await? {
             file.write_all(&chunk).await.map_err(internal)?;
         }
         file.sync_all().await.map_err(internal)?;
@@ -235,12 +238,7 @@ async fn write_object(
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
     let mut written = 0u64;
     let streamed: Result<(), AssetError> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(broke_off)?;
-            written += chunk.len() as u64;
-            if written > limit {
-                return Err(too_large(limit));
-            }
+        while let Some(chunk) = next_within(&mut body, &mut written, limit).await? {
             // Bounds the parts in flight, so a fast client cannot fill memory.
             writer.wait_for_capacity(2).await.map_err(internal)?;
             writer.write(&chunk);

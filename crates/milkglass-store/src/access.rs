@@ -20,22 +20,40 @@ pub struct FetchSettings {
     pub external_id: Option<String>,
 }
 
-/// A project's S3 access, as stored. Validated by the server before it is written.
+/// A project's S3 access, as stored and as the API takes it. Validated by the server before it
+/// is written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct S3Settings {
     pub region: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sts_endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub access_key_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_access_key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_token: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+}
+
+impl S3Settings {
+    /// Empty strings as absent, and AWS's default region when none is given.
+    pub fn normalized(self) -> S3Settings {
+        let given = |value: Option<String>| value.filter(|v| !v.is_empty());
+        S3Settings {
+            region: if self.region.is_empty() { "us-east-1".into() } else { self.region },
+            endpoint: given(self.endpoint),
+            sts_endpoint: given(self.sts_endpoint),
+            access_key_id: given(self.access_key_id),
+            secret_access_key: given(self.secret_access_key),
+            session_token: given(self.session_token),
+            role_arn: given(self.role_arn),
+        }
+    }
 }
 
 impl Store {
