@@ -1,27 +1,38 @@
 //! The privacy guard.
 //!
 //! A query arrives as SQL. The guard plans it with DataFusion against the tables the
-//! caller may read, rewrites the optimized plan so that every output row carries how
-//! many distinct rows of each guarded table stand behind it ([`track`]), runs it,
-//! and only then decides, against each table's policy, whether the result may leave.
-//! Nothing is returned before the decision.
+//! caller may read, where every sanitized column reads as NULL ([`sanitize`]) and
+//! data-dependent runtime errors read as NULL too ([`no_errors`]). It rewrites the
+//! optimized plan so that every output row carries how many distinct rows of each
+//! guarded table determine it ([`track`]), runs it within memory and time limits, and
+//! only then decides, against each table's policy, whether the result may leave.
+//! Nothing is returned before the decision; what the guard does not understand is
+//! unsafe.
 
 mod lineage;
+mod no_errors;
+mod sanitize;
 mod track;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use datafusion::catalog::TableProvider;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionState;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Projection};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 use milkglass_core::{Policy, Rule, UnsafeHandling};
+use sanitize::NullingTable;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use track::{Hidden, Level, Tracker};
+use std::time::Duration;
+use track::{Hidden, Level, RowSet, SideCheck, Tracker};
 
 /// Name of the row-id column every stored guarded table carries last. Callers never see it.
 pub const ROW_ID: &str = "__mg_row";
@@ -46,6 +57,9 @@ pub enum Finding {
     SanitizedKey { table: String, column: String, usage: String },
     /// A function that returns one individual's value reads the table.
     Revealing { table: String, function: String },
+    /// An aggregate's argument over individual rows uses a function that can single
+    /// rows out (turn a row's identity into a 0/1 weight), which no count can see.
+    Indicator { table: String, function: String },
     /// The plan has a shape the guard cannot analyse.
     Unanalysable { reason: String },
 }
@@ -62,16 +76,42 @@ pub enum GuardError {
     /// quote data (a failed cast shows the value), so callers get a generic text.
     #[error("the query failed while running")]
     Execution(String),
+    /// The query ran into a resource limit and was stopped; the message says which.
+    #[error("{0}")]
+    Stopped(String),
+}
+
+/// What one query may use. The server bounds how many run at once; each one is
+/// bounded here.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory for operators that buffer (joins, sorts, aggregations): past it they
+    /// spill where they can and the query stops where they cannot.
+    pub memory_bytes: usize,
+    /// Wall-clock time for planning and running; past it the query is cancelled.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 2 << 30, time: Duration::from_secs(60) }
+    }
 }
 
 /// A planned query, ready to run.
 pub struct Prepared {
     state: SessionState,
-    /// The optimized plan as the caller wrote it.
+    limits: Limits,
+    /// The optimized plan as the caller wrote it (sanitized columns already NULL).
     original: LogicalPlan,
-    /// The plan with hidden counts, when the guard could analyse it.
+    /// The plan with hidden counts, when the guard could analyse it. Its output is the
+    /// caller's columns, in the original order and found by identity, then `hidden`.
     rewritten: Option<LogicalPlan>,
     hidden: Vec<Hidden>,
+    /// Row sets to compare when one table is read more than once.
+    row_sets: Vec<RowSet>,
+    /// Scalar subqueries' plans with their own counts, which must pass too.
+    side_checks: Vec<SideCheck>,
     occurrences: Vec<String>,
     pub findings: Vec<Finding>,
     /// Output columns that carry a sanitized column, returned as nulls.
@@ -86,9 +126,15 @@ pub struct Prepared {
 pub struct Outcome {
     pub batches: Vec<RecordBatch>,
     pub rows: usize,
-    /// For each guarded table read: the fewest of its rows any result row stands for
-    /// (absent when the result has no rows, or the plan could not be analysed).
+    /// For each guarded table read: the fewest of its rows that determine any value of
+    /// any result row (absent when the result has no rows, or the plan could not be
+    /// analysed). Exact, for the owner's audit log; callers only learn "fewer than".
     pub smallest_group: BTreeMap<String, u64>,
+    /// What that smallest count counts ("the group", "the rows that enter avg", ...).
+    smallest_what: BTreeMap<String, std::sync::Arc<str>>,
+    /// For each table read more than once: the fewest rows by which two of its
+    /// occurrences' row sets differ, when they differ at all.
+    pub closest_occurrences: BTreeMap<String, u64>,
 }
 
 impl Outcome {
@@ -119,8 +165,14 @@ impl Decision {
 }
 
 /// Plans `sql` against `tables` (only these exist for the query) and prepares the
-/// guarded rewrite. Refuses anything but one SELECT before planning.
+/// guarded rewrite, with the default [`Limits`]. Refuses anything but one SELECT
+/// before planning.
 pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared, GuardError> {
+    prepare_within(sql, tables, Limits::default()).await
+}
+
+/// [`prepare`], with the limits the query will run under.
+pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limits) -> Result<Prepared, GuardError> {
     check_single_select(sql)?;
     if sql.to_ascii_lowercase().contains("__mg") {
         return Err(GuardError::Invalid("names starting with __mg are reserved for milkglass".into()));
@@ -128,9 +180,22 @@ pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared,
     let config = SessionConfig::new()
         .with_information_schema(false)
         .set_bool("datafusion.sql_parser.enable_ident_normalization", false);
-    let ctx = SessionContext::new_with_config(config);
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(limits.memory_bytes)))
+        .build_arc()
+        .map_err(|e| GuardError::Invalid(e.to_string()))?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    // `COUNT(DISTINCT x)` stays one aggregate over individual rows, where the guard
+    // counts the rows that enter it, instead of a GROUP BY x under a COUNT.
+    ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     let mut by_name = HashMap::new();
     for table in tables {
+        // Sanitized columns read as NULL from here on, for every plan and every handling.
+        let table = ProtectedTable {
+            visible: NullingTable::wrap(table.visible, &table.policy.sanitized_columns),
+            internal: NullingTable::wrap(table.internal, &table.policy.sanitized_columns),
+            ..table
+        };
         ctx.register_table(table.name.as_str(), table.visible.clone())
             .map_err(|e| GuardError::Invalid(e.to_string()))?;
         by_name.insert(table.name.clone(), table);
@@ -139,7 +204,9 @@ pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared,
     let frame =
         ctx.sql_with_options(sql, options).await.map_err(|e| GuardError::Invalid(clean_error(&e.to_string())))?;
     let (state, plan) = frame.into_parts();
-    let original = state.optimize(&plan).map_err(|e| GuardError::Invalid(clean_error(&e.to_string())))?;
+    let optimized = state.optimize(&plan).map_err(|e| GuardError::Invalid(clean_error(&e.to_string())))?;
+    let original =
+        no_errors::without_data_errors(optimized).map_err(|e| GuardError::Invalid(clean_error(&e.to_string())))?;
     let columns = original.schema().fields().iter().map(|f| f.name().clone()).collect();
 
     let mut lineage = lineage::LineageAnalysis::new(&by_name);
@@ -156,34 +223,84 @@ pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared,
         }
     }
 
-    let has_join =
-        datafusion::common::tree_node::TreeNode::exists(&original, |node| Ok(matches!(node, LogicalPlan::Join(_))))
-            .unwrap_or(true);
-    let mut tracker = Tracker::new(&by_name, has_join);
-    let tracked = tracker.track(&original);
+    // Tables read anywhere, subqueries included, once per scan.
+    let mut scans: Vec<String> = Vec::new();
+    let _ = original.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && by_name.contains_key(scan.table_name.table())
+        {
+            scans.push(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let has_join = TreeNode::exists(&original, |node| Ok(matches!(node, LogicalPlan::Join(_)))).unwrap_or(true);
+    let read_twice = scans.iter().any(|t| scans.iter().filter(|u| *u == t).count() > 1);
+    let mut tracker = Tracker::new(&by_name, has_join || read_twice);
+    let tracked = tracker.track(&original).and_then(|t| with_callers_columns(&original, t));
     findings.append(&mut tracker.findings);
-    let mut occurrences = std::mem::take(&mut tracker.occurrences);
+    let occurrences = std::mem::take(&mut tracker.occurrences);
+    let row_sets = std::mem::take(&mut tracker.row_sets);
+    let side_checks = std::mem::take(&mut tracker.side_checks);
     let (rewritten, hidden) = match tracked {
-        Ok(t) => (Some(t.plan), t.hidden),
+        Ok((plan, hidden)) => (Some(plan), hidden),
         Err(reason) => {
             findings.push(Finding::Unanalysable { reason });
             (None, Vec::new())
         }
     };
-    // Tables read anywhere, even where the rewrite stopped early.
-    let _ = datafusion::common::tree_node::TreeNode::apply(&original, |node| {
-        if let LogicalPlan::TableScan(scan) = node
-            && by_name.contains_key(scan.table_name.table())
-        {
-            occurrences.push(scan.table_name.table().to_string());
-        }
-        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-    });
-    let mut tables: Vec<String> = occurrences.clone();
+    let mut tables = scans;
+    tables.extend(occurrences.iter().cloned());
     tables.sort();
     tables.dedup();
-    findings.dedup();
-    Ok(Prepared { state, original, rewritten, hidden, occurrences, findings, masked, tables, columns })
+    let mut unique = Vec::with_capacity(findings.len());
+    for finding in findings {
+        if !unique.contains(&finding) {
+            unique.push(finding);
+        }
+    }
+    Ok(Prepared {
+        state,
+        limits,
+        original,
+        rewritten,
+        hidden,
+        row_sets,
+        side_checks,
+        occurrences,
+        findings: unique,
+        masked,
+        tables,
+        columns,
+    })
+}
+
+/// Ends the rewritten plan with exactly the caller's columns, found by their identity
+/// (qualifier and name) in the original's order, then the hidden counts; checks that
+/// the result is what the caller asked for, or fails.
+fn with_callers_columns(original: &LogicalPlan, tracked: track::Tracked) -> Result<(LogicalPlan, Vec<Hidden>), String> {
+    let wanted = original.schema();
+    let mut exprs: Vec<Expr> =
+        wanted.iter().map(|(qualifier, field)| Expr::Column(Column::new(qualifier.cloned(), field.name()))).collect();
+    exprs.extend(tracked.hidden.iter().map(|h| Expr::Column(Column::new_unqualified(&h.name))));
+    let plan = Projection::try_new(exprs, Arc::new(tracked.plan))
+        .map(LogicalPlan::Projection)
+        .map_err(|e| format!("the rewritten plan lost a column ({e})"))?;
+    let got = plan.schema();
+    if got.fields().len() != wanted.fields().len() + tracked.hidden.len() {
+        return Err("the rewritten plan's columns do not match the query's".into());
+    }
+    for (i, (qualifier, field)) in wanted.iter().enumerate() {
+        let (q, f) = got.qualified_field(i);
+        if q != qualifier || f.name() != field.name() || f.data_type() != field.data_type() {
+            return Err(format!("the rewritten plan's column {} is not the query's {}", f.name(), field.name()));
+        }
+    }
+    for (i, h) in tracked.hidden.iter().enumerate() {
+        if got.field(wanted.fields().len() + i).name() != &h.name {
+            return Err("the rewritten plan's hidden columns are out of place".into());
+        }
+    }
+    Ok((plan, tracked.hidden))
 }
 
 fn check_single_select(sql: &str) -> Result<(), GuardError> {
@@ -216,48 +333,139 @@ fn clean_error(message: &str) -> String {
 
 impl Prepared {
     /// Runs the query and holds the result back with the counts the decision needs.
+    /// Stops it at the memory or time limit.
     pub async fn execute(&self) -> Result<Outcome, GuardError> {
+        let limit = self.limits.time;
+        match tokio::time::timeout(limit, self.execute_unbounded()).await {
+            Ok(result) => result,
+            Err(_) => Err(GuardError::Stopped(format!(
+                "the query ran longer than {} s and was stopped; narrow it (filters, fewer joins) and try again",
+                limit.as_secs()
+            ))),
+        }
+    }
+
+    async fn execute_unbounded(&self) -> Result<Outcome, GuardError> {
         let plan = self.rewritten.as_ref().unwrap_or(&self.original);
-        // The plan is already optimized (the rewrite starts from the optimized plan and
-        // keeps its shape), so it goes straight to the physical planner.
-        let physical = self
-            .state
-            .query_planner()
-            .create_physical_plan(plan, &self.state)
-            .await
-            .map_err(|e| GuardError::Execution(e.to_string()))?;
-        let batches = datafusion::physical_plan::collect(physical, self.state.task_ctx())
-            .await
-            .map_err(|e| GuardError::Execution(e.to_string()))?;
+        let batches = self.collect(plan).await?;
         let rows = batches.iter().map(RecordBatch::num_rows).sum();
         let mut smallest_group = BTreeMap::new();
-        if self.rewritten.is_some() && rows > 0 {
-            for h in &self.hidden {
+        let mut smallest_what = BTreeMap::new();
+        if self.rewritten.is_some() {
+            let mut note = |h: &Hidden, batches: &[RecordBatch]| -> Result<(), GuardError> {
                 let smallest = match h.level {
-                    Level::Row { .. } => Some(1),
-                    Level::Group { .. } => min_count(&batches, &h.column()),
+                    Level::Row { .. } if batches.iter().any(|b| b.num_rows() > 0) => Some(1),
+                    Level::Row { .. } => None,
+                    Level::Group { .. } => min_count(batches, &h.name, h.zero_ok)?,
                 };
                 if let Some(n) = smallest {
                     let table = &self.occurrences[h.occurrence];
-                    let entry = smallest_group.entry(table.clone()).or_insert(n);
-                    *entry = (*entry).min(n);
+                    let entry = smallest_group.entry(table.clone()).or_insert(u64::MAX);
+                    if n < *entry {
+                        *entry = n;
+                        smallest_what.insert(table.clone(), h.what.clone());
+                    }
+                }
+                Ok(())
+            };
+            if rows > 0 {
+                for h in &self.hidden {
+                    note(h, &batches)?;
+                }
+            }
+            // A scalar subquery's value reaches every row, and decides which rows exist:
+            // its counts hold whether or not the result has rows.
+            for check in &self.side_checks {
+                let side = self.collect(&check.plan).await?;
+                for h in &check.hidden {
+                    note(h, &side)?;
                 }
             }
         }
+        let closest_occurrences = self.closest_occurrences().await?;
         let batches = batches
             .into_iter()
             .map(|b| self.visible_part(b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| GuardError::Execution(e.to_string()))?;
-        Ok(Outcome { batches, rows, smallest_group })
+        Ok(Outcome { batches, rows, smallest_group, smallest_what, closest_occurrences })
+    }
+
+    async fn collect(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>, GuardError> {
+        // The plan is already optimized (the rewrite starts from the optimized plan and
+        // keeps its shape), so it goes straight to the physical planner.
+        let physical =
+            self.state.query_planner().create_physical_plan(plan, &self.state).await.map_err(|e| self.failed(e))?;
+        datafusion::physical_plan::collect(physical, self.state.task_ctx()).await.map_err(|e| self.failed(e))
+    }
+
+    fn failed(&self, e: datafusion::error::DataFusionError) -> GuardError {
+        if matches!(e.find_root(), datafusion::error::DataFusionError::ResourcesExhausted(_)) {
+            return GuardError::Stopped(format!(
+                "the query needed more than {} MiB of memory and was stopped; narrow it (filters, fewer joins) and try again",
+                self.limits.memory_bytes >> 20
+            ));
+        }
+        GuardError::Execution(e.to_string())
+    }
+
+    /// For each table read by more than one occurrence: how few rows two occurrences'
+    /// row sets differ by (`SUM(all) - SUM(all but one)` in one query).
+    async fn closest_occurrences(&self) -> Result<BTreeMap<String, u64>, GuardError> {
+        let mut sets: BTreeMap<&str, Vec<Vec<i64>>> = BTreeMap::new();
+        for set in &self.row_sets {
+            let table = self.occurrences[set.occurrence].as_str();
+            if self.row_sets.iter().filter(|r| self.occurrences[r.occurrence] == table).count() < 2 {
+                continue;
+            }
+            let ids = LogicalPlanBuilder::from(set.plan.clone())
+                .aggregate(vec![Expr::Column(Column::new_unqualified(&set.id_column))], Vec::<Expr>::new())
+                .and_then(|b| b.build())
+                .map_err(|e| GuardError::Execution(e.to_string()))?;
+            let mut values = Vec::new();
+            for batch in self.collect(&ids).await? {
+                let column = batch.column(0);
+                let Some(column) = column.as_primitive_opt::<Int64Type>() else {
+                    return Err(GuardError::Execution("row ids are not 64-bit integers".into()));
+                };
+                values.extend(column.iter().flatten());
+            }
+            values.sort_unstable();
+            sets.entry(table).or_default().push(values);
+        }
+        let mut closest = BTreeMap::new();
+        for (table, sets) in sets {
+            for (i, a) in sets.iter().enumerate() {
+                for b in &sets[i + 1..] {
+                    let differ = symmetric_difference(a, b);
+                    if differ > 0 {
+                        let entry = closest.entry(table.to_string()).or_insert(u64::MAX);
+                        *entry = (*entry).min(differ);
+                    }
+                }
+            }
+        }
+        Ok(closest)
     }
 
     /// The caller's columns of a result batch, with sanitized ones replaced by nulls.
+    /// The rewritten plan ends with exactly the caller's columns then the hidden ones;
+    /// a batch that does not is an error, never a guess.
     fn visible_part(&self, batch: RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
         let schema = batch.schema();
-        let mut fields = Vec::with_capacity(self.columns.len());
-        let mut columns = Vec::with_capacity(self.columns.len());
-        for i in 0..self.columns.len() {
+        let n = self.columns.len();
+        let expected = n + if self.rewritten.is_some() { self.hidden.len() } else { 0 };
+        let names_match = schema.fields().len() == expected
+            && schema.fields().iter().take(n).zip(&self.columns).all(|(f, c)| f.name() == c)
+            && schema.fields().iter().skip(n).zip(&self.hidden).all(|(f, h)| f.name() == &h.name);
+        if !names_match {
+            return Err(arrow::error::ArrowError::SchemaError(
+                "the guarded result's columns are not the query's; nothing is returned".into(),
+            ));
+        }
+        let mut fields = Vec::with_capacity(n);
+        let mut columns = Vec::with_capacity(n);
+        for i in 0..n {
             let field = schema.field(i);
             if self.masked.contains(&i) {
                 fields.push(field.clone().with_nullable(true));
@@ -290,6 +498,22 @@ impl Prepared {
 
     /// Decides what may happen to `outcome` under the tables' policies, for `user`.
     pub fn decide(&self, outcome: Option<&Outcome>, policies: &HashMap<String, Policy>, user: &str) -> Decision {
+        self.evaluate(Some(outcome), policies, user)
+    }
+
+    /// The decision the plan alone already forces, before anything runs: `Some` when
+    /// the query is unsafe whatever the data holds. A query refused here never runs,
+    /// so neither its errors nor its running time can depend on guarded data.
+    pub fn decide_before_running(&self, policies: &HashMap<String, Policy>, user: &str) -> Option<Decision> {
+        match self.evaluate(None, policies, user) {
+            Decision::Safe => None,
+            unsafe_decision => Some(unsafe_decision),
+        }
+    }
+
+    /// `outcome`: `None` to evaluate only what the plan tells (counts pass);
+    /// `Some(None)` when the query could not run (counts fail).
+    fn evaluate(&self, outcome: Option<Option<&Outcome>>, policies: &HashMap<String, Policy>, user: &str) -> Decision {
         let mut reasons = Vec::new();
         let mut handling: Option<UnsafeHandling> = None;
         for table in &self.tables {
@@ -299,8 +523,7 @@ impl Prepared {
                 user,
                 allow_extremes: policy.allow_extremes,
                 findings: &self.findings,
-                smallest: outcome.and_then(|o| o.smallest_group.get(table).copied()),
-                ran: outcome.is_some(),
+                counts: outcome.map(|o| o.map(|o| TableCounts::of(o, table))),
                 analysed: self.rewritten.is_some(),
             };
             if let Err(reason) = facts.satisfies(&policy.safe_zone) {
@@ -315,14 +538,31 @@ impl Prepared {
     }
 }
 
+/// What a run told about one table.
+struct TableCounts {
+    smallest: Option<u64>,
+    what: Option<std::sync::Arc<str>>,
+    closest: Option<u64>,
+}
+
+impl TableCounts {
+    fn of(outcome: &Outcome, table: &str) -> Self {
+        TableCounts {
+            smallest: outcome.smallest_group.get(table).copied(),
+            what: outcome.smallest_what.get(table).cloned(),
+            closest: outcome.closest_occurrences.get(table).copied(),
+        }
+    }
+}
+
 /// What is known about one table in one query, to evaluate its rules.
 struct Facts<'a> {
     table: &'a str,
     user: &'a str,
     allow_extremes: bool,
     findings: &'a [Finding],
-    smallest: Option<u64>,
-    ran: bool,
+    /// `None`: deciding from the plan alone; `Some(None)`: the query did not run.
+    counts: Option<Option<TableCounts>>,
     analysed: bool,
 }
 
@@ -353,12 +593,18 @@ impl Facts<'_> {
             match finding {
                 Finding::SanitizedKey { table: t, column, usage } if t == table => {
                     return Err(format!(
-                        "column \"{column}\" of table \"{table}\" is sanitized; using it as a {usage} reveals it"
+                        "column \"{column}\" of table \"{table}\" is sanitized (it reads as NULL); using it as a {usage} is refused"
                     ));
                 }
                 Finding::Revealing { table: t, function } if t == table && !self.allow_extremes => {
                     return Err(format!(
                         "{function} can return one individual's value, which table \"{table}\" does not allow"
+                    ));
+                }
+                Finding::Indicator { table: t, function } if t == table => {
+                    return Err(format!(
+                        "an aggregate over rows of table \"{table}\" uses {function}, which can single out rows; \
+                         select rows with WHERE or CASE instead, which the guard counts"
                     ));
                 }
                 Finding::Unanalysable { reason } => {
@@ -370,28 +616,76 @@ impl Facts<'_> {
         if !self.analysed {
             return Err("the guard cannot check this query, so it counts as unsafe".into());
         }
-        match (self.ran, self.smallest) {
-            (true, Some(n)) if n < k => Err(format!(
-                "each result row must aggregate at least {k} rows of table \"{table}\"; the smallest group here has {n}"
-            )),
-            (true, _) => Ok(()),
-            (false, _) => Err(format!("each result row must aggregate at least {k} rows of table \"{table}\"")),
+        let counts = match &self.counts {
+            None => return Ok(()),
+            Some(None) => {
+                return Err(format!("each result row must aggregate at least {k} rows of table \"{table}\""));
+            }
+            Some(Some(counts)) => counts,
+        };
+        // Only "fewer than k" leaves: the exact small count would answer a question
+        // about a few people (is it 0 or 1?). The owner's audit log has it.
+        if let Some(n) = counts.smallest
+            && n < k
+        {
+            let what = counts.what.as_deref().unwrap_or("the group");
+            return Err(format!(
+                "each result value must be determined by at least {k} rows of table \"{table}\"; \
+                 fewer than {k} rows stand behind {what}"
+            ));
         }
+        if let Some(d) = counts.closest
+            && d < k
+        {
+            return Err(format!(
+                "two parts of this query read rows of table \"{table}\" that differ by fewer than {k} rows, \
+                 so comparing them would reveal those rows"
+            ));
+        }
+        Ok(())
     }
 }
 
-fn min_count(batches: &[RecordBatch], column: &str) -> Option<u64> {
+/// The smallest count in `column` over every batch. Zeros are skipped where a zero is
+/// no constraint. An absent or mistyped column is an error: the guard never guesses.
+fn min_count(batches: &[RecordBatch], column: &str, zero_ok: bool) -> Result<Option<u64>, GuardError> {
     let mut smallest: Option<i64> = None;
     for batch in batches {
-        let Ok(index) = batch.schema().index_of(column) else { continue };
-        let values = batch.column(index);
-        let Some(values) = values.as_primitive_opt::<Int64Type>() else { continue };
-        for i in 0..values.len() {
-            if values.is_valid(i) {
-                let v = values.value(i);
-                smallest = Some(smallest.map_or(v, |s| s.min(v)));
+        let index = batch
+            .schema()
+            .index_of(column)
+            .map_err(|_| GuardError::Execution(format!("hidden column {column} is missing from the result")))?;
+        let Some(values) = batch.column(index).as_primitive_opt::<Int64Type>() else {
+            return Err(GuardError::Execution(format!("hidden column {column} is not a 64-bit count")));
+        };
+        for v in values.iter().flatten() {
+            if zero_ok && v == 0 {
+                continue;
+            }
+            smallest = Some(smallest.map_or(v, |s| s.min(v)));
+        }
+    }
+    Ok(smallest.map(|s| s.max(0) as u64))
+}
+
+/// How many values are in exactly one of two sorted, deduplicated lists.
+fn symmetric_difference(a: &[i64], b: &[i64]) -> u64 {
+    let (mut i, mut j, mut differ) = (0, 0, 0u64);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                differ += 1;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                differ += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
             }
         }
     }
-    smallest.map(|s| s.max(0) as u64)
+    differ + (a.len() - i) as u64 + (b.len() - j) as u64
 }

@@ -7,6 +7,7 @@
 
 use crate::{Finding, ProtectedTable};
 use datafusion::common::{Column, DFSchema};
+use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan};
 use std::collections::{BTreeSet, HashMap};
 
@@ -24,8 +25,22 @@ impl<'a> LineageAnalysis<'a> {
         LineageAnalysis { tables, findings: Vec::new() }
     }
 
-    /// The sanitized sources of each output field of `plan`.
+    /// The sanitized sources of each output field of `plan`, one entry per field of
+    /// its schema. A node whose analysis does not give exactly that is unanalysable,
+    /// and each of its outputs may then carry anything read below.
     pub fn lineage(&mut self, plan: &LogicalPlan) -> Lineage {
+        let width = plan.schema().fields().len();
+        let lineage = self.lineage_of(plan);
+        if lineage.len() == width {
+            return lineage;
+        }
+        self.findings.push(Finding::Unanalysable {
+            reason: format!("column lineage of a {} step", plan.display().to_string().split(':').next().unwrap_or("")),
+        });
+        vec![lineage.into_iter().flatten().collect(); width]
+    }
+
+    fn lineage_of(&mut self, plan: &LogicalPlan) -> Lineage {
         match plan {
             LogicalPlan::TableScan(scan) => {
                 let name = scan.table_name.table();
@@ -75,7 +90,15 @@ impl<'a> LineageAnalysis<'a> {
                 for group in &a.group_expr {
                     self.keys(group, a.input.schema(), &input, "group key");
                 }
-                a.group_expr.iter().chain(&a.aggr_expr).map(|e| sources(e, a.input.schema(), &input)).collect()
+                // The output: each distinct grouping expression (a grouping set lists
+                // several), the grouping id when there are sets, then the aggregates.
+                let groups = grouping_set_to_exprlist(&a.group_expr).unwrap_or_default();
+                let mut out: Lineage = groups.iter().map(|e| sources(e, a.input.schema(), &input)).collect();
+                if matches!(a.group_expr.as_slice(), [Expr::GroupingSet(_)]) {
+                    out.push(out.iter().flatten().cloned().collect());
+                }
+                out.extend(a.aggr_expr.iter().map(|e| sources(e, a.input.schema(), &input)));
+                out
             }
             LogicalPlan::Distinct(Distinct::All(inner)) => {
                 let input = self.lineage(inner);
@@ -166,9 +189,9 @@ impl<'a> LineageAnalysis<'a> {
 fn sources(expr: &Expr, schema: &DFSchema, lineage: &Lineage) -> BTreeSet<Source> {
     let mut out = BTreeSet::new();
     for column in expr.column_refs() {
-        match index_of(schema, column) {
-            Some(i) => out.extend(lineage.get(i).cloned().unwrap_or_default()),
-            // Unresolvable: assume the worst.
+        match index_of(schema, column).and_then(|i| lineage.get(i)) {
+            Some(set) => out.extend(set.iter().cloned()),
+            // Unresolvable, or a position the lineage does not cover: assume the worst.
             None => out.extend(lineage.iter().flatten().cloned()),
         }
     }
@@ -176,5 +199,12 @@ fn sources(expr: &Expr, schema: &DFSchema, lineage: &Lineage) -> BTreeSet<Source
 }
 
 fn index_of(schema: &DFSchema, column: &Column) -> Option<usize> {
-    schema.index_of_column(column).ok().or_else(|| schema.index_of_column_by_name(None, &column.name))
+    schema.index_of_column(column).ok().or_else(|| {
+        // An unqualified reference resolves only when exactly one field has the name.
+        let mut matching = schema.iter().enumerate().filter(|(_, (_, f))| f.name() == &column.name);
+        match (matching.next(), matching.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        }
+    })
 }

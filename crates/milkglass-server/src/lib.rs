@@ -47,6 +47,25 @@ pub struct ServerConfig {
     /// Where hosted and mirrored files live: `s3://bucket[/prefix]` (credentials from the `AWS_*`
     /// variables), or `None` for `DATA_DIR/assets`.
     pub asset_store: Option<String>,
+    /// What one guarded query may use (memory, time), and how many run at once.
+    pub queries: QueryLimits,
+}
+
+/// Bounds on guarded queries, so that one query cannot take the server down.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Memory and time for each query.
+    pub each: milkglass_guard::Limits,
+    /// Queries one user may have running at once.
+    pub per_user: usize,
+    /// Queries running at once, all users together.
+    pub total: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits { each: milkglass_guard::Limits::default(), per_user: 4, total: 16 }
+    }
 }
 
 impl Default for ServerConfig {
@@ -60,6 +79,7 @@ impl Default for ServerConfig {
             flight_url: None,
             fetch_allow: Vec::new(),
             asset_store: None,
+            queries: QueryLimits::default(),
         }
     }
 }
@@ -70,13 +90,16 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The raw-data boundary: the fetcher, the hosted store and URL signatures.
     pub(crate) assets: Arc<assets::Assets>,
+    /// Admission for guarded queries (the caps in `config.queries`).
+    pub(crate) query_gate: Arc<query::QueryGate>,
 }
 
 impl AppState {
     /// Fails when the fetch allow-list, the asset signing key or the hosted store is unusable.
     pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
         let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
-        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets) })
+        let query_gate = Arc::new(query::QueryGate::new(&config.queries));
+        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), query_gate })
     }
 }
 

@@ -6,11 +6,13 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use arrow::array::RecordBatch;
 use axum::http::StatusCode;
-use milkglass_core::{Policy, Role};
-use milkglass_guard::{Decision, GuardError, ProtectedTable, prepare};
+use milkglass_core::{Policy, Role, UnsafeHandling};
+use milkglass_guard::{Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
 use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest a caller may ask a held query to wait for the owner's decision.
 pub const MAX_REVIEW_WAIT: Duration = Duration::from_secs(600);
@@ -48,12 +50,78 @@ fn audit(state: &AppState, entry: NewAuditEntry) -> ApiResult<i64> {
     Ok(state.store.audit(entry)?.id)
 }
 
+/// Admission for guarded queries: at most `per_user` running for one user and `total`
+/// for all, so that one scientist's heavy queries cannot starve the others. A query
+/// over the caps is refused at once (HTTP 429), never queued without bound.
+pub struct QueryGate {
+    limits: milkglass_guard::Limits,
+    per_user: usize,
+    total: Arc<Semaphore>,
+    users: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A running query's place; dropping it frees the place.
+pub struct QueryPermit {
+    _total: OwnedSemaphorePermit,
+    _user: OwnedSemaphorePermit,
+}
+
+impl QueryGate {
+    pub fn new(limits: &crate::QueryLimits) -> Self {
+        QueryGate {
+            limits: limits.each.clone(),
+            per_user: limits.per_user.max(1),
+            total: Arc::new(Semaphore::new(limits.total.max(1))),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn admit(&self, user: &User) -> ApiResult<QueryPermit> {
+        let user_gate = {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            users.entry(user.name.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.per_user))).clone()
+        };
+        let busy = |what: String| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", what);
+        let user_permit = user_gate
+            .try_acquire_owned()
+            .map_err(|_| busy(format!("you already have {} queries running; wait for one to finish", self.per_user)))?;
+        let total_permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy("the server is running as many queries as it allows; try again shortly".into()))?;
+        Ok(QueryPermit { _total: total_permit, _user: user_permit })
+    }
+}
+
+/// Plans `sql` for `user` under the server's per-query limits.
+async fn prepare_for(state: &AppState, sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared, GuardError> {
+    prepare_within(sql, tables, state.query_gate.limits.clone()).await
+}
+
+/// Runs a prepared query, holding a place at the gate while it runs; failures are
+/// audited with their detail (which may quote data) and answered without it.
+async fn execute(state: &AppState, user: &User, prepared: &Prepared, base: &NewAuditEntry) -> ApiResult<Outcome> {
+    let permit = state.query_gate.admit(user)?;
+    let result = prepared.execute().await;
+    drop(permit);
+    result.or_else(|e| {
+        let (decision, detail) = match &e {
+            GuardError::Execution(detail) => ("failed", detail.clone()),
+            GuardError::Stopped(message) => ("stopped", message.clone()),
+            other => ("failed", other.to_string()),
+        };
+        audit(state, NewAuditEntry { decision: decision.into(), reason: Some(detail), ..base.clone() })?;
+        Err(guard_error(e))
+    })
+}
+
 /// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
 /// up to `wait` for the owner's decision.
 pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> ApiResult<Answer> {
     let (tables, policies) = readable(state, user)?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = match prepare(sql, tables).await {
+    let prepared = match prepare_for(state, sql, tables).await {
         Ok(p) => p,
         Err(e) => {
             audit(state, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base })?;
@@ -61,24 +129,22 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
         }
     };
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
-    let outcome = match prepared.execute().await {
-        Ok(o) => o,
-        Err(e) => {
-            let detail = match &e {
-                GuardError::Execution(detail) => detail.clone(),
-                other => other.to_string(),
-            };
-            audit(state, NewAuditEntry { decision: "failed".into(), reason: Some(detail), ..base })?;
-            return Err(guard_error(e));
-        }
+    // A query the plan alone makes unsafe does not run unless its result is released
+    // anyway (log handling): its errors and timing then cannot depend on the data.
+    let before = prepared.decide_before_running(&policies, &user.name);
+    let runs_now = !matches!(&before, Some(Decision::Unsafe { handling, .. }) if *handling != UnsafeHandling::Log);
+    let outcome = if runs_now { Some(execute(state, user, &prepared, &base).await?) } else { None };
+    let decision = match (&outcome, before) {
+        (Some(outcome), _) => prepared.decide(Some(outcome), &policies, &user.name),
+        (None, Some(decision)) => decision,
+        (None, None) => unreachable!("a query that is not unsafe before running runs"),
     };
-    let decision = prepared.decide(Some(&outcome), &policies, &user.name);
     let base = NewAuditEntry {
-        rows_returned: Some(outcome.rows as i64),
-        smallest_group: outcome.smallest().map(|n| n as i64),
+        rows_returned: outcome.as_ref().map(|o| o.rows as i64),
+        smallest_group: outcome.as_ref().and_then(|o| o.smallest()).map(|n| n as i64),
         ..base
     };
-    let rows = |flagged: Option<String>, audit_id: i64| Answer::Rows {
+    let rows = |outcome: &Outcome, flagged: Option<String>, audit_id: i64| Answer::Rows {
         batches: outcome.batches.clone(),
         columns: prepared.columns.clone(),
         flagged,
@@ -87,20 +153,22 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     };
     match decision {
         Decision::Safe => {
+            let Some(outcome) = &outcome else { unreachable!("a safe query ran") };
             let id = audit(state, NewAuditEntry { decision: "answered".into(), ..base })?;
-            Ok(rows(None, id))
+            Ok(rows(outcome, None, id))
         }
         Decision::Unsafe { handling, .. } => {
             let explanation = decision.explanation();
             match handling {
-                milkglass_core::UnsafeHandling::Log => {
+                UnsafeHandling::Log => {
+                    let Some(outcome) = &outcome else { unreachable!("a logged query ran") };
                     let id = audit(
                         state,
                         NewAuditEntry { decision: "flagged".into(), reason: Some(explanation.clone()), ..base },
                     )?;
-                    Ok(rows(Some(explanation), id))
+                    Ok(rows(outcome, Some(explanation), id))
                 }
-                milkglass_core::UnsafeHandling::Reject => {
+                UnsafeHandling::Reject => {
                     audit(
                         state,
                         NewAuditEntry {
@@ -112,7 +180,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                     )?;
                     Err(ApiError::new(StatusCode::FORBIDDEN, "refused", explanation))
                 }
-                milkglass_core::UnsafeHandling::Review => {
+                UnsafeHandling::Review => {
                     let explanation = explanation.trim_start_matches("Refused: ").trim_end_matches('.').to_string();
                     let request = state.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
                     audit(
@@ -129,12 +197,27 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                     loop {
                         let current = state.store.review_request(request.id)?;
                         match current.state.as_str() {
-                            "approved" if state.store.deliver_review(request.id)? => {
+                            "approved" => {
+                                // Approved before it ever ran: run it now.
+                                let outcome = match outcome {
+                                    Some(o) => o,
+                                    None => execute(state, user, &prepared, &base).await?,
+                                };
+                                if !state.store.deliver_review(request.id)? {
+                                    return Err(already_delivered(request.id));
+                                }
                                 let id = audit(
                                     state,
-                                    NewAuditEntry { decision: "released".into(), request_id: Some(request.id), ..base },
+                                    NewAuditEntry {
+                                        decision: "released".into(),
+                                        request_id: Some(request.id),
+                                        rows_returned: Some(outcome.rows as i64),
+                                        smallest_group: outcome.smallest().map(|n| n as i64),
+                                        ..base
+                                    },
                                 )?;
                                 return Ok(rows(
+                                    &outcome,
                                     Some(format!("approved by {}", current.decided_by.unwrap_or_default())),
                                     id,
                                 ));
@@ -153,11 +236,15 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     }
 }
 
+fn already_delivered(id: i64) -> ApiError {
+    ApiError::new(StatusCode::GONE, "delivered", format!("the result of request {id} was already delivered"))
+}
+
 /// Plans `sql` for `user` without running it: checks it and returns its result's schema
 /// (for prepared statements). Invalid SQL is audited like any query.
 pub async fn plan_schema(state: &AppState, user: &User, sql: &str) -> ApiResult<arrow::datatypes::SchemaRef> {
     let (tables, _) = readable(state, user)?;
-    match prepare(sql, tables).await {
+    match prepare_for(state, sql, tables).await {
         Ok(prepared) => Ok(prepared.output_schema()),
         Err(e) => {
             let entry = NewAuditEntry {
@@ -182,34 +269,29 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
     match request.state.as_str() {
         "pending" => Ok(Answer::Held { request_id: id, reason: request.reason }),
         "rejected" => Err(rejected(&request)),
-        "delivered" => Err(ApiError::new(
-            StatusCode::GONE,
-            "delivered",
-            format!("the result of request {id} was already delivered"),
-        )),
+        "delivered" => Err(already_delivered(id)),
         _ => {
             let (tables, _) = readable(state, user)?;
-            let prepared = prepare(&request.query, tables).await.map_err(guard_error)?;
-            let outcome = prepared.execute().await.map_err(guard_error)?;
+            let prepared = prepare_for(state, &request.query, tables).await.map_err(guard_error)?;
+            let base = NewAuditEntry {
+                user: user.name.clone(),
+                tables: prepared.tables.clone(),
+                query: request.query.clone(),
+                columns: prepared.columns.clone(),
+                request_id: Some(id),
+                ..Default::default()
+            };
+            let outcome = execute(state, user, &prepared, &base).await?;
             if !state.store.deliver_review(id)? {
-                return Err(ApiError::new(
-                    StatusCode::GONE,
-                    "delivered",
-                    format!("the result of request {id} was already delivered"),
-                ));
+                return Err(already_delivered(id));
             }
             let audit_id = audit(
                 state,
                 NewAuditEntry {
-                    user: user.name.clone(),
-                    tables: prepared.tables.clone(),
-                    query: request.query.clone(),
                     decision: "released".into(),
                     rows_returned: Some(outcome.rows as i64),
-                    columns: prepared.columns.clone(),
                     smallest_group: outcome.smallest().map(|n| n as i64),
-                    request_id: Some(id),
-                    ..Default::default()
+                    ..base
                 },
             )?;
             Ok(Answer::Rows {
@@ -242,6 +324,7 @@ fn guard_error(e: GuardError) -> ApiError {
             ApiError { field: Some("sql".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m) }
         }
         e @ GuardError::Execution(_) => ApiError::new(StatusCode::BAD_REQUEST, "query_failed", e.to_string()),
+        GuardError::Stopped(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "query_stopped", m),
     }
 }
 
@@ -269,7 +352,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
     }
     let (tables, policies) = readable(state, user)?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = prepare(sql, tables).await.map_err(guard_error)?;
+    let prepared = prepare_for(state, sql, tables).await.map_err(guard_error)?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
     let refuse = |reason: String| -> ApiResult<GuardedTableInfo> {
         audit(
@@ -291,7 +374,14 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
             "Refused: table \"{table}\" does not allow saving results derived from it (savable: false)"
         ));
     }
-    let outcome = prepared.execute().await.map_err(guard_error)?;
+    if let Some(decision) = prepared.decide_before_running(&policies, &user.name) {
+        let explanation = decision.explanation();
+        return refuse(format!(
+            "{}; only results within every table's safe zone can be saved.",
+            explanation.trim_end_matches('.')
+        ));
+    }
+    let outcome = execute(state, user, &prepared, &base).await?;
     let decision = prepared.decide(Some(&outcome), &policies, &user.name);
     if decision != Decision::Safe {
         let explanation = decision.explanation();

@@ -105,6 +105,18 @@ struct ServeArgs {
     /// and AWS_ENDPOINT_URL. Default: DATA_DIR/assets.
     #[arg(long, env = "MILKGLASS_ASSET_STORE")]
     asset_store: Option<String>,
+    /// Memory one guarded query may use, in MiB (joins and sorts spill or stop past it).
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(16..))]
+    query_memory_mib: u64,
+    /// Seconds one guarded query may run before it is cancelled.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    query_timeout_secs: u64,
+    /// Guarded queries one user may run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    queries_per_user: u64,
+    /// Guarded queries the server runs at once, all users together.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    queries_total: u64,
 }
 
 #[derive(Args)]
@@ -192,6 +204,14 @@ fn run(cli: Cli) -> Result<()> {
                 flight_url: None,
                 fetch_allow: args.fetch_allow.clone(),
                 asset_store: args.asset_store.clone(),
+                queries: milkglass_server::QueryLimits {
+                    each: milkglass_guard::Limits {
+                        memory_bytes: (args.query_memory_mib as usize) << 20,
+                        time: std::time::Duration::from_secs(args.query_timeout_secs),
+                    },
+                    per_user: args.queries_per_user as usize,
+                    total: args.queries_total as usize,
+                },
             };
             milkglass_server::check_fetch_allow(&config.fetch_allow)
                 .map_err(|e| anyhow::anyhow!("--fetch-allow: {e}"))?;

@@ -93,7 +93,8 @@ fn the_announcement_query_and_a_refusal() {
     assert_eq!(e["code"], "refused");
     assert_eq!(
         e["message"],
-        "Refused: each result row must aggregate at least 10 rows of table \"titanic\"; the smallest group here has 1."
+        "Refused: each result value must be determined by at least 10 rows of table \"titanic\"; \
+         fewer than 10 rows stand behind the group."
     );
     let entries = audit(&s);
     let decisions: Vec<&str> = entries.iter().map(|e| e["decision"].as_str().unwrap()).collect();
@@ -109,7 +110,7 @@ fn log_answers_and_flags_with_sanitized_columns_masked() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().unwrap();
     assert_eq!(body["flagged"], true);
-    assert!(body["warning"].as_str().unwrap().contains("smallest group here has 1"));
+    assert!(body["warning"].as_str().unwrap().contains("fewer than 10 rows stand behind the group"));
     assert_eq!(body["masked_columns"], json!(["Name"]));
     let rows = body["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
@@ -321,7 +322,7 @@ fn results_are_saved_only_from_savable_tables_and_inherit_the_policy() {
     ]);
     // Unsafe results are never saved.
     let e = expect_error(save(&s.scientist, "SELECT * FROM open_titanic LIMIT 5", "rows"), 403);
-    assert!(e["message"].as_str().unwrap().contains("smallest group"));
+    assert!(e["message"].as_str().unwrap().contains("fewer than 10 rows stand behind"));
     let sql = "SELECT Pclass, Sex, Embarked, AVG(Fare) AS fare, COUNT(*) AS n FROM open_titanic \
                GROUP BY Pclass, Sex, Embarked HAVING COUNT(*) >= 10";
     let r = save(&s.scientist, sql, "fares");
