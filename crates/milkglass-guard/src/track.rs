@@ -238,7 +238,7 @@ impl<'a> Tracker<'a> {
             LogicalPlan::Sort(sort) if sort.fetch.is_some() => {
                 // ORDER BY ... LIMIT drops rows like a filter does.
                 let input = self.track(&sort.input)?;
-                let input = self.spread_smallest(input)?;
+                let input = self.spread_if_overlapping(input)?;
                 let new = plan.with_new_exprs(plan.expressions(), vec![input.plan]).map_err(|e| e.to_string())?;
                 Ok(Tracked { plan: new, ..input })
             }
@@ -250,7 +250,7 @@ impl<'a> Tracker<'a> {
             LogicalPlan::Filter(_) | LogicalPlan::Limit(_) => {
                 // Both drop rows: over aggregated rows, count the ones dropped too.
                 let input = self.track(plan.inputs()[0])?;
-                let input = self.spread_smallest(input)?;
+                let input = self.spread_if_overlapping(input)?;
                 let new = plan.with_new_exprs(plan.expressions(), vec![input.plan]).map_err(|e| e.to_string())?;
                 Ok(Tracked { plan: new, ..input })
             }
@@ -456,6 +456,15 @@ impl<'a> Tracker<'a> {
         out_exprs.extend(input.selectors.iter().map(|s| hidden_col(&s.name)));
         let plan = Projection::try_new(out_exprs, Arc::new(input.plan)).map_err(|e| e.to_string())?;
         Ok(Tracked { plan: LogicalPlan::Projection(plan), hidden: input.hidden, selectors, depends, taints })
+    }
+
+    /// Before a step that only drops rows (a filter, a limit): disjoint groups (a plain
+    /// GROUP BY) hide nothing from each other when some are dropped, so `HAVING
+    /// COUNT(*) >= 10` keeps the large ones; overlapping groups (grouping sets, after a
+    /// join) are compared with each other, so what is dropped still counts.
+    fn spread_if_overlapping(&mut self, input: Tracked) -> Result<Tracked, Unanalysable> {
+        let overlapping = input.hidden.iter().any(|h| h.level == Level::Group { disjoint: false });
+        if overlapping { self.spread_smallest(input) } else { Ok(input) }
     }
 
     /// Replaces every group count of `input` by the smallest over all its rows, before a

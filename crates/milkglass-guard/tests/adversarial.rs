@@ -348,6 +348,7 @@ async fn thresholds_count_the_rows_that_decide_each_value() {
         // A HAVING or a LIMIT hides the small group the others are compared with.
         ("SELECT COUNT(*), SUM(Fare) FROM titanic GROUP BY GROUPING SETS ((), (PassengerId = 7)) HAVING COUNT(*) > 100", Expect::Unsafe("fewer than 10")),
         ("SELECT n FROM (SELECT PassengerId, COUNT(*) AS n FROM titanic GROUP BY PassengerId) t ORDER BY n DESC LIMIT 1", Expect::Unsafe("fewer than 10")),
+        ("SELECT Pclass, Sex, Embarked, COUNT(*) FROM titanic GROUP BY Pclass, Sex, Embarked HAVING COUNT(*) >= 10", Expect::Safe),
         // A window frame copies a small group's value into a big group's row.
         ("SELECT k, w FROM (SELECT k, SUM(s) OVER (ORDER BY k ROWS 1 PRECEDING) AS w FROM (SELECT PassengerId = 7 AS k, SUM(Fare) AS s FROM titanic GROUP BY PassengerId = 7) a) b WHERE k = true", Expect::Unsafe("fewer than 10")),
         // Aggregates over small groups, re-aggregated.
