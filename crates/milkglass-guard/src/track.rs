@@ -923,27 +923,29 @@ fn find_selectors(expr: &Expr, schema: &DFSchema) -> Vec<FoundSelector> {
                 let branch = branch_of_condition(f.args[0].clone().eq(f.args[1].clone()));
                 found.push(FoundSelector { branch, branches: 2, what: short(e), zero_ok });
             }
-            Expr::Cast(c) if *c.field.data_type() != DataType::Boolean && is_boolean(&c.expr, schema) => {
-                found.push(FoundSelector {
-                    branch: branch_of_condition(*c.expr.clone()),
-                    branches: 2,
-                    what: short(e),
-                    zero_ok: false,
-                });
+            _ => {
+                if let Some((inner, to)) = as_cast(e)
+                    && *to != DataType::Boolean
+                    && is_boolean(inner, schema)
+                {
+                    let branch = branch_of_condition(inner.clone());
+                    found.push(FoundSelector { branch, branches: 2, what: short(e), zero_ok: false });
+                }
             }
-            Expr::TryCast(c) if *c.field.data_type() != DataType::Boolean && is_boolean(&c.expr, schema) => {
-                found.push(FoundSelector {
-                    branch: branch_of_condition(*c.expr.clone()),
-                    branches: 2,
-                    what: short(e),
-                    zero_ok: false,
-                });
-            }
-            _ => {}
         }
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// A CAST or TRY_CAST (the guard turns every CAST into TRY_CAST; both may reach here)
+/// as the expression cast and the type it is cast to.
+fn as_cast(expr: &Expr) -> Option<(&Expr, &DataType)> {
+    match expr {
+        Expr::Cast(c) => Some((&c.expr, c.field.data_type())),
+        Expr::TryCast(c) => Some((&c.expr, c.field.data_type())),
+        _ => None,
+    }
 }
 
 fn is_boolean(expr: &Expr, schema: &DFSchema) -> bool {
@@ -996,8 +998,7 @@ fn value_path_problem(expr: &Expr, schema: &DFSchema) -> Option<String> {
             };
             own.or_else(|| value_path_problem(left, schema)).or_else(|| value_path_problem(right, schema))
         }
-        Expr::Cast(c) => cast_problem(&c.expr, c.field.data_type(), schema),
-        Expr::TryCast(c) => cast_problem(&c.expr, c.field.data_type(), schema),
+        Expr::Cast(_) | Expr::TryCast(_) => as_cast(expr).and_then(|(inner, to)| cast_problem(inner, to, schema)),
         Expr::Case(case) => {
             // CASE x WHEN ...: `x` only picks the branch.
             case.when_then_expr
