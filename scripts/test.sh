@@ -15,6 +15,7 @@ pip -r tests/python/requirements.txt
 ./scripts/install-model.sh >/dev/null
 
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 
 # Protocol and SDK tests with real clients (ADBC, Polars, the milkglass package) against the binary cargo

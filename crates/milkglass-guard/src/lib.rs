@@ -9,6 +9,7 @@
 //! Nothing is returned before the decision; what the guard does not understand is
 //! unsafe.
 
+mod coverage;
 mod lineage;
 mod no_errors;
 mod sanitize;
@@ -34,6 +35,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use track::{Hidden, Level, RowSet, SideCheck, Tracker};
 
+pub use coverage::{Coverage, closest};
+
 /// Name of the row-id column every stored guarded table carries last. Callers never see it.
 pub const ROW_ID: &str = "__mg_row";
 
@@ -45,6 +48,8 @@ pub struct ProtectedTable {
     pub visible: Arc<dyn TableProvider>,
     /// The same rows with [`ROW_ID`] as the last column.
     pub internal: Arc<dyn TableProvider>,
+    /// How many rows the table holds; their ids are `0..rows`.
+    pub rows: u64,
 }
 
 /// Something the static analysis found that a policy may forbid.
@@ -113,6 +118,8 @@ pub struct Prepared {
     /// Scalar subqueries' plans with their own counts, which must pass too.
     side_checks: Vec<SideCheck>,
     occurrences: Vec<String>,
+    /// Each guarded table's row count, for whole-table coverage.
+    table_rows: HashMap<String, u64>,
     pub findings: Vec<Finding>,
     /// Output columns that carry a sanitized column, returned as nulls.
     masked: Vec<usize>,
@@ -135,12 +142,29 @@ pub struct Outcome {
     /// For each table read more than once: the fewest rows by which two of its
     /// occurrences' row sets differ, when they differ at all.
     pub closest_occurrences: BTreeMap<String, u64>,
+    /// For each guarded table whose rows entered an aggregation: which rows did, over
+    /// every occurrence. The server remembers it once the answer is released.
+    pub coverage: BTreeMap<String, Coverage>,
+    /// For each table: the fewest rows by which this answer's coverage differs from an
+    /// earlier answer's, when the server compared them ([`Outcome::compare_with_earlier`]).
+    pub closest_earlier: BTreeMap<String, u64>,
 }
 
 impl Outcome {
     /// The fewest source rows any result row stands for, over every guarded table.
     pub fn smallest(&self) -> Option<u64> {
         self.smallest_group.values().min().copied()
+    }
+
+    /// Compares this answer's coverage of `table` with earlier answers' (the same
+    /// analyst's or pool's), so that the decision refuses a query whose rows differ
+    /// from an earlier one's by fewer than the table's minimum.
+    pub fn compare_with_earlier(&mut self, table: &str, earlier: impl IntoIterator<Item = Coverage>) {
+        let Some(current) = self.coverage.get(table) else { return };
+        if let Some(d) = closest(current, earlier) {
+            let entry = self.closest_earlier.entry(table.to_string()).or_insert(u64::MAX);
+            *entry = (*entry).min(d);
+        }
     }
 }
 
@@ -236,7 +260,14 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
     let has_join = TreeNode::exists(&original, |node| Ok(matches!(node, LogicalPlan::Join(_)))).unwrap_or(true);
     let read_twice = scans.iter().any(|t| scans.iter().filter(|u| *u == t).count() > 1);
     let mut tracker = Tracker::new(&by_name, has_join || read_twice);
-    let tracked = tracker.track(&original).and_then(|t| with_callers_columns(&original, t));
+    let mut tracked = tracker.track(&original);
+    if !tracker.with_row_ids && tracker.row_sets.iter().any(|set| !set.whole) {
+        // Some rows reach an aggregation through a filter or a limit: carry real ids, so
+        // that the answer's coverage can be recorded and compared.
+        tracker = Tracker::new(&by_name, true);
+        tracked = tracker.track(&original);
+    }
+    let tracked = tracked.and_then(|t| with_callers_columns(&original, t));
     findings.append(&mut tracker.findings);
     let occurrences = std::mem::take(&mut tracker.occurrences);
     let row_sets = std::mem::take(&mut tracker.row_sets);
@@ -248,6 +279,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
             (None, Vec::new())
         }
     };
+    let table_rows = by_name.iter().map(|(name, t)| (name.clone(), t.rows)).collect();
     let mut tables = scans;
     tables.extend(occurrences.iter().cloned());
     tables.sort();
@@ -267,6 +299,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
         row_sets,
         side_checks,
         occurrences,
+        table_rows,
         findings: unique,
         masked,
         tables,
@@ -382,13 +415,21 @@ impl Prepared {
                 }
             }
         }
-        let closest_occurrences = self.closest_occurrences().await?;
+        let (closest_occurrences, coverage) = self.coverage().await?;
         let batches = batches
             .into_iter()
             .map(|b| self.visible_part(b))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| GuardError::Execution(e.to_string()))?;
-        Ok(Outcome { batches, rows, smallest_group, smallest_what, closest_occurrences })
+        Ok(Outcome {
+            batches,
+            rows,
+            smallest_group,
+            smallest_what,
+            closest_occurrences,
+            coverage,
+            closest_earlier: BTreeMap::new(),
+        })
     }
 
     async fn collect(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>, GuardError> {
@@ -409,43 +450,59 @@ impl Prepared {
         GuardError::Execution(e.to_string())
     }
 
-    /// For each table read by more than one occurrence: how few rows two occurrences'
-    /// row sets differ by (`SUM(all) - SUM(all but one)` in one query).
-    async fn closest_occurrences(&self) -> Result<BTreeMap<String, u64>, GuardError> {
-        let mut sets: BTreeMap<&str, Vec<Vec<i64>>> = BTreeMap::new();
+    /// Each occurrence's rows as they enter its first aggregation: for each table read
+    /// more than once, how few rows two occurrences' sets differ by (`SUM(all) -
+    /// SUM(all but one)` in one query), and for each table the union of its sets.
+    async fn coverage(&self) -> Result<(BTreeMap<String, u64>, BTreeMap<String, Coverage>), GuardError> {
+        let mut sets: BTreeMap<&str, Vec<Coverage>> = BTreeMap::new();
         for set in &self.row_sets {
             let table = self.occurrences[set.occurrence].as_str();
-            if self.row_sets.iter().filter(|r| self.occurrences[r.occurrence] == table).count() < 2 {
-                continue;
-            }
-            let ids = LogicalPlanBuilder::from(set.plan.clone())
-                .aggregate(vec![Expr::Column(Column::new_unqualified(&set.id_column))], Vec::<Expr>::new())
-                .and_then(|b| b.build())
-                .map_err(|e| GuardError::Execution(e.to_string()))?;
-            let mut values = Vec::new();
-            for batch in self.collect(&ids).await? {
-                let column = batch.column(0);
-                let Some(column) = column.as_primitive_opt::<Int64Type>() else {
-                    return Err(GuardError::Execution("row ids are not 64-bit integers".into()));
-                };
-                values.extend(column.iter().flatten());
-            }
-            values.sort_unstable();
-            sets.entry(table).or_default().push(values);
+            let rows = if set.whole {
+                let rows = self.table_rows.get(table).copied().unwrap_or(0);
+                Coverage::whole(rows)
+            } else {
+                self.row_ids(set).await?
+            };
+            sets.entry(table).or_default().push(rows);
         }
         let mut closest = BTreeMap::new();
+        let mut union = BTreeMap::new();
         for (table, sets) in sets {
             for (i, a) in sets.iter().enumerate() {
                 for b in &sets[i + 1..] {
-                    let differ = symmetric_difference(a, b);
+                    let differ = a.differs_by(b);
                     if differ > 0 {
                         let entry = closest.entry(table.to_string()).or_insert(u64::MAX);
                         *entry = (*entry).min(differ);
                     }
                 }
             }
+            let mut all = Coverage::default();
+            for set in &sets {
+                all.union_with(set);
+            }
+            union.insert(table.to_string(), all);
         }
-        Ok(closest)
+        Ok((closest, union))
+    }
+
+    /// Runs a row set's plan for its ids alone.
+    async fn row_ids(&self, set: &RowSet) -> Result<Coverage, GuardError> {
+        let ids = LogicalPlanBuilder::from(set.plan.clone())
+            .project(vec![Expr::Column(Column::new_unqualified(&set.id_column))])
+            .and_then(|b| b.build())
+            .map_err(|e| GuardError::Execution(e.to_string()))?;
+        let mut values = Vec::new();
+        for batch in self.collect(&ids).await? {
+            let Some(column) = batch.column(0).as_primitive_opt::<Int64Type>() else {
+                return Err(GuardError::Execution("row ids are not 64-bit integers".into()));
+            };
+            // Ids are never negative (0..rows); one that is would be a corrupt table.
+            for id in column.iter().flatten() {
+                values.push(u64::try_from(id).map_err(|_| GuardError::Execution("a negative row id".into()))?);
+            }
+        }
+        Ok(Coverage::from_ids(values))
     }
 
     /// The caller's columns of a result batch, with sanitized ones replaced by nulls.
@@ -543,6 +600,7 @@ struct TableCounts {
     smallest: Option<u64>,
     what: Option<std::sync::Arc<str>>,
     closest: Option<u64>,
+    closest_earlier: Option<u64>,
 }
 
 impl TableCounts {
@@ -551,6 +609,7 @@ impl TableCounts {
             smallest: outcome.smallest_group.get(table).copied(),
             what: outcome.smallest_what.get(table).cloned(),
             closest: outcome.closest_occurrences.get(table).copied(),
+            closest_earlier: outcome.closest_earlier.get(table).copied(),
         }
     }
 }
@@ -642,6 +701,14 @@ impl Facts<'_> {
                  so comparing them would reveal those rows"
             ));
         }
+        if let Some(d) = counts.closest_earlier
+            && d < k
+        {
+            return Err(format!(
+                "an earlier answer (yours or your pool's) covered rows of table \"{table}\" that differ from \
+                 this query's by fewer than {k} rows, so the two answers together would reveal those rows"
+            ));
+        }
         Ok(())
     }
 }
@@ -666,26 +733,4 @@ fn min_count(batches: &[RecordBatch], column: &str, zero_ok: bool) -> Result<Opt
         }
     }
     Ok(smallest.map(|s| s.max(0) as u64))
-}
-
-/// How many values are in exactly one of two sorted, deduplicated lists.
-fn symmetric_difference(a: &[i64], b: &[i64]) -> u64 {
-    let (mut i, mut j, mut differ) = (0, 0, 0u64);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => {
-                differ += 1;
-                i += 1;
-            }
-            std::cmp::Ordering::Greater => {
-                differ += 1;
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    differ + (a.len() - i) as u64 + (b.len() - j) as u64
 }

@@ -117,7 +117,7 @@ impl Tracked {
 /// Walks a plan bottom-up, rewriting it to carry hidden columns and noting findings.
 pub(crate) struct Tracker<'a> {
     tables: &'a HashMap<String, ProtectedTable>,
-    with_row_ids: bool,
+    pub with_row_ids: bool,
     /// The guarded table of each occurrence, by occurrence number.
     pub occurrences: Vec<String>,
     pub findings: Vec<Finding>,
@@ -139,9 +139,23 @@ pub(crate) struct SideCheck {
 /// The rows of one occurrence as they enter its first aggregation.
 pub(crate) struct RowSet {
     pub occurrence: usize,
-    /// The row id column in `plan`.
+    /// The row id column in `plan` (a constant 1 when the tracker carries no ids).
     pub id_column: String,
     pub plan: LogicalPlan,
+    /// Every row of the table enters (no filter, join or limit on the way): the set is
+    /// known without running anything.
+    pub whole: bool,
+}
+
+/// Whether `plan` passes on every row of the one table it scans: only projections and
+/// aliases over a scan without pushed-down filters or a fetch.
+fn reads_every_row(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::Projection(p) => reads_every_row(&p.input),
+        LogicalPlan::SubqueryAlias(a) => reads_every_row(&a.input),
+        LogicalPlan::TableScan(scan) => scan.filters.is_empty() && scan.fetch.is_none(),
+        _ => false,
+    }
 }
 
 /// Aggregate functions whose result is not one individual's value. Everything else
@@ -194,7 +208,7 @@ fn resolve(schema: &DFSchema, column: &Column) -> Option<Column> {
 
 impl<'a> Tracker<'a> {
     /// `with_row_ids`: carry real row ids. Only a join can put one source row into two
-    /// rows, and only two occurrences of one table need their row sets compared; in
+    /// rows, and only row sets that are not the whole table need their ids recorded; in
     /// other plans a constant 1 counts the same and spares reading the id column.
     pub fn new(tables: &'a HashMap<String, ProtectedTable>, with_row_ids: bool) -> Self {
         Tracker {
@@ -615,6 +629,7 @@ impl<'a> Tracker<'a> {
                         occurrence: h.occurrence,
                         id_column: h.name.clone(),
                         plan: input.plan.clone(),
+                        whole: reads_every_row(&input.plan),
                     });
                 }
             }

@@ -37,6 +37,7 @@ async fn titanic(policy: &str) -> ProtectedTable {
         policy: Policy::from_json(policy).unwrap(),
         visible: Arc::new(MemTable::try_new(schema, vec![batches]).unwrap()),
         internal: Arc::new(MemTable::try_new(internal_schema, vec![internal]).unwrap()),
+        rows: next as u64,
     }
 }
 

@@ -220,6 +220,7 @@ async fn titanic(rename: impl Fn(usize, &str) -> String) -> ProtectedTable {
         policy: Policy::from_json(POLICY).unwrap(),
         visible: Arc::new(MemTable::try_new(schema, vec![visible]).unwrap()),
         internal: Arc::new(MemTable::try_new(internal_schema, vec![internal]).unwrap()),
+        rows: next as u64,
     }
 }
 

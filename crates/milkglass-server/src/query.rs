@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use arrow::array::RecordBatch;
 use axum::http::StatusCode;
 use milkglass_core::{Policy, Role, UnsafeHandling};
-use milkglass_guard::{Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
+use milkglass_guard::{Coverage, Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
 use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,18 +32,72 @@ pub enum Answer {
     },
 }
 
-/// Tables the user may query, as the guard needs them.
-fn readable(state: &AppState, user: &User) -> ApiResult<(Vec<ProtectedTable>, HashMap<String, Policy>)> {
+/// Tables the user may query, as the guard needs them, with their policies and ids.
+fn readable(state: &AppState, user: &User) -> ApiResult<(Vec<ProtectedTable>, Policies)> {
     let tables: Vec<GuardedTableInfo> =
         state.store.guarded_tables()?.into_iter().filter(|t| t.readable_by(user)).collect();
     let mut protected = Vec::with_capacity(tables.len());
-    let mut policies = HashMap::new();
+    let mut policies = Policies::default();
     for table in tables {
         let (visible, internal) = table.providers()?;
-        policies.insert(table.name.clone(), table.policy.clone());
-        protected.push(ProtectedTable { name: table.name, policy: table.policy, visible, internal });
+        policies.by_name.insert(table.name.clone(), table.policy.clone());
+        policies.ids.insert(table.name.clone(), table.id);
+        let rows = u64::try_from(table.rows).unwrap_or(0);
+        protected.push(ProtectedTable { name: table.name, policy: table.policy, visible, internal, rows });
     }
     Ok((protected, policies))
+}
+
+/// The policies of the tables a query may read, by name, and the tables' identities.
+#[derive(Default)]
+struct Policies {
+    by_name: HashMap<String, Policy>,
+    ids: HashMap<String, i64>,
+}
+
+/// What earlier released answers of the caller's pool covered, for the tables one
+/// answer covers. The guard refuses an answer whose rows differ from an earlier one's by
+/// fewer than the table's minimum; a released answer is remembered.
+struct Earlier {
+    pool: String,
+    /// By table name: the table's id and the earlier sets.
+    sets: HashMap<String, (i64, Vec<Coverage>)>,
+}
+
+impl Earlier {
+    /// Loads the pool's memory for the tables `outcome` covered and compares them.
+    fn compare(state: &AppState, user: &User, policies: &Policies, outcome: &mut Outcome) -> ApiResult<Earlier> {
+        let pool = state.store.coverage_pool(user)?;
+        let mut sets = HashMap::new();
+        let tables: Vec<String> = outcome.coverage.keys().cloned().collect();
+        for table in tables {
+            // A table the caller may not read is not in the query; fail closed all the same.
+            let id = *policies.ids.get(&table).ok_or_else(|| ApiError::internal(format!("no id for table {table}")))?;
+            let earlier = state
+                .store
+                .answered_coverage(&pool, id)?
+                .iter()
+                .map(|answer| Coverage::from_bytes(&answer.coverage))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::internal)?;
+            outcome.compare_with_earlier(&table, earlier.iter().cloned());
+            sets.insert(table, (id, earlier));
+        }
+        Ok(Earlier { pool, sets })
+    }
+
+    /// Remembers what a released answer covered, unless the same set already is.
+    fn remember(&self, state: &AppState, outcome: &Outcome, audit_id: i64) -> ApiResult<()> {
+        for (table, coverage) in &outcome.coverage {
+            let Some((id, earlier)) = self.sets.get(table) else { continue };
+            if earlier.iter().any(|e| e.differs_by(coverage) == 0) {
+                continue;
+            }
+            let rows = i64::try_from(coverage.len()).unwrap_or(i64::MAX);
+            state.store.remember_coverage(&self.pool, *id, audit_id, rows, &coverage.to_bytes())?;
+        }
+        Ok(())
+    }
 }
 
 fn audit(state: &AppState, entry: NewAuditEntry) -> ApiResult<i64> {
@@ -131,11 +185,15 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
     // A query the plan alone makes unsafe does not run unless its result is released
     // anyway (log handling): its errors and timing then cannot depend on the data.
-    let before = prepared.decide_before_running(&policies, &user.name);
+    let before = prepared.decide_before_running(&policies.by_name, &user.name);
     let runs_now = !matches!(&before, Some(Decision::Unsafe { handling, .. }) if *handling != UnsafeHandling::Log);
-    let outcome = if runs_now { Some(execute(state, user, &prepared, &base).await?) } else { None };
+    let mut outcome = if runs_now { Some(execute(state, user, &prepared, &base).await?) } else { None };
+    let earlier = match &mut outcome {
+        Some(outcome) => Some(Earlier::compare(state, user, &policies, outcome)?),
+        None => None,
+    };
     let decision = match (&outcome, before) {
-        (Some(outcome), _) => prepared.decide(Some(outcome), &policies, &user.name),
+        (Some(outcome), _) => prepared.decide(Some(outcome), &policies.by_name, &user.name),
         (None, Some(decision)) => decision,
         (None, None) => unreachable!("a query that is not unsafe before running runs"),
     };
@@ -153,19 +211,23 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     };
     match decision {
         Decision::Safe => {
-            let Some(outcome) = &outcome else { unreachable!("a safe query ran") };
+            let (Some(outcome), Some(earlier)) = (&outcome, &earlier) else { unreachable!("a safe query ran") };
             let id = audit(state, NewAuditEntry { decision: "answered".into(), ..base })?;
+            earlier.remember(state, outcome, id)?;
             Ok(rows(outcome, None, id))
         }
         Decision::Unsafe { handling, .. } => {
             let explanation = decision.explanation();
             match handling {
                 UnsafeHandling::Log => {
-                    let Some(outcome) = &outcome else { unreachable!("a logged query ran") };
+                    let (Some(outcome), Some(earlier)) = (&outcome, &earlier) else {
+                        unreachable!("a logged query ran")
+                    };
                     let id = audit(
                         state,
                         NewAuditEntry { decision: "flagged".into(), reason: Some(explanation.clone()), ..base },
                     )?;
+                    earlier.remember(state, outcome, id)?;
                     Ok(rows(outcome, Some(explanation), id))
                 }
                 UnsafeHandling::Reject => {
@@ -199,10 +261,11 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                         match current.state.as_str() {
                             "approved" => {
                                 // Approved before it ever ran: run it now.
-                                let outcome = match outcome {
+                                let mut outcome = match outcome {
                                     Some(o) => o,
                                     None => execute(state, user, &prepared, &base).await?,
                                 };
+                                let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
                                 if !state.store.deliver_review(request.id)? {
                                     return Err(already_delivered(request.id));
                                 }
@@ -216,6 +279,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                                         ..base
                                     },
                                 )?;
+                                earlier.remember(state, &outcome, id)?;
                                 return Ok(rows(
                                     &outcome,
                                     Some(format!("approved by {}", current.decided_by.unwrap_or_default())),
@@ -271,7 +335,7 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
         "rejected" => Err(rejected(&request)),
         "delivered" => Err(already_delivered(id)),
         _ => {
-            let (tables, _) = readable(state, user)?;
+            let (tables, policies) = readable(state, user)?;
             let prepared = prepare_for(state, &request.query, tables).await.map_err(guard_error)?;
             let base = NewAuditEntry {
                 user: user.name.clone(),
@@ -281,7 +345,8 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
                 request_id: Some(id),
                 ..Default::default()
             };
-            let outcome = execute(state, user, &prepared, &base).await?;
+            let mut outcome = execute(state, user, &prepared, &base).await?;
+            let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
             if !state.store.deliver_review(id)? {
                 return Err(already_delivered(id));
             }
@@ -294,6 +359,7 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
                     ..base
                 },
             )?;
+            earlier.remember(state, &outcome, audit_id)?;
             Ok(Answer::Rows {
                 batches: outcome.batches,
                 columns: prepared.columns.clone(),
@@ -369,20 +435,21 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
     if prepared.tables.is_empty() {
         return refuse("only results derived from guarded tables are saved as tables".into());
     }
-    if let Some(table) = prepared.tables.iter().find(|t| policies.get(*t).is_some_and(|p| !p.savable)) {
+    if let Some(table) = prepared.tables.iter().find(|t| policies.by_name.get(*t).is_some_and(|p| !p.savable)) {
         return refuse(format!(
             "Refused: table \"{table}\" does not allow saving results derived from it (savable: false)"
         ));
     }
-    if let Some(decision) = prepared.decide_before_running(&policies, &user.name) {
+    if let Some(decision) = prepared.decide_before_running(&policies.by_name, &user.name) {
         let explanation = decision.explanation();
         return refuse(format!(
             "{}; only results within every table's safe zone can be saved.",
             explanation.trim_end_matches('.')
         ));
     }
-    let outcome = execute(state, user, &prepared, &base).await?;
-    let decision = prepared.decide(Some(&outcome), &policies, &user.name);
+    let mut outcome = execute(state, user, &prepared, &base).await?;
+    let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
+    let decision = prepared.decide(Some(&outcome), &policies.by_name, &user.name);
     if decision != Decision::Safe {
         let explanation = decision.explanation();
         return refuse(format!(
@@ -393,7 +460,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
     if outcome.batches.iter().all(|b| b.num_rows() == 0) {
         return Err(ApiError::invalid("sql", "the result has no rows; there is nothing to save"));
     }
-    let sources: Vec<Policy> = prepared.tables.iter().filter_map(|t| policies.get(t).cloned()).collect();
+    let sources: Vec<Policy> = prepared.tables.iter().filter_map(|t| policies.by_name.get(t).cloned()).collect();
     let policy = inherited_policy(&sources, &prepared.masked_columns());
     let staging = state.store.staging_file()?;
     let written = (|| -> Result<(), arrow::error::ArrowError> {
@@ -412,7 +479,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
     let imported = imported?;
     let owner = state.store.user_by_name(&state.store.guarded_table(&prepared.tables[0])?.owner)?;
     let table = state.store.publish_table(&owner, name, &policy, Some(std::slice::from_ref(&user.name)), &imported)?;
-    audit(
+    let audit_id = audit(
         state,
         NewAuditEntry {
             decision: "saved".into(),
@@ -422,6 +489,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
             ..base
         },
     )?;
+    earlier.remember(state, &outcome, audit_id)?;
     Ok(table)
 }
 

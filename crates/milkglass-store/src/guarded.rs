@@ -17,6 +17,10 @@ pub const ROW_ID: &str = "__mg_row";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GuardedTableInfo {
+    /// The table's identity: a table dropped and published again under its name is
+    /// another table, with another id.
+    #[serde(skip)]
+    pub id: i64,
     pub name: String,
     pub owner: String,
     pub policy: Policy,
@@ -73,6 +77,7 @@ fn parquet_table(path: &Path, schema: Option<arrow::datatypes::SchemaRef>) -> St
 fn info_from_row(r: &rusqlite::Row, dir: &Path) -> rusqlite::Result<GuardedTableInfo> {
     let file: String = r.get(4)?;
     Ok(GuardedTableInfo {
+        id: r.get(9)?,
         name: r.get(0)?,
         owner: r.get(1)?,
         policy: json_column(r, 2)?,
@@ -86,7 +91,7 @@ fn info_from_row(r: &rusqlite::Row, dir: &Path) -> rusqlite::Result<GuardedTable
 }
 
 const TABLE_COLUMNS: &str =
-    "t.name, u.name, t.policy, t.readers, t.file, t.rows, t.columns, t.created_at, t.updated_at";
+    "t.name, u.name, t.policy, t.readers, t.file, t.rows, t.columns, t.created_at, t.updated_at, t.id";
 
 impl Store {
     fn tables_dir(&self) -> PathBuf {
@@ -129,6 +134,12 @@ impl Store {
                     return Err(StoreError::Conflict(format!("table {name:?} belongs to {table_owner:?}; choose another name")));
                 }
                 Some(_) => {
+                    // New rows under the same ids: what earlier answers covered no longer
+                    // names the same people.
+                    tx.execute(
+                        "DELETE FROM answered_coverage WHERE table_id = (SELECT id FROM guarded_tables WHERE name = ?1)",
+                        [name],
+                    )?;
                     tx.execute(
                         "UPDATE guarded_tables SET policy = ?1, readers = ?2, file = ?3, rows = ?4, columns = ?5, updated_at = ?6 WHERE name = ?7",
                         params![policy, readers, relative, rows, columns, at, name],

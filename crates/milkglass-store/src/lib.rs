@@ -13,6 +13,7 @@
 //! unreferenced tail in a vector file, which is harmless and trimmed on open.
 
 mod access;
+mod answered;
 mod audit;
 mod catalog;
 mod db;
@@ -28,6 +29,7 @@ mod tables;
 mod users;
 
 pub use access::{FetchSettings, S3Settings};
+pub use answered::AnsweredCoverage;
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};

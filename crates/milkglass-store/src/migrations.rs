@@ -214,6 +214,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE project_fetch_settings ADD COLUMN s3 TEXT;
     ALTER TABLE project_fetch_settings ADD COLUMN external_id TEXT;
     "#,
+    // 6: which rows of a guarded table each released answer covered (a roaring bitmap of
+    // row ids), per pool of analysts, for differencing across queries; and the pool each
+    // analyst shares that memory with (NULL: a pool of one, keyed by the user's id).
+    r#"
+    ALTER TABLE users ADD COLUMN pool TEXT;
+    CREATE TABLE answered_coverage (
+        id INTEGER PRIMARY KEY,
+        pool TEXT NOT NULL,
+        table_id INTEGER NOT NULL REFERENCES guarded_tables(id) ON DELETE CASCADE,
+        audit_id INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        coverage BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX answered_coverage_by_pool ON answered_coverage (pool, table_id);
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -410,7 +410,8 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
 
             let start = Instant::now();
             let (visible, internal) = table.providers()?;
-            let protected = ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal };
+            let protected =
+                ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal, rows: rows as u64 };
             let prepared = milkglass_guard::prepare(GUARD_SQL, vec![protected]).await?;
             let outcome = prepared.execute().await?;
             let decision = prepared.decide(Some(&outcome), &policies, "bench");

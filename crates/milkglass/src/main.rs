@@ -174,6 +174,15 @@ enum UserCommand {
         #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Put a scientist in a pool of analysts who may share results: the guard compares
+    /// each answer with every earlier answer of the pool (differencing). Without POOL,
+    /// the user is a pool of one again.
+    Pool {
+        name: String,
+        pool: Option<String>,
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -320,6 +329,13 @@ fn user(command: UserCommand) -> Result<()> {
         UserCommand::Token { name, data_dir } => {
             let token = open_store(&data_dir)?.new_token(&name)?;
             println!("new token for {name:?} (shown only once):\n{token}");
+        }
+        UserCommand::Pool { name, pool, data_dir } => {
+            open_store(&data_dir)?.set_user_pool(&name, pool.as_deref())?;
+            match pool {
+                Some(pool) => println!("{name:?} now shares the differencing memory of pool {pool:?}"),
+                None => println!("{name:?} is a pool of one again"),
+            }
         }
     }
     Ok(())
