@@ -29,7 +29,6 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 FLAGGED_KEY = b"milkglass.flagged"
 MASKED_KEY = b"milkglass.masked_columns"
 AUDIT_KEY = b"milkglass.audit_id"
-_HELD = re.compile(r"held for the owner's review \(request (\d+)\)")
 
 DataLike = Union[pl.DataFrame, pl.LazyFrame, pa.Table, "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
@@ -250,22 +249,35 @@ def _api_error(response: requests.Response) -> ApiError:
 
 
 def _query_error(e: Exception) -> MilkglassError:
-    """An ADBC error as this package's: refusals, holds, rejections and bad SQL by kind."""
+    """An ADBC error as this package's, by the structured error the server sends as gRPC metadata
+    (``x-milkglass-error-kind``, ``-code``, ``-field``, ``x-milkglass-request-id``; see docs/API.md), never by
+    the wording of its message."""
     message = _server_message(str(e))
-    held = _HELD.search(message)
-    if held:
-        return QueryHeld(int(held.group(1)), message)
-    text = str(e)
-    if "PermissionDenied" in text or "PERMISSION_DENIED" in text or "Unauthorized" in type(e).__name__:
-        if "rejected" in message.lower() and "request" in message.lower():
-            request = re.search(r"request (\d+)", message)
-            return QueryRejected(int(request.group(1)) if request else -1, message)
+    meta = _error_metadata(e)
+    kind = meta.get("x-milkglass-error-kind")
+    request_id = int(meta["x-milkglass-request-id"]) if "x-milkglass-request-id" in meta else -1
+    if kind == "held":
+        return QueryHeld(request_id, message)
+    if kind == "rejected":
+        return QueryRejected(request_id, message)
+    if kind == "refused":
         return QueryRefused(message)
-    if "InvalidArgument" in text or "INVALID_ARGUMENT" in text:
+    if kind == "invalid":
         return InvalidQuery(message)
-    if "Unauthenticated" in text or "UNAUTHENTICATED" in text:
-        return ApiError(401, "unauthorized", message)
+    if kind is not None:
+        return ApiError(0, meta.get("x-milkglass-error-code", kind), message, meta.get("x-milkglass-error-field"))
     return MilkglassError(message)
+
+
+def _error_metadata(e: Exception) -> dict:
+    """The gRPC metadata an ADBC error carries (``Error.details``: pairs of bytes), as text."""
+    pairs = getattr(e, "details", None) or []
+    meta = {}
+    for key, value in pairs:
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        if key.startswith("x-milkglass-"):
+            meta[key] = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+    return meta
 
 
 def _server_message(text: str) -> str:

@@ -280,3 +280,28 @@ def test_frames_from_pyarrow_and_pandas_helpers_roundtrip(published):
     frame = connect(server, "sam").sql("SELECT Pclass, COUNT(*) AS n FROM titanic GROUP BY Pclass ORDER BY Pclass")
     assert frame["n"].to_list() == [216, 184, 491]
     assert isinstance(frame.to_arrow(), pa.Table) and isinstance(frame.to_pandas(), pd.DataFrame)
+
+
+def test_errors_are_classified_by_the_servers_structured_metadata_not_its_wording():
+    """The SDK reads the kind and the request id from the gRPC metadata the server sends
+    (x-milkglass-error-*); a message in other words still classifies."""
+    from milkglass.client import _query_error
+    from milkglass.errors import QueryHeld, QueryRefused, QueryRejected
+
+    class FakeAdbcError(Exception):
+        def __init__(self, message, details):
+            super().__init__(message)
+            self.details = details
+
+    reworded = "PERMISSION_DENIED: [FlightSQL] Nope, not today (PermissionDenied; ExecuteQuery)"
+    refused = _query_error(FakeAdbcError(reworded, [(b"x-milkglass-error-kind", b"refused")]))
+    assert isinstance(refused, QueryRefused) and refused.explanation == "Nope, not today"
+    held = _query_error(FakeAdbcError("anything", [(b"x-milkglass-error-kind", b"held"),
+                                                  (b"x-milkglass-request-id", b"42")]))
+    assert isinstance(held, QueryHeld) and held.request_id == 42
+    rejected = _query_error(FakeAdbcError("refused? held?", [(b"x-milkglass-error-kind", b"rejected"),
+                                                            (b"x-milkglass-request-id", b"7")]))
+    assert isinstance(rejected, QueryRejected) and rejected.request_id == 7
+    # A message that reads like a refusal, without the metadata, is not taken for one.
+    plain = _query_error(FakeAdbcError("Refused: held for the owner's review (request 3)", []))
+    assert not isinstance(plain, (QueryRefused, QueryHeld))

@@ -72,8 +72,8 @@ impl Coverage {
 
 /// The fewest rows by which `current` differs from any of `earlier`, counting only
 /// sets that differ at all (asking the same question twice reveals nothing new).
-pub fn closest(current: &Coverage, earlier: impl IntoIterator<Item = Coverage>) -> Option<u64> {
-    earlier.into_iter().map(|e| current.differs_by(&e)).filter(|&d| d > 0).min()
+pub fn closest<'a>(current: &Coverage, earlier: impl IntoIterator<Item = &'a Coverage>) -> Option<u64> {
+    earlier.into_iter().map(|e| current.differs_by(e)).filter(|&d| d > 0).min()
 }
 
 #[cfg(test)]
@@ -87,8 +87,8 @@ mod tests {
         assert!(bytes < 300, "a whole table is one run per 65,536 rows, not {bytes} bytes");
         let but_one = Coverage::from_ids((0..1_000_000).filter(|&i| i != 4_242));
         assert_eq!(all.differs_by(&but_one), 1);
-        assert_eq!(closest(&all, [but_one.clone(), all.clone()]), Some(1));
-        assert_eq!(closest(&all, [all.clone()]), None);
+        assert_eq!(closest(&all, [&but_one, &all]), Some(1));
+        assert_eq!(closest(&all, [&all]), None);
         let back = Coverage::from_bytes(&but_one.to_bytes()).unwrap();
         assert_eq!(back, but_one);
         assert!(Coverage::from_bytes(b"not a bitmap").is_err());

@@ -159,7 +159,7 @@ impl Outcome {
     /// Compares this answer's coverage of `table` with earlier answers' (the same
     /// analyst's or pool's), so that the decision refuses a query whose rows differ
     /// from an earlier one's by fewer than the table's minimum.
-    pub fn compare_with_earlier(&mut self, table: &str, earlier: impl IntoIterator<Item = Coverage>) {
+    pub fn compare_with_earlier<'a>(&mut self, table: &str, earlier: impl IntoIterator<Item = &'a Coverage>) {
         let Some(current) = self.coverage.get(table) else { return };
         if let Some(d) = closest(current, earlier) {
             let entry = self.closest_earlier.entry(table.to_string()).or_insert(u64::MAX);

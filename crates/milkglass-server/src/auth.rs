@@ -5,7 +5,8 @@ use crate::error::{ApiError, ApiResult};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use milkglass_core::{ProjectRole, Role};
+use milkglass_core::ProjectRole;
+use milkglass_service::access;
 use milkglass_store::{ProjectInfo, User};
 
 /// The caller, authenticated by `Authorization: Bearer <token>`.
@@ -36,34 +37,11 @@ impl FromRequestParts<AppState> for Caller {
 impl Caller {
     /// Loads a project the caller may use with at least `needed` rights.
     pub fn project(&self, state: &AppState, name: &str, needed: ProjectRole) -> ApiResult<ProjectInfo> {
-        // Outside admins, a missing project and a forbidden one look the same, so
-        // project names do not leak to users who cannot see them.
-        let project = match state.store.project(name) {
-            Err(milkglass_store::StoreError::NotFound { .. }) if self.0.role != milkglass_core::Role::Admin => {
-                return Err(no_access(name));
-            }
-            other => other?,
-        };
-        match state.store.project_role(&self.0, &project)? {
-            Some(role) if role >= needed => Ok(project),
-            Some(_) => Err(ApiError::forbidden(format!("you can read project {name:?} but not change it"))),
-            None => {
-                Err(ApiError::forbidden(format!("you have no access to project {name:?}; ask its owner to add you")))
-            }
-        }
+        Ok(access::project(&state.store, &self.0, name, needed)?)
     }
 
     /// Creating projects is for admins and owners.
     pub fn require_creator(&self) -> ApiResult<()> {
-        match self.0.role {
-            Role::Admin | Role::Owner => Ok(()),
-            role => {
-                Err(ApiError::forbidden(format!("a {role} cannot create projects; ask an admin for the owner role")))
-            }
-        }
+        Ok(access::require_project_creator(&self.0)?)
     }
-}
-
-fn no_access(project: &str) -> ApiError {
-    ApiError::forbidden(format!("you have no access to a project {project:?}; ask its owner to add you"))
 }

@@ -1,11 +1,9 @@
 //! Arrow Flight SQL: the guarded query service for any Flight SQL client (ADBC,
-//! JDBC, Polars, pandas). Every statement goes through `query::run`, the same
+//! JDBC, Polars, pandas). Every statement goes through `milkglass_service::query::run`, the same
 //! guard, audit log and review queue as HTTP; a result is computed and decided
 //! before its FlightInfo exists, so no byte of it leaves before the decision.
 
 use crate::AppState;
-use crate::error::ApiError;
-use crate::query::{self, Answer};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -23,6 +21,7 @@ use arrow_flight::{
 };
 use base64::Engine;
 use futures::{Stream, TryStreamExt};
+use milkglass_service::{Answer, ErrorKind, ServiceError, query};
 use milkglass_store::User;
 use prost::Message;
 use std::collections::HashMap;
@@ -79,15 +78,48 @@ fn new_handle() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// API errors as gRPC statuses; the message is what the data scientist reads.
-fn status(e: ApiError) -> Status {
-    match e.code {
-        "refused" | "rejected" | "forbidden" | "not_savable" => Status::permission_denied(e.message),
-        "unauthorized" => Status::unauthenticated(e.message),
-        "not_found" => Status::not_found(e.message),
-        "internal" => Status::internal(e.message),
-        _ => Status::invalid_argument(e.message),
+/// Metadata keys of the structured error every failed call carries beside its message,
+/// so that clients classify errors without reading prose (see docs/API.md).
+pub const ERROR_KIND_KEY: &str = "x-milkglass-error-kind";
+pub const ERROR_CODE_KEY: &str = "x-milkglass-error-code";
+pub const ERROR_FIELD_KEY: &str = "x-milkglass-error-field";
+pub const REQUEST_ID_KEY: &str = "x-milkglass-request-id";
+
+/// Service errors as gRPC statuses; the message is what the data scientist reads, the
+/// metadata what a program reads.
+fn status(e: ServiceError) -> Status {
+    let code = match e.kind {
+        ErrorKind::Refused | ErrorKind::Rejected | ErrorKind::Forbidden => tonic::Code::PermissionDenied,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::Internal => tonic::Code::Internal,
+        ErrorKind::Busy => tonic::Code::ResourceExhausted,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::Stopped => tonic::Code::DeadlineExceeded,
+        ErrorKind::Conflict | ErrorKind::Gone => tonic::Code::FailedPrecondition,
+        ErrorKind::Invalid | ErrorKind::TooLarge => tonic::Code::InvalidArgument,
+    };
+    let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    structured(Status::new(code, e.message.clone()), &kind, e.code, e.field.as_deref(), e.request_id())
+}
+
+/// Adds the structured error to a status's metadata.
+fn structured(mut status: Status, kind: &str, code: &str, field: Option<&str>, request_id: Option<i64>) -> Status {
+    let metadata = status.metadata_mut();
+    let mut put = |key: &'static str, value: &str| {
+        if let Ok(value) = value.parse() {
+            metadata.insert(key, value);
+        }
+    };
+    put(ERROR_KIND_KEY, kind);
+    put(ERROR_CODE_KEY, code);
+    if let Some(field) = field {
+        put(ERROR_FIELD_KEY, field);
     }
+    if let Some(id) = request_id {
+        put(REQUEST_ID_KEY, &id.to_string());
+    }
+    status
 }
 
 type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -157,16 +189,17 @@ impl MilkglassFlightSql {
         wait: Duration,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let answer = query::run(&self.state, user, sql, wait).await.map_err(status)?;
+        let answer = query::run(&self.state.services, user, sql, wait).await.map_err(status)?;
         let (batches, columns, flagged, masked, audit_id) = match answer {
             Answer::Rows { batches, columns, flagged, masked, audit_id } => {
                 (batches, columns, flagged, masked, audit_id)
             }
             Answer::Held { request_id, reason } => {
-                return Err(Status::failed_precondition(format!(
+                let message = format!(
                     "held for the owner's review (request {request_id}): {reason}. \
                      Collect the result later from /api/query/requests/{request_id}"
-                )));
+                );
+                return Err(structured(Status::failed_precondition(message), "held", "held", None, Some(request_id)));
             }
         };
         let schema = match batches.first() {
@@ -198,7 +231,7 @@ impl MilkglassFlightSql {
     /// `x-milkglass-wait-seconds` header (the SDK sends 0 and polls), else the server's default.
     fn review_wait<T>(&self, request: &Request<T>) -> Result<Duration, Status> {
         match request.metadata().get(WAIT_HEADER) {
-            None => Ok(self.state.config.review_wait),
+            None => Ok(self.state.services.review_wait),
             Some(value) => value
                 .to_str()
                 .ok()
@@ -301,7 +334,7 @@ impl FlightSqlService for MilkglassFlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let user = self.caller(&request).await?;
         // Plan (no run) to check the statement and learn its result's schema.
-        let schema = query::plan_schema(&self.state, &user, &query.query).await.map_err(status)?;
+        let schema = query::plan_schema(&self.state.services, &user, &query.query).await.map_err(status)?;
         let IpcMessage(schema_bytes) = SchemaAsIpc::new(&schema, &Default::default())
             .try_into()
             .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;

@@ -13,12 +13,12 @@ mod ingest;
 mod insight;
 mod insight_service;
 mod json;
-mod query;
 mod routes;
 mod tables;
 
 pub use assets::check_fetch_allow;
 pub use error::ApiError;
+pub use milkglass_service::QueryLimits;
 
 use axum::Router;
 use milkglass_store::Store;
@@ -51,23 +51,6 @@ pub struct ServerConfig {
     pub queries: QueryLimits,
 }
 
-/// Bounds on guarded queries, so that one query cannot take the server down.
-#[derive(Debug, Clone)]
-pub struct QueryLimits {
-    /// Memory and time for each query.
-    pub each: milkglass_guard::Limits,
-    /// Queries one user may have running at once.
-    pub per_user: usize,
-    /// Queries running at once, all users together.
-    pub total: usize,
-}
-
-impl Default for QueryLimits {
-    fn default() -> Self {
-        QueryLimits { each: milkglass_guard::Limits::default(), per_user: 4, total: 16 }
-    }
-}
-
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -90,16 +73,16 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The raw-data boundary: the fetcher, the hosted store and URL signatures.
     pub(crate) assets: Arc<assets::Assets>,
-    /// Admission for guarded queries (the caps in `config.queries`).
-    pub(crate) query_gate: Arc<query::QueryGate>,
+    /// The operations, shared by the HTTP routes and Flight SQL.
+    pub(crate) services: Arc<milkglass_service::Services>,
 }
 
 impl AppState {
     /// Fails when the fetch allow-list, the asset signing key or the hosted store is unusable.
     pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
         let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
-        let query_gate = Arc::new(query::QueryGate::new(&config.queries));
-        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), query_gate })
+        let services = Arc::new(milkglass_service::Services::new(store.clone(), &config.queries, config.review_wait));
+        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), services })
     }
 }
 

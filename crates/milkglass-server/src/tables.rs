@@ -4,14 +4,14 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
-use crate::query::{self, Answer};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use milkglass_core::{Policy, Role};
+use milkglass_core::Policy;
+use milkglass_service::{Answer, access, query, reviews};
 use milkglass_store::{GuardedTableInfo, TableFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,35 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/audit", get(audit_log))
 }
 
-fn require_table_creator(caller: &Caller) -> ApiResult<()> {
-    match caller.0.role {
-        Role::Admin | Role::Owner => Ok(()),
-        role => Err(ApiError::forbidden(format!("a {role} cannot publish tables; only owners and admins can"))),
-    }
-}
-
-/// A table the caller may read, or the same 404 as a missing one (names do not leak).
-fn readable_table(state: &AppState, caller: &Caller, name: &str) -> ApiResult<GuardedTableInfo> {
-    match state.store.guarded_table(name) {
-        Ok(t) if t.readable_by(&caller.0) => Ok(t),
-        Ok(_) | Err(milkglass_store::StoreError::NotFound { .. }) => {
-            Err(ApiError::not_found(format!("table {name:?} not found")))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn managed_table(state: &AppState, caller: &Caller, name: &str) -> ApiResult<GuardedTableInfo> {
-    let table = readable_table(state, caller, name)?;
-    if !table.managed_by(&caller.0) {
-        return Err(ApiError::forbidden(format!("only the owner of table {name:?} can change it")));
-    }
-    Ok(table)
-}
-
 async fn list_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let tables: Vec<GuardedTableInfo> =
-        state.store.guarded_tables()?.into_iter().filter(|t| t.readable_by(&caller.0)).collect();
+    let tables = access::readable_tables(&state.store, &caller.0)?;
     Ok(Json(json!({ "tables": tables })))
 }
 
@@ -68,7 +41,7 @@ async fn get_table(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    Ok(Json(readable_table(&state, &caller, &name)?))
+    Ok(Json(access::readable_table(&state.store, &caller.0, &name)?))
 }
 
 fn parse_readers(text: &str) -> Option<Vec<String>> {
@@ -91,7 +64,7 @@ async fn upload_table(State(state): State<AppState>, caller: Caller, mut form: M
 }
 
 async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> ApiResult<Response> {
-    require_table_creator(caller)?;
+    access::require_table_creator(&caller.0)?;
     let (mut name, mut policy, mut readers, mut format, mut upload) = (None, None, None, None, None);
     let staging = tempfile_in(state)?;
     while let Some(mut field) =
@@ -207,7 +180,7 @@ async fn set_policy(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    let table = managed_table(&state, &caller, &name)?;
+    let table = access::managed_table(&state.store, &caller.0, &name)?;
     let policy = Policy::from_value(body.policy)?;
     if let Some(missing) = policy.sanitized_columns.iter().find(|c| !table.columns.contains(c)) {
         return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
@@ -217,7 +190,7 @@ async fn set_policy(
 }
 
 async fn drop_table(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    managed_table(&state, &caller, &name)?;
+    access::managed_table(&state.store, &caller.0, &name)?;
     state.store.drop_table(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -246,11 +219,11 @@ async fn run_query(
         return Err(ApiError::invalid("sql", format!("is longer than {MAX_SQL_BYTES} bytes")));
     }
     if let Some(name) = &body.save_as {
-        let table = query::save_result(&state, &caller.0, &body.sql, name).await?;
+        let table = query::save_result(&state.services, &caller.0, &body.sql, name).await?;
         return Ok((StatusCode::CREATED, Json(table)).into_response());
     }
-    let wait = body.wait_seconds.map_or(state.config.review_wait, Duration::from_secs).min(query::MAX_REVIEW_WAIT);
-    let answer = query::run(&state, &caller.0, &body.sql, wait).await?;
+    let wait = body.wait_seconds.map_or(state.services.review_wait, Duration::from_secs).min(query::MAX_REVIEW_WAIT);
+    let answer = query::run(&state.services, &caller.0, &body.sql, wait).await?;
     respond(answer, &headers)
 }
 
@@ -260,7 +233,7 @@ async fn collect_request(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    let answer = query::collect_request(&state, &caller.0, id).await?;
+    let answer = query::collect_request(&state.services, &caller.0, id).await?;
     respond(answer, &headers)
 }
 
@@ -353,12 +326,7 @@ async fn list_reviews(
     caller: Caller,
     Query(q): Query<ReviewQuery>,
 ) -> ApiResult<Json<Value>> {
-    let mut visible = Vec::new();
-    for request in state.store.review_requests(q.state.as_deref())? {
-        if query::may_review(&state, &caller.0, &request.tables)? || request.user == caller.0.name {
-            visible.push(request);
-        }
-    }
+    let visible = reviews::list(&state.services, &caller.0, q.state.as_deref())?;
     Ok(Json(json!({ "requests": visible })))
 }
 
@@ -382,23 +350,7 @@ async fn reject(
 }
 
 fn decide(state: &AppState, caller: &Caller, id: i64, approve: bool, reason: Option<String>) -> ApiResult<Json<Value>> {
-    let request = state.store.review_request(id)?;
-    if !query::may_review(state, &caller.0, &request.tables)? {
-        return Err(ApiError::forbidden(format!(
-            "only the owner of {} can decide on request {id}",
-            request.tables.join(", ")
-        )));
-    }
-    let decided = state.store.decide_review(id, approve, &caller.0, reason.as_deref())?;
-    state.store.audit(milkglass_store::NewAuditEntry {
-        user: caller.0.name.clone(),
-        tables: decided.tables.clone(),
-        query: decided.query.clone(),
-        decision: if approve { "approved".into() } else { "rejected".into() },
-        reason: decided.decision_reason.clone(),
-        request_id: Some(id),
-        ..Default::default()
-    })?;
+    let decided = reviews::decide(&state.services, &caller.0, id, approve, reason.as_deref())?;
     Ok(Json(serde_json::to_value(decided).expect("serializable")))
 }
 
@@ -415,21 +367,6 @@ async fn audit_log(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let user = &caller.0;
-    let entries = match &q.table {
-        Some(table) => {
-            let managed = state.store.guarded_table(table).map(|t| t.managed_by(user)).unwrap_or(false);
-            let own = if managed || user.role == Role::Admin { None } else { Some(user.name.as_str()) };
-            state.store.audit_entries(Some(table), own)?
-        }
-        None if user.role == Role::Admin => state.store.audit_entries(None, None)?,
-        None => {
-            let managed: Vec<String> =
-                state.store.guarded_tables()?.into_iter().filter(|t| t.managed_by(user)).map(|t| t.name).collect();
-            let mut entries = state.store.audit_entries(None, None)?;
-            entries.retain(|e| e.entry.user == user.name || e.entry.tables.iter().any(|t| managed.contains(t)));
-            entries
-        }
-    };
+    let entries = reviews::audit_log(&state.services, &caller.0, q.table.as_deref())?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -61,12 +61,27 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// What the differencing memory costs each answered query: filtered GROUP BYs over a
+    /// generated table through the guard (which records the rows each answer covered),
+    /// each compared with every earlier answer's set through the store, against the
+    /// same queries on plain DataFusion.
+    Differencing {
+        /// Rows in the generated table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: usize,
+        /// Answered queries, each remembered and compared with all before it.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
         BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
+        BenchCommand::Differencing { rows, queries, dir } => differencing(rows, queries, &dir),
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
     }
 }
@@ -437,6 +452,109 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     println!("| milkglass guard (rewrite + hidden counts + decision) | {g:.3} |");
     println!("| DataFusion without the guard (reference) | {p:.3} |");
     println!("\nguarded / plain: {:.3}", g / p);
+    Ok(())
+}
+
+fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
+    use datafusion::prelude::SessionContext;
+    use milkglass_core::Policy;
+    use milkglass_guard::{Coverage, Decision, ProtectedTable};
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    let store_dir = dir.join("differencing-store");
+    if store_dir.exists() {
+        std::fs::remove_dir_all(&store_dir)?;
+    }
+    let store = Store::open(&store_dir)?;
+    store.add_user("owner", Role::Owner)?;
+    store.add_user("sam", Role::Scientist)?;
+    let owner = store.user_by_name("owner")?;
+    let sam = store.user_by_name("sam")?;
+    let groups = 100;
+    let file = store.new_table_file("t")?;
+    write_guard_table(&file, rows, groups)?;
+    let policy =
+        Policy::from_json(r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#)?;
+    let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
+    let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
+    let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
+    let pool = store.coverage_pool(&sam)?;
+    let policies = std::collections::HashMap::from([("t".to_string(), policy.clone())]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut plain, mut guarded, mut memory, mut bytes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let bar = progress(queries, "answering filtered queries");
+    crate::runtime()?.block_on(async {
+        for _ in 0..queries {
+            // A window of w (uniform in 0..1000) keeps a random tenth to nine tenths of
+            // the rows: the bitmaps' costly case, no long runs.
+            let low = rng.random_range(0..500);
+            let high = low + rng.random_range(100..500);
+            let sql =
+                format!("SELECT k, COUNT(*) AS n, SUM(v) AS s FROM t WHERE w BETWEEN {low} AND {high} GROUP BY k");
+
+            let (visible, _) = table.providers()?;
+            let ctx = SessionContext::new();
+            ctx.register_table("t", visible)?;
+            let start = Instant::now();
+            let expected: usize = ctx.sql(&sql).await?.collect().await?.iter().map(|b| b.num_rows()).sum();
+            plain.push(start.elapsed().as_secs_f64());
+
+            let start = Instant::now();
+            let (visible, internal) = table.providers()?;
+            let protected =
+                ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal, rows: rows as u64 };
+            let prepared = milkglass_guard::prepare(&sql, vec![protected]).await?;
+            let mut outcome = prepared.execute().await?;
+            guarded.push(start.elapsed().as_secs_f64());
+
+            // What the server adds: load and compare the pool's earlier sets, decide,
+            // remember this one.
+            let start = Instant::now();
+            let earlier = store
+                .answered_coverage(&pool, table.id)?
+                .iter()
+                .map(|a| Coverage::from_bytes(&a.coverage))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            outcome.compare_with_earlier("t", &earlier);
+            let decision = prepared.decide(Some(&outcome), &policies, "sam");
+            let coverage = outcome.coverage.get("t").ok_or_else(|| anyhow::anyhow!("no coverage recorded"))?;
+            let serialized = coverage.to_bytes();
+            store.remember_coverage(&pool, table.id, 0, coverage.len() as i64, &serialized)?;
+            memory.push(start.elapsed().as_secs_f64());
+            bytes.push(serialized.len());
+            if decision != Decision::Safe || outcome.rows != expected {
+                bail!("unexpected result for {sql}: {decision:?}, {} vs {expected} rows", outcome.rows);
+            }
+            bar.inc(1);
+        }
+        anyhow::Ok(())
+    })?;
+    bar.finish();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let last_tenth = |v: &[f64]| {
+        let mut tail = v[v.len() - v.len().div_ceil(10)..].to_vec();
+        tail.sort_by(f64::total_cmp);
+        tail[tail.len() / 2]
+    };
+    let memory_late = last_tenth(&memory);
+    let (p, g, m) = (median(&mut plain), median(&mut guarded), median(&mut memory));
+    bytes.sort_unstable();
+    let whole = Coverage::whole(rows as u64).to_bytes().len();
+    println!("table: {rows} rows, {groups} groups, Parquet; {queries} answered queries like");
+    println!("SELECT k, COUNT(*) AS n, SUM(v) AS s FROM t WHERE w BETWEEN <a> AND <b> GROUP BY k\n");
+    println!("| per answered query | median |\n|---|---:|");
+    println!("| DataFusion without the guard (reference) | {:.1} ms |", p * 1e3);
+    println!("| milkglass guard, recording the coverage | {:.1} ms |", g * 1e3);
+    println!("| load + compare with every earlier set + remember (all {queries}) | {:.1} ms |", m * 1e3);
+    println!("| ... over the last tenth (~{} earlier sets) | {:.1} ms |", queries * 9 / 10, memory_late * 1e3);
+    println!("| bytes remembered (filtered; max {}) | {} |", bytes[bytes.len() - 1], bytes[bytes.len() / 2]);
+    println!("| bytes remembered (whole-table read) | {whole} |");
+    println!("\nguarded / plain: {:.3}; (guarded + memory) / plain: {:.3}", g / p, (g + m) / p);
     Ok(())
 }
 

@@ -1,12 +1,10 @@
 //! The query service: every guarded query goes through here, whatever its front end
-//! (HTTP today, Flight SQL next). Plan, run, decide, audit; nothing leaves before
+//! (HTTP, Flight SQL, the web app). Plan, run, decide, audit; nothing leaves before
 //! the decision.
 
-use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::{ErrorKind, ServiceError, ServiceResult, Services, access};
 use arrow::array::RecordBatch;
-use axum::http::StatusCode;
-use milkglass_core::{Policy, Role, UnsafeHandling};
+use milkglass_core::{Policy, UnsafeHandling};
 use milkglass_guard::{Coverage, Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
 use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
 use std::collections::HashMap;
@@ -33,9 +31,8 @@ pub enum Answer {
 }
 
 /// Tables the user may query, as the guard needs them, with their policies and ids.
-fn readable(state: &AppState, user: &User) -> ApiResult<(Vec<ProtectedTable>, Policies)> {
-    let tables: Vec<GuardedTableInfo> =
-        state.store.guarded_tables()?.into_iter().filter(|t| t.readable_by(user)).collect();
+fn readable(services: &Services, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+    let tables = access::readable_tables(&services.store, user)?;
     let mut protected = Vec::with_capacity(tables.len());
     let mut policies = Policies::default();
     for table in tables {
@@ -66,42 +63,43 @@ struct Earlier {
 
 impl Earlier {
     /// Loads the pool's memory for the tables `outcome` covered and compares them.
-    fn compare(state: &AppState, user: &User, policies: &Policies, outcome: &mut Outcome) -> ApiResult<Earlier> {
-        let pool = state.store.coverage_pool(user)?;
+    fn compare(services: &Services, user: &User, policies: &Policies, outcome: &mut Outcome) -> ServiceResult<Earlier> {
+        let pool = services.store.coverage_pool(user)?;
         let mut sets = HashMap::new();
         let tables: Vec<String> = outcome.coverage.keys().cloned().collect();
         for table in tables {
             // A table the caller may not read is not in the query; fail closed all the same.
-            let id = *policies.ids.get(&table).ok_or_else(|| ApiError::internal(format!("no id for table {table}")))?;
-            let earlier = state
+            let id =
+                *policies.ids.get(&table).ok_or_else(|| ServiceError::internal(format!("no id for table {table}")))?;
+            let earlier = services
                 .store
                 .answered_coverage(&pool, id)?
                 .iter()
                 .map(|answer| Coverage::from_bytes(&answer.coverage))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(ApiError::internal)?;
-            outcome.compare_with_earlier(&table, earlier.iter().cloned());
+                .map_err(ServiceError::internal)?;
+            outcome.compare_with_earlier(&table, &earlier);
             sets.insert(table, (id, earlier));
         }
         Ok(Earlier { pool, sets })
     }
 
     /// Remembers what a released answer covered, unless the same set already is.
-    fn remember(&self, state: &AppState, outcome: &Outcome, audit_id: i64) -> ApiResult<()> {
+    fn remember(&self, services: &Services, outcome: &Outcome, audit_id: i64) -> ServiceResult<()> {
         for (table, coverage) in &outcome.coverage {
             let Some((id, earlier)) = self.sets.get(table) else { continue };
             if earlier.iter().any(|e| e.differs_by(coverage) == 0) {
                 continue;
             }
             let rows = i64::try_from(coverage.len()).unwrap_or(i64::MAX);
-            state.store.remember_coverage(&self.pool, *id, audit_id, rows, &coverage.to_bytes())?;
+            services.store.remember_coverage(&self.pool, *id, audit_id, rows, &coverage.to_bytes())?;
         }
         Ok(())
     }
 }
 
-fn audit(state: &AppState, entry: NewAuditEntry) -> ApiResult<i64> {
-    Ok(state.store.audit(entry)?.id)
+fn audit(services: &Services, entry: NewAuditEntry) -> ServiceResult<i64> {
+    Ok(services.store.audit(entry)?.id)
 }
 
 /// Admission for guarded queries: at most `per_user` running for one user and `total`
@@ -130,12 +128,12 @@ impl QueryGate {
         }
     }
 
-    fn admit(&self, user: &User) -> ApiResult<QueryPermit> {
+    fn admit(&self, user: &User) -> ServiceResult<QueryPermit> {
         let user_gate = {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             users.entry(user.name.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.per_user))).clone()
         };
-        let busy = |what: String| ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_queries", what);
+        let busy = |what: String| ServiceError::new(ErrorKind::Busy, "too_many_queries", what);
         let user_permit = user_gate
             .try_acquire_owned()
             .map_err(|_| busy(format!("you already have {} queries running; wait for one to finish", self.per_user)))?;
@@ -149,14 +147,19 @@ impl QueryGate {
 }
 
 /// Plans `sql` for `user` under the server's per-query limits.
-async fn prepare_for(state: &AppState, sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared, GuardError> {
-    prepare_within(sql, tables, state.query_gate.limits.clone()).await
+async fn prepare_for(services: &Services, sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared, GuardError> {
+    prepare_within(sql, tables, services.query_gate.limits.clone()).await
 }
 
 /// Runs a prepared query, holding a place at the gate while it runs; failures are
 /// audited with their detail (which may quote data) and answered without it.
-async fn execute(state: &AppState, user: &User, prepared: &Prepared, base: &NewAuditEntry) -> ApiResult<Outcome> {
-    let permit = state.query_gate.admit(user)?;
+async fn execute(
+    services: &Services,
+    user: &User,
+    prepared: &Prepared,
+    base: &NewAuditEntry,
+) -> ServiceResult<Outcome> {
+    let permit = services.query_gate.admit(user)?;
     let result = prepared.execute().await;
     drop(permit);
     result.or_else(|e| {
@@ -165,21 +168,21 @@ async fn execute(state: &AppState, user: &User, prepared: &Prepared, base: &NewA
             GuardError::Stopped(message) => ("stopped", message.clone()),
             other => ("failed", other.to_string()),
         };
-        audit(state, NewAuditEntry { decision: decision.into(), reason: Some(detail), ..base.clone() })?;
-        Err(guard_error(e))
+        audit(services, NewAuditEntry { decision: decision.into(), reason: Some(detail), ..base.clone() })?;
+        Err(ServiceError::from(e))
     })
 }
 
 /// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
 /// up to `wait` for the owner's decision.
-pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> ApiResult<Answer> {
-    let (tables, policies) = readable(state, user)?;
+pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) -> ServiceResult<Answer> {
+    let (tables, policies) = readable(services, user)?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = match prepare_for(state, sql, tables).await {
+    let prepared = match prepare_for(services, sql, tables).await {
         Ok(p) => p,
         Err(e) => {
-            audit(state, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base })?;
-            return Err(guard_error(e));
+            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base })?;
+            return Err(ServiceError::from(e));
         }
     };
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
@@ -187,9 +190,9 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     // anyway (log handling): its errors and timing then cannot depend on the data.
     let before = prepared.decide_before_running(&policies.by_name, &user.name);
     let runs_now = !matches!(&before, Some(Decision::Unsafe { handling, .. }) if *handling != UnsafeHandling::Log);
-    let mut outcome = if runs_now { Some(execute(state, user, &prepared, &base).await?) } else { None };
+    let mut outcome = if runs_now { Some(execute(services, user, &prepared, &base).await?) } else { None };
     let earlier = match &mut outcome {
-        Some(outcome) => Some(Earlier::compare(state, user, &policies, outcome)?),
+        Some(outcome) => Some(Earlier::compare(services, user, &policies, outcome)?),
         None => None,
     };
     let decision = match (&outcome, before) {
@@ -212,8 +215,8 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     match decision {
         Decision::Safe => {
             let (Some(outcome), Some(earlier)) = (&outcome, &earlier) else { unreachable!("a safe query ran") };
-            let id = audit(state, NewAuditEntry { decision: "answered".into(), ..base })?;
-            earlier.remember(state, outcome, id)?;
+            let id = audit(services, NewAuditEntry { decision: "answered".into(), ..base })?;
+            earlier.remember(services, outcome, id)?;
             Ok(rows(outcome, None, id))
         }
         Decision::Unsafe { handling, .. } => {
@@ -224,15 +227,15 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                         unreachable!("a logged query ran")
                     };
                     let id = audit(
-                        state,
+                        services,
                         NewAuditEntry { decision: "flagged".into(), reason: Some(explanation.clone()), ..base },
                     )?;
-                    earlier.remember(state, outcome, id)?;
+                    earlier.remember(services, outcome, id)?;
                     Ok(rows(outcome, Some(explanation), id))
                 }
                 UnsafeHandling::Reject => {
                     audit(
-                        state,
+                        services,
                         NewAuditEntry {
                             decision: "refused".into(),
                             reason: Some(explanation.clone()),
@@ -240,13 +243,13 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                             ..base
                         },
                     )?;
-                    Err(ApiError::new(StatusCode::FORBIDDEN, "refused", explanation))
+                    Err(ServiceError::new(ErrorKind::Refused, "refused", explanation))
                 }
                 UnsafeHandling::Review => {
                     let explanation = explanation.trim_start_matches("Refused: ").trim_end_matches('.').to_string();
-                    let request = state.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
+                    let request = services.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
                     audit(
-                        state,
+                        services,
                         NewAuditEntry {
                             decision: "held".into(),
                             reason: Some(explanation.clone()),
@@ -257,20 +260,24 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                     )?;
                     let deadline = Instant::now() + wait;
                     loop {
-                        let current = state.store.review_request(request.id)?;
+                        // Listening before reading the state: a decision in between still wakes us.
+                        let decided = services.reviews_decided.notified();
+                        tokio::pin!(decided);
+                        decided.as_mut().enable();
+                        let current = services.store.review_request(request.id)?;
                         match current.state.as_str() {
                             "approved" => {
                                 // Approved before it ever ran: run it now.
                                 let mut outcome = match outcome {
                                     Some(o) => o,
-                                    None => execute(state, user, &prepared, &base).await?,
+                                    None => execute(services, user, &prepared, &base).await?,
                                 };
-                                let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
-                                if !state.store.deliver_review(request.id)? {
+                                let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
+                                if !services.store.deliver_review(request.id)? {
                                     return Err(already_delivered(request.id));
                                 }
                                 let id = audit(
-                                    state,
+                                    services,
                                     NewAuditEntry {
                                         decision: "released".into(),
                                         request_id: Some(request.id),
@@ -279,7 +286,7 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                                         ..base
                                     },
                                 )?;
-                                earlier.remember(state, &outcome, id)?;
+                                earlier.remember(services, &outcome, id)?;
                                 return Ok(rows(
                                     &outcome,
                                     Some(format!("approved by {}", current.decided_by.unwrap_or_default())),
@@ -289,10 +296,11 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
                             "rejected" => return Err(rejected(&current)),
                             _ => {}
                         }
-                        if Instant::now() >= deadline {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
                             return Ok(Answer::Held { request_id: request.id, reason: explanation });
                         }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let _ = tokio::time::timeout(left, decided).await;
                     }
                 }
             }
@@ -300,15 +308,15 @@ pub async fn run(state: &AppState, user: &User, sql: &str, wait: Duration) -> Ap
     }
 }
 
-fn already_delivered(id: i64) -> ApiError {
-    ApiError::new(StatusCode::GONE, "delivered", format!("the result of request {id} was already delivered"))
+fn already_delivered(id: i64) -> ServiceError {
+    ServiceError::new(ErrorKind::Gone, "delivered", format!("the result of request {id} was already delivered"))
 }
 
 /// Plans `sql` for `user` without running it: checks it and returns its result's schema
 /// (for prepared statements). Invalid SQL is audited like any query.
-pub async fn plan_schema(state: &AppState, user: &User, sql: &str) -> ApiResult<arrow::datatypes::SchemaRef> {
-    let (tables, _) = readable(state, user)?;
-    match prepare_for(state, sql, tables).await {
+pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> ServiceResult<arrow::datatypes::SchemaRef> {
+    let (tables, _) = readable(services, user)?;
+    match prepare_for(services, sql, tables).await {
         Ok(prepared) => Ok(prepared.output_schema()),
         Err(e) => {
             let entry = NewAuditEntry {
@@ -318,25 +326,25 @@ pub async fn plan_schema(state: &AppState, user: &User, sql: &str) -> ApiResult<
                 reason: Some(e.to_string()),
                 ..Default::default()
             };
-            audit(state, entry)?;
-            Err(guard_error(e))
+            audit(services, entry)?;
+            Err(ServiceError::from(e))
         }
     }
 }
 
 /// Hands over an approved request's result once, to its requester.
-pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResult<Answer> {
-    let request = state.store.review_request(id)?;
+pub async fn collect_request(services: &Services, user: &User, id: i64) -> ServiceResult<Answer> {
+    let request = services.store.review_request(id)?;
     if request.user != user.name {
-        return Err(ApiError::not_found(format!("review request {id} not found")));
+        return Err(ServiceError::not_found(format!("review request {id} not found")));
     }
     match request.state.as_str() {
         "pending" => Ok(Answer::Held { request_id: id, reason: request.reason }),
         "rejected" => Err(rejected(&request)),
         "delivered" => Err(already_delivered(id)),
         _ => {
-            let (tables, policies) = readable(state, user)?;
-            let prepared = prepare_for(state, &request.query, tables).await.map_err(guard_error)?;
+            let (tables, policies) = readable(services, user)?;
+            let prepared = prepare_for(services, &request.query, tables).await.map_err(ServiceError::from)?;
             let base = NewAuditEntry {
                 user: user.name.clone(),
                 tables: prepared.tables.clone(),
@@ -345,13 +353,13 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
                 request_id: Some(id),
                 ..Default::default()
             };
-            let mut outcome = execute(state, user, &prepared, &base).await?;
-            let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
-            if !state.store.deliver_review(id)? {
+            let mut outcome = execute(services, user, &prepared, &base).await?;
+            let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
+            if !services.store.deliver_review(id)? {
                 return Err(already_delivered(id));
             }
             let audit_id = audit(
-                state,
+                services,
                 NewAuditEntry {
                     decision: "released".into(),
                     rows_returned: Some(outcome.rows as i64),
@@ -359,7 +367,7 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
                     ..base
                 },
             )?;
-            earlier.remember(state, &outcome, audit_id)?;
+            earlier.remember(services, &outcome, audit_id)?;
             Ok(Answer::Rows {
                 batches: outcome.batches,
                 columns: prepared.columns.clone(),
@@ -371,58 +379,32 @@ pub async fn collect_request(state: &AppState, user: &User, id: i64) -> ApiResul
     }
 }
 
-fn rejected(request: &milkglass_store::ReviewRequest) -> ApiError {
+fn rejected(request: &milkglass_store::ReviewRequest) -> ServiceError {
     let reason = request.decision_reason.clone().unwrap_or_else(|| "no reason given".into());
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+    ServiceError::new(
+        ErrorKind::Rejected,
         "rejected",
         format!("the owner ({}) rejected this query: {reason}", request.decided_by.clone().unwrap_or_default()),
     )
     .with_details(serde_json::json!({ "request_id": request.id }))
 }
 
-fn guard_error(e: GuardError) -> ApiError {
-    match e {
-        GuardError::NotAQuery(m) => {
-            ApiError { field: Some("sql".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "not_a_query", m) }
-        }
-        GuardError::Invalid(m) => {
-            ApiError { field: Some("sql".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m) }
-        }
-        e @ GuardError::Execution(_) => ApiError::new(StatusCode::BAD_REQUEST, "query_failed", e.to_string()),
-        GuardError::Stopped(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "query_stopped", m),
-    }
-}
-
-/// Whether `user` may decide on a request: admins, and the owner of every table it reads.
-pub fn may_review(state: &AppState, user: &User, tables: &[String]) -> ApiResult<bool> {
-    if user.role == Role::Admin {
-        return Ok(true);
-    }
-    for table in tables {
-        if !state.store.guarded_table(table)?.managed_by(user) {
-            return Ok(false);
-        }
-    }
-    Ok(!tables.is_empty())
-}
-
 /// Saves a query's result as a new guarded table, when every table it reads is
 /// `savable` and the result is within every safe zone. The new table inherits the
 /// sources' policies (all their safe zones must hold, the strictest handling), belongs
 /// to the sources' owner, and only the requester may read it.
-pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -> ApiResult<GuardedTableInfo> {
+pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str) -> ServiceResult<GuardedTableInfo> {
     milkglass_core::check_name("save_as", name)?;
-    if state.store.guarded_table(name).is_ok() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a table named {name:?} already exists")));
+    if services.store.guarded_table(name).is_ok() {
+        return Err(ServiceError::conflict(format!("a table named {name:?} already exists")));
     }
-    let (tables, policies) = readable(state, user)?;
+    let (tables, policies) = readable(services, user)?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = prepare_for(state, sql, tables).await.map_err(guard_error)?;
+    let prepared = prepare_for(services, sql, tables).await.map_err(ServiceError::from)?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
-    let refuse = |reason: String| -> ApiResult<GuardedTableInfo> {
+    let refuse = |reason: String| -> ServiceResult<GuardedTableInfo> {
         audit(
-            state,
+            services,
             NewAuditEntry {
                 decision: "refused".into(),
                 reason: Some(reason.clone()),
@@ -430,7 +412,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
                 ..base.clone()
             },
         )?;
-        Err(ApiError::new(StatusCode::FORBIDDEN, "not_savable", reason))
+        Err(ServiceError::new(ErrorKind::Forbidden, "not_savable", reason))
     };
     if prepared.tables.is_empty() {
         return refuse("only results derived from guarded tables are saved as tables".into());
@@ -447,8 +429,8 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
             explanation.trim_end_matches('.')
         ));
     }
-    let mut outcome = execute(state, user, &prepared, &base).await?;
-    let earlier = Earlier::compare(state, user, &policies, &mut outcome)?;
+    let mut outcome = execute(services, user, &prepared, &base).await?;
+    let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
     let decision = prepared.decide(Some(&outcome), &policies.by_name, &user.name);
     if decision != Decision::Safe {
         let explanation = decision.explanation();
@@ -458,11 +440,11 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
         ));
     }
     if outcome.batches.iter().all(|b| b.num_rows() == 0) {
-        return Err(ApiError::invalid("sql", "the result has no rows; there is nothing to save"));
+        return Err(ServiceError::invalid("sql", "the result has no rows; there is nothing to save"));
     }
     let sources: Vec<Policy> = prepared.tables.iter().filter_map(|t| policies.by_name.get(t).cloned()).collect();
     let policy = inherited_policy(&sources, &prepared.masked_columns());
-    let staging = state.store.staging_file()?;
+    let staging = services.store.staging_file()?;
     let written = (|| -> Result<(), arrow::error::ArrowError> {
         let file = std::fs::File::create(&staging)?;
         let mut writer = arrow::ipc::writer::StreamWriter::try_new(file, &outcome.batches[0].schema())?;
@@ -472,15 +454,16 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
         writer.finish()
     })();
     let imported = match written {
-        Ok(()) => state.store.import_table_file(name, &staging, milkglass_store::TableFormat::ArrowIpc).await,
+        Ok(()) => services.store.import_table_file(name, &staging, milkglass_store::TableFormat::ArrowIpc).await,
         Err(e) => Err(milkglass_store::StoreError::Corrupt(e.to_string())),
     };
     let _ = std::fs::remove_file(&staging);
     let imported = imported?;
-    let owner = state.store.user_by_name(&state.store.guarded_table(&prepared.tables[0])?.owner)?;
-    let table = state.store.publish_table(&owner, name, &policy, Some(std::slice::from_ref(&user.name)), &imported)?;
+    let owner = services.store.user_by_name(&services.store.guarded_table(&prepared.tables[0])?.owner)?;
+    let table =
+        services.store.publish_table(&owner, name, &policy, Some(std::slice::from_ref(&user.name)), &imported)?;
     let audit_id = audit(
-        state,
+        services,
         NewAuditEntry {
             decision: "saved".into(),
             reason: Some(format!("saved as table {name:?}")),
@@ -489,7 +472,7 @@ pub async fn save_result(state: &AppState, user: &User, sql: &str, name: &str) -
             ..base
         },
     )?;
-    earlier.remember(state, &outcome, audit_id)?;
+    earlier.remember(services, &outcome, audit_id)?;
     Ok(table)
 }
 

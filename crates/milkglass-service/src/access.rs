@@ -1,0 +1,82 @@
+//! Who may do what: every access check of every front end, in one place.
+//!
+//! Things a caller may not see read exactly like things that do not exist, so that
+//! names do not leak.
+
+use crate::{ServiceError, ServiceResult};
+use milkglass_core::{ProjectRole, Role};
+use milkglass_store::{GuardedTableInfo, ProjectInfo, Store, StoreError, User};
+
+/// A project the caller may use with at least `needed` rights.
+pub fn project(store: &Store, user: &User, name: &str, needed: ProjectRole) -> ServiceResult<ProjectInfo> {
+    // Outside admins, a missing project and a forbidden one look the same.
+    let project = match store.project(name) {
+        Err(StoreError::NotFound { .. }) if user.role != Role::Admin => return Err(no_project_access(name)),
+        other => other?,
+    };
+    match store.project_role(user, &project)? {
+        Some(role) if role >= needed => Ok(project),
+        Some(_) => Err(ServiceError::forbidden(format!("you can read project {name:?} but not change it"))),
+        None => {
+            Err(ServiceError::forbidden(format!("you have no access to project {name:?}; ask its owner to add you")))
+        }
+    }
+}
+
+fn no_project_access(project: &str) -> ServiceError {
+    ServiceError::forbidden(format!("you have no access to a project {project:?}; ask its owner to add you"))
+}
+
+/// Creating projects is for admins and owners.
+pub fn require_project_creator(user: &User) -> ServiceResult<()> {
+    match user.role {
+        Role::Admin | Role::Owner => Ok(()),
+        role => {
+            Err(ServiceError::forbidden(format!("a {role} cannot create projects; ask an admin for the owner role")))
+        }
+    }
+}
+
+/// Publishing tables is for admins and owners.
+pub fn require_table_creator(user: &User) -> ServiceResult<()> {
+    match user.role {
+        Role::Admin | Role::Owner => Ok(()),
+        role => Err(ServiceError::forbidden(format!("a {role} cannot publish tables; only owners and admins can"))),
+    }
+}
+
+/// A table the caller may read, or the same "not found" as a missing one.
+pub fn readable_table(store: &Store, user: &User, name: &str) -> ServiceResult<GuardedTableInfo> {
+    match store.guarded_table(name) {
+        Ok(t) if t.readable_by(user) => Ok(t),
+        Ok(_) | Err(StoreError::NotFound { .. }) => Err(ServiceError::not_found(format!("table {name:?} not found"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A table the caller may replace, re-police or drop.
+pub fn managed_table(store: &Store, user: &User, name: &str) -> ServiceResult<GuardedTableInfo> {
+    let table = readable_table(store, user, name)?;
+    if !table.managed_by(user) {
+        return Err(ServiceError::forbidden(format!("only the owner of table {name:?} can change it")));
+    }
+    Ok(table)
+}
+
+/// Tables the caller may query.
+pub fn readable_tables(store: &Store, user: &User) -> ServiceResult<Vec<GuardedTableInfo>> {
+    Ok(store.guarded_tables()?.into_iter().filter(|t| t.readable_by(user)).collect())
+}
+
+/// Whether `user` may decide on a request: admins, and the owner of every table it reads.
+pub fn may_review(store: &Store, user: &User, tables: &[String]) -> ServiceResult<bool> {
+    if user.role == Role::Admin {
+        return Ok(true);
+    }
+    for table in tables {
+        if !store.guarded_table(table)?.managed_by(user) {
+            return Ok(false);
+        }
+    }
+    Ok(!tables.is_empty())
+}
