@@ -57,6 +57,8 @@ pub(crate) struct Assets {
     rules: Rules,
     signer: Signer,
     hosted: HostedStore,
+    /// One lock per mirror target being fetched, this server's only.
+    mirror_locks: MirrorLocks,
 }
 
 impl Assets {
@@ -70,7 +72,7 @@ impl Assets {
             Fetcher::new(rules.clone(), Limits::default(), AwsKeys::from_env()).map_err(std::io::Error::other)?;
         let signer = Signer::load_or_create(&store.dir().join("asset-signing.key"))?;
         let hosted = HostedStore::open(asset_store, store.dir()).map_err(std::io::Error::other)?;
-        Ok(Assets { fetcher, rules, signer, hosted })
+        Ok(Assets { fetcher, rules, signer, hosted, mirror_locks: MirrorLocks::default() })
     }
 
     /// The one way to the fetcher. Anonymous projects get a refusal that says why, so no feature
@@ -97,7 +99,7 @@ impl Assets {
                         key.to_string()
                     }
                     (AccessMode::Mirrored, None) => {
-                        mirror_one(&assets.fetcher, &access, &assets.hosted, project_id, &url).await?;
+                        assets.mirror_one(&assets.fetcher, &access, project_id, &url).await?;
                         mirror_key(&url)
                     }
                     (_, Some(_)) => return Err(format!("{url}: hosted: keys need a hosted project")),
@@ -671,7 +673,7 @@ async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, datas
     let mut fetches = futures::stream::iter(urls.into_iter().map(|(url, _)| {
         let access = access.clone();
         async move {
-            let outcome = mirror_one(fetcher, &access, &assets.hosted, project.id, &url).await;
+            let outcome = assets.mirror_one(fetcher, &access, project.id, &url).await;
             (url, outcome)
         }
     }))
@@ -708,41 +710,50 @@ async fn run_mirror(store: &Store, assets: &Assets, project: &ProjectInfo, datas
 }
 
 /// Serializes fetches of the same mirror target, so concurrent runs (a route, the check after an
-/// upload, embedding generation) still send one request per asset.
-fn target_lock(target: &str) -> Arc<tokio::sync::Mutex<()>> {
-    type Locks = BTreeMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>;
-    static LOCKS: std::sync::Mutex<Locks> = std::sync::Mutex::new(BTreeMap::new());
-    let mut locks = LOCKS.lock().unwrap_or_else(|e| e.into_inner());
-    locks.retain(|_, lock| lock.strong_count() > 0);
-    if let Some(lock) = locks.get(target).and_then(std::sync::Weak::upgrade) {
-        return lock;
+/// upload, embedding generation) still send one request per asset. Entries go when their last
+/// holder does.
+#[derive(Default)]
+struct MirrorLocks(std::sync::Mutex<BTreeMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>);
+
+impl MirrorLocks {
+    fn for_target(&self, target: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        if let Some(lock) = locks.get(target).and_then(std::sync::Weak::upgrade) {
+            return lock;
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(target.to_string(), Arc::downgrade(&lock));
+        lock
     }
-    let lock = Arc::new(tokio::sync::Mutex::new(()));
-    locks.insert(target.to_string(), Arc::downgrade(&lock));
-    lock
 }
 
-/// Fetches one URL into the store unless it is there already. `Ok(true)` when it was fetched now.
-async fn mirror_one(
-    fetcher: &Fetcher,
-    access: &ProjectAccess,
-    hosted: &HostedStore,
-    project_id: i64,
-    url: &str,
-) -> Result<bool, String> {
-    if url.starts_with("hosted:") {
-        return Ok(false);
+impl Assets {
+    /// Fetches one URL into the store unless it is there already. `Ok(true)` when it was fetched now.
+    async fn mirror_one(
+        &self,
+        fetcher: &Fetcher,
+        access: &ProjectAccess,
+        project_id: i64,
+        url: &str,
+    ) -> Result<bool, String> {
+        if url.starts_with("hosted:") {
+            return Ok(false);
+        }
+        let key = mirror_key(url);
+        let lock = self.mirror_locks.for_target(&format!("{project_id}/{key}"));
+        let _held = lock.lock().await;
+        if self.hosted.exists(project_id, FsPath::new(&key)).await {
+            return Ok(false);
+        }
+        let fetched = fetcher.fetch(url, access).await.map_err(|e| e.to_string())?;
+        let body = futures::stream::once(async move { Ok::<_, axum::Error>(fetched.bytes) });
+        self.hosted
+            .write(project_id, FsPath::new(&key), Box::pin(body), u64::MAX)
+            .await
+            .map_err(|(_, _, message)| message)?;
+        Ok(true)
     }
-    let key = mirror_key(url);
-    let lock = target_lock(&format!("{project_id}/{key}"));
-    let _held = lock.lock().await;
-    if hosted.exists(project_id, FsPath::new(&key)).await {
-        return Ok(false);
-    }
-    let fetched = fetcher.fetch(url, access).await.map_err(|e| e.to_string())?;
-    let body = futures::stream::once(async move { Ok::<_, axum::Error>(fetched.bytes) });
-    hosted.write(project_id, FsPath::new(&key), Box::pin(body), u64::MAX).await.map_err(|(_, _, message)| message)?;
-    Ok(true)
 }
 
 // ---------------------------------------------------------------------------------------------

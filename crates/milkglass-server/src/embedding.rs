@@ -16,7 +16,7 @@ use milkglass_store::{DatasetInfo, EmbeddingRecord, EmbeddingTarget, UploadKind}
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 /// Reads the bytes behind a frame's image URL, or says why it cannot.
 pub(crate) type ImageSource = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
@@ -41,19 +41,23 @@ fn yes() -> bool {
 
 const MAX_BATCH: usize = 256;
 
-/// One model per process, loaded on first use (ONNX Runtime allows one environment per process).
-fn embedder() -> Result<&'static Mutex<Embedder>, String> {
-    static EMBEDDER: OnceLock<Mutex<Embedder>> = OnceLock::new();
-    static LOADING: Mutex<()> = Mutex::new(());
-    if let Some(e) = EMBEDDER.get() {
-        return Ok(e);
+/// One server's embedding model, loaded on first use and kept; a failed load is tried
+/// again by the next job. (ONNX Runtime's one environment per process is milkglass-embed's
+/// business.)
+#[derive(Default)]
+pub(crate) struct ModelSlot(Mutex<Option<Arc<Mutex<Embedder>>>>);
+
+impl ModelSlot {
+    fn get(&self) -> Result<Arc<Mutex<Embedder>>, String> {
+        // Held while loading, so that two jobs never load the model twice.
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = slot.as_ref() {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(Mutex::new(Embedder::discover(0).map_err(|e| e.to_string())?));
+        *slot = Some(model.clone());
+        Ok(model)
     }
-    let _guard = LOADING.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(e) = EMBEDDER.get() {
-        return Ok(e);
-    }
-    let loaded = Embedder::discover(0).map_err(|e| e.to_string())?;
-    Ok(EMBEDDER.get_or_init(|| Mutex::new(loaded)))
 }
 
 /// Checks the request and starts the job; answers with the job's id at once.
@@ -68,7 +72,8 @@ pub(crate) async fn start(
         return Err(ApiError::invalid("batch", format!("must be between 1 and {MAX_BATCH}")));
     }
     // Load the model before answering, so a missing model is the caller's error now, not a failed job later.
-    let model = tokio::task::spawn_blocking(embedder)
+    let slot = state.embedder.clone();
+    let model = tokio::task::spawn_blocking(move || slot.get())
         .await
         .map_err(ApiError::internal)?
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e))?;
@@ -205,7 +210,7 @@ async fn embed_all(
         let jobs: Vec<ImageJob> =
             readable.iter().zip(&regions).map(|((_, bytes), r)| ImageJob { bytes, crops: r }).collect();
         let results = {
-            let model = embedder()?;
+            let model = state.embedder.get()?;
             let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
             tokio::task::block_in_place(|| embed_images(&mut model, &jobs, batch))
         };

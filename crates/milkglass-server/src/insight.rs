@@ -90,8 +90,8 @@ async fn similar(
     JsonBody(request): JsonBody<SimilarRequest>,
 ) -> ApiResult<Json<Value>> {
     let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
-    let store = state.store.clone();
-    Ok(Json(on_blocking_pool(move || insight_service::similar(&store, &dataset, &request)).await?))
+    let (store, indexes) = (state.store.clone(), state.indexes.clone());
+    Ok(Json(on_blocking_pool(move || insight_service::similar(&indexes, &store, &dataset, &request)).await?))
 }
 
 async fn label_errors(

@@ -13,15 +13,27 @@ use milkglass_store::{BoxRecord, DatasetInfo, InferenceSetInfo, ProjectInfo, Spa
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-/// Below this many vectors exact search is fast enough (a few ms) and always right. Tests lower
-/// it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
-fn exact_limit() -> usize {
-    static LIMIT: OnceLock<usize> = OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        std::env::var("MILKGLASS_EXACT_SEARCH_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
-    })
+/// One server's similarity indexes: by (dataset id, space, metric), the newest built one
+/// and whether a build runs.
+pub(crate) struct IndexCache {
+    indexes: Mutex<HashMap<IndexKey, IndexSlot>>,
+    /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
+    /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
+    exact_limit: usize,
+}
+
+impl IndexCache {
+    pub(crate) fn new() -> Self {
+        let exact_limit =
+            std::env::var("MILKGLASS_EXACT_SEARCH_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+        IndexCache { indexes: Mutex::default(), exact_limit }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IndexKey, IndexSlot>> {
+        self.indexes.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A dataset's boxes in the form the algorithms read, with the ids to map results back.
@@ -346,12 +358,6 @@ type IndexKey = (i64, &'static str, &'static str);
 /// The newest built index of a key, and whether a refresh is running.
 type IndexSlot = (Option<Arc<BuiltIndex>>, bool);
 
-/// Indexes by (dataset id, space, metric): the newest built one and whether a build runs.
-fn registry() -> &'static Mutex<HashMap<IndexKey, IndexSlot>> {
-    static INDEXES: OnceLock<Mutex<HashMap<IndexKey, IndexSlot>>> = OnceLock::new();
-    INDEXES.get_or_init(Default::default)
-}
-
 fn space_name(space: Space) -> &'static str {
     match space {
         Space::Frames => "frames",
@@ -362,6 +368,7 @@ fn space_name(space: Space) -> &'static str {
 /// The index for this version when it is ready; otherwise starts bringing it up to date in the
 /// background and returns None, so the caller answers exactly meanwhile.
 fn ready_index(
+    cache: &Arc<IndexCache>,
     store: &Store,
     dataset: &DatasetInfo,
     space: Space,
@@ -369,7 +376,7 @@ fn ready_index(
     data: &SpaceVectors,
 ) -> Option<Arc<BuiltIndex>> {
     let key = (dataset.id, space_name(space), metric.name());
-    let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
+    let mut indexes = cache.slots();
     let entry = indexes.entry(key).or_insert((None, false));
     if let Some(built) = &entry.0
         && built.version == dataset.version
@@ -379,11 +386,11 @@ fn ready_index(
     if !entry.1 {
         entry.1 = true;
         let previous = entry.0.as_ref().map(|b| b.version);
-        let (store, dataset) = (store.clone(), dataset.clone());
+        let (store, dataset, cache) = (store.clone(), dataset.clone(), cache.clone());
         let data = SpaceVectors { ids: data.ids.clone(), frames: Vec::new(), vectors: data.vectors.clone() };
         std::thread::spawn(move || {
             let built = refresh_index(&store, &dataset, space, metric, data, previous);
-            let mut indexes = registry().lock().unwrap_or_else(|e| e.into_inner());
+            let mut indexes = cache.slots();
             let entry = indexes.entry(key).or_insert((None, false));
             entry.1 = false;
             if let Some(built) = built {
@@ -533,7 +540,12 @@ fn refresh_index(
     Some(publish(index, ids))
 }
 
-pub fn similar(store: &Store, dataset: &DatasetInfo, request: &SimilarRequest) -> ApiResult<Value> {
+pub fn similar(
+    cache: &Arc<IndexCache>,
+    store: &Store,
+    dataset: &DatasetInfo,
+    request: &SimilarRequest,
+) -> ApiResult<Value> {
     let space = parse_space(&request.space)?;
     let metric = Metric::parse(&request.metric)
         .ok_or_else(|| ApiError::invalid("metric", "metric must be \"cosine\" or \"l2\""))?;
@@ -589,28 +601,29 @@ pub fn similar(store: &Store, dataset: &DatasetInfo, request: &SimilarRequest) -
     let allow = |id: u32| Some(id) != exclude && allowed.as_ref().is_none_or(|a| a[id as usize]);
     let allowed_count = allowed.as_ref().map_or(data.ids.len(), |a| a.iter().filter(|x| **x).count());
     // A very selective filter makes a graph walk long; exact search over the few allowed is faster.
-    let use_index = data.ids.len() > exact_limit() && allowed_count * 20 > data.ids.len();
-    let (neighbors, method) = match use_index.then(|| ready_index(store, dataset, space, metric, &data)).flatten() {
-        Some(built) => {
-            let ef = (request.k * 2).max(64);
-            // Nodes are numbered by insertion; results go back to positions in `data`.
-            let allow_node = |node: u32| {
-                let position = built.positions[node as usize];
-                position != u32::MAX && allow(position)
-            };
-            let found = built.index.search_filtered(&query, request.k, ef, Some(&allow_node));
-            let found = found
-                .into_iter()
-                .map(|n| milkglass_insight::Neighbor { id: built.positions[n.id as usize], distance: n.distance })
-                .collect();
-            (found, "hnsw")
-        }
-        None => {
-            let mut prepared = data.vectors.clone();
-            prepared.prepare(metric);
-            (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), "exact")
-        }
-    };
+    let use_index = data.ids.len() > cache.exact_limit && allowed_count * 20 > data.ids.len();
+    let (neighbors, method) =
+        match use_index.then(|| ready_index(cache, store, dataset, space, metric, &data)).flatten() {
+            Some(built) => {
+                let ef = (request.k * 2).max(64);
+                // Nodes are numbered by insertion; results go back to positions in `data`.
+                let allow_node = |node: u32| {
+                    let position = built.positions[node as usize];
+                    position != u32::MAX && allow(position)
+                };
+                let found = built.index.search_filtered(&query, request.k, ef, Some(&allow_node));
+                let found = found
+                    .into_iter()
+                    .map(|n| milkglass_insight::Neighbor { id: built.positions[n.id as usize], distance: n.distance })
+                    .collect();
+                (found, "hnsw")
+            }
+            None => {
+                let mut prepared = data.vectors.clone();
+                prepared.prepare(metric);
+                (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), "exact")
+            }
+        };
     let results: Vec<Value> = neighbors
         .iter()
         .map(|n| {

@@ -75,6 +75,10 @@ pub struct AppState {
     pub(crate) assets: Arc<assets::Assets>,
     /// The operations, shared by the HTTP routes and Flight SQL.
     pub(crate) services: Arc<milkglass_service::Services>,
+    /// Similarity indexes built for this server's datasets.
+    pub(crate) indexes: Arc<insight_service::IndexCache>,
+    /// The embedding model, loaded on first use.
+    pub(crate) embedder: Arc<embedding::ModelSlot>,
 }
 
 impl AppState {
@@ -82,7 +86,9 @@ impl AppState {
     pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
         let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
         let services = Arc::new(milkglass_service::Services::new(store.clone(), &config.queries, config.review_wait));
-        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), services })
+        let indexes = Arc::new(insight_service::IndexCache::new());
+        let embedder = Arc::new(embedding::ModelSlot::default());
+        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), services, indexes, embedder })
     }
 }
 
