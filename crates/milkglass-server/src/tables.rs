@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use milkglass_core::Policy;
-use milkglass_service::{Answer, access, query, reviews};
+use milkglass_service::{Answer, access, query, reviews, tables};
 use milkglass_store::{GuardedTableInfo, TableFormat};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -64,6 +64,7 @@ async fn upload_table(State(state): State<AppState>, caller: Caller, mut form: M
 }
 
 async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> ApiResult<Response> {
+    // Refused before reading the body: a scientist's upload is not written anywhere.
     access::require_table_creator(&caller.0)?;
     let (mut name, mut policy, mut readers, mut format, mut upload) = (None, None, None, None, None);
     let staging = tempfile_in(state)?;
@@ -105,37 +106,13 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> Api
         }
     }
     let name = name.ok_or_else(|| ApiError::invalid("name", "is required"))?;
-    milkglass_core::check_name("name", &name)?;
     let policy = policy.ok_or_else(|| ApiError::invalid("policy", "is required"))?;
     let file_name = upload.ok_or_else(|| ApiError::invalid("file", "is required"))?;
     let format = format.or_else(|| file_name.as_deref().and_then(TableFormat::parse)).ok_or_else(|| {
         ApiError::invalid("format", "cannot tell the file's format from its name; send format=csv, parquet or arrow")
     })?;
-    for column in &policy.sanitized_columns {
-        if column.is_empty() {
-            return Err(ApiError::invalid("policy.sanitized_columns", "column names must not be empty"));
-        }
-    }
-    if let Ok(existing) = state.store.guarded_table(&name)
-        && !existing.managed_by(&caller.0)
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("table {name:?} belongs to someone else; choose another name"),
-        ));
-    }
-    let imported = state.store.import_table_file(&name, &staging.0, format).await?;
-    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !imported.columns.contains(c)) {
-        let _ = std::fs::remove_file(&imported.file);
-        return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
-    }
-    let store = state.store.clone();
-    let owner = caller.0.clone();
-    let table =
-        tokio::task::spawn_blocking(move || store.publish_table(&owner, &name, &policy, readers.as_deref(), &imported))
-            .await
-            .map_err(ApiError::internal)??;
+    let publication = tables::Publication { name: &name, policy, readers, file: &staging.0, format };
+    let table = tables::publish(&state.services, &caller.0, publication).await?;
     Ok((StatusCode::CREATED, Json(table)).into_response())
 }
 
@@ -180,18 +157,12 @@ async fn set_policy(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    let table = access::managed_table(&state.store, &caller.0, &name)?;
-    let policy = Policy::from_value(body.policy)?;
-    if let Some(missing) = policy.sanitized_columns.iter().find(|c| !table.columns.contains(c)) {
-        return Err(ApiError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
-    }
     let readers = body.readers.as_ref().map(|r| r.as_deref());
-    Ok(Json(state.store.set_table_policy(&name, &policy, readers)?))
+    Ok(Json(tables::set_policy(&state.services, &caller.0, &name, body.policy, readers)?))
 }
 
 async fn drop_table(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    access::managed_table(&state.store, &caller.0, &name)?;
-    state.store.drop_table(&name)?;
+    tables::drop(&state.services, &caller.0, &name)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -74,8 +74,11 @@ pub fn may_review(store: &Store, user: &User, tables: &[String]) -> ServiceResul
         return Ok(true);
     }
     for table in tables {
-        if !store.guarded_table(table)?.managed_by(user) {
-            return Ok(false);
+        // A dropped table has no owner left to decide (admins still may).
+        match store.guarded_table(table) {
+            Ok(t) if t.managed_by(user) => {}
+            Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(!tables.is_empty())

@@ -12,6 +12,7 @@ pub mod access;
 mod error;
 pub mod query;
 pub mod reviews;
+pub mod tables;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 pub use query::{Answer, MAX_REVIEW_WAIT};

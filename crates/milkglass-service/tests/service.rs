@@ -170,3 +170,45 @@ async fn saved_results_inherit_the_policy_and_only_safe_results_are_saved() {
     let e = query::save_result(&f.services, &f.sam, "SELECT * FROM titanic", "rows").await.err().unwrap();
     assert_eq!(e.code, "not_savable");
 }
+
+#[tokio::test]
+async fn publishing_checks_who_the_name_and_the_policy() {
+    use milkglass_service::tables::{self, Publication};
+    let f = fixture("reject").await;
+    let policy = |json: &str| Policy::from_json(json).unwrap();
+    let publication =
+        |name, p| Publication { name, policy: p, readers: None, file: TITANIC.as_ref(), format: TableFormat::Csv };
+    let e = tables::publish(&f.services, &f.sam, publication("mine", policy(r#"{"safe_zone": true}"#))).await;
+    assert_eq!(e.err().unwrap().kind, ErrorKind::Forbidden);
+    let missing = policy(r#"{"safe_zone": true, "sanitized_columns": ["Nope"]}"#);
+    let e = tables::publish(&f.services, &f.owner, publication("other", missing)).await.err().unwrap();
+    assert_eq!((e.kind, e.field.as_deref()), (ErrorKind::Invalid, Some("policy.sanitized_columns")));
+    assert!(f.services.store.guarded_table("other").is_err(), "nothing half-published");
+    let e = tables::publish(&f.services, &f.owner, publication("bad/name", policy(r#"{"safe_zone": true}"#))).await;
+    assert_eq!(e.err().unwrap().field.as_deref(), Some("name"));
+
+    // Another owner cannot take the name.
+    f.services.store.add_user("oscar", Role::Owner).unwrap();
+    let oscar = f.services.store.user_by_name("oscar").unwrap();
+    let e = tables::publish(&f.services, &oscar, publication("titanic", policy(r#"{"safe_zone": true}"#))).await;
+    assert_eq!(e.err().unwrap().kind, ErrorKind::Conflict);
+
+    // A policy change is checked against the columns, and only by the owner.
+    // (Oscar may not read olivia's table, so for him it does not exist.)
+    let e = tables::set_policy(&f.services, &oscar, "titanic", serde_json::json!({"safe_zone": true}), None);
+    assert_eq!(e.err().unwrap().kind, ErrorKind::NotFound);
+    let bad = serde_json::json!({"safe_zone": true, "sanitized_columns": ["Nope"]});
+    let e = tables::set_policy(&f.services, &f.owner, "titanic", bad, None).err().unwrap();
+    assert_eq!(e.field.as_deref(), Some("policy.sanitized_columns"));
+}
+
+#[tokio::test]
+async fn the_review_list_keeps_working_after_a_table_with_pending_requests_is_dropped() {
+    use milkglass_service::tables;
+    let f = fixture("review").await;
+    let held = query::run(&f.services, &f.sam, "SELECT * FROM titanic", Duration::ZERO).await.unwrap();
+    assert!(matches!(held, Answer::Held { .. }));
+    tables::drop(&f.services, &f.owner, "titanic").unwrap();
+    assert!(reviews::list(&f.services, &f.owner, None).unwrap().is_empty(), "no table, nothing to decide");
+    assert_eq!(reviews::list(&f.services, &f.sam, None).unwrap().len(), 1, "the requester still sees theirs");
+}
