@@ -29,8 +29,12 @@ impl Coverage {
         Coverage { rows: set }
     }
 
-    pub(crate) fn from_ids(ids: impl IntoIterator<Item = u64>) -> Self {
-        let mut rows: RoaringTreemap = ids.into_iter().collect();
+    /// From row ids in any order, duplicates allowed.
+    pub(crate) fn from_ids(mut ids: Vec<u64>) -> Self {
+        // Sorted, the bitmap is built by appending, several times faster than inserting.
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rows = RoaringTreemap::from_sorted_iter(ids).expect("sorted and deduplicated");
         rows.optimize();
         Coverage { rows }
     }
@@ -85,7 +89,7 @@ mod tests {
         let all = Coverage::whole(1_000_000);
         let bytes = all.to_bytes().len();
         assert!(bytes < 300, "a whole table is one run per 65,536 rows, not {bytes} bytes");
-        let but_one = Coverage::from_ids((0..1_000_000).filter(|&i| i != 4_242));
+        let but_one = Coverage::from_ids((0..1_000_000).filter(|&i| i != 4_242).collect());
         assert_eq!(all.differs_by(&but_one), 1);
         assert_eq!(closest(&all, [&but_one, &all]), Some(1));
         assert_eq!(closest(&all, [&all]), None);
