@@ -2,11 +2,11 @@
 //! Each handler authorizes (viewer rights on the project) and calls one function of
 //! [`crate::insight_service`] on the blocking pool.
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::insight_service::{self, Collection, Dismissal, LabelErrorQuery, MetricsQuery, SimilarRequest};
 use crate::json::JsonBody;
+use crate::{AppState, blocking};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
@@ -34,12 +34,6 @@ pub fn router() -> Router<AppState> {
         )
         .route(&format!("{datasets}/segments/{{segment}}/export"), get(export_segment))
         .route(&format!("{datasets}/segments/{{segment}}/collect"), post(collect))
-}
-
-async fn on_blocking_pool<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))?
 }
 
 /// Changes (segments, dismissals) need the owner role on the project.
@@ -91,7 +85,7 @@ async fn similar(
 ) -> ApiResult<Json<Value>> {
     let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
     let (store, indexes) = (state.store.clone(), state.indexes.clone());
-    Ok(Json(on_blocking_pool(move || insight_service::similar(&indexes, &store, &dataset, &request)).await?))
+    Ok(Json(blocking(move || insight_service::similar(&indexes, &store, &dataset, &request)).await?))
 }
 
 async fn label_errors(
@@ -109,7 +103,7 @@ async fn label_errors(
         kind: p.text("kind"),
     };
     let store = state.store.clone();
-    Ok(Json(on_blocking_pool(move || insight_service::label_errors(&store, &project, &dataset, &params)).await?))
+    Ok(Json(blocking(move || insight_service::label_errors(&store, &project, &dataset, &params)).await?))
 }
 
 async fn metrics(
@@ -126,7 +120,7 @@ async fn metrics(
         confidence: p.number("confidence", 0.5)?,
     };
     let store = state.store.clone();
-    Ok(Json(on_blocking_pool(move || insight_service::metrics(&store, &project, &dataset, &params)).await?))
+    Ok(Json(blocking(move || insight_service::metrics(&store, &project, &dataset, &params)).await?))
 }
 
 /// The map as `application/octet-stream`: little-endian f32 pairs in the order of `map/ids`.
@@ -141,8 +135,7 @@ async fn embedding_map(
     let (space, layout) =
         (p.text("space").unwrap_or_else(|| "frames".into()), p.text("layout").unwrap_or_else(|| "pca".into()));
     let store = state.store.clone();
-    let (ids, bytes) =
-        on_blocking_pool(move || insight_service::embedding_map(&store, &dataset, &space, &layout)).await?;
+    let (ids, bytes) = blocking(move || insight_service::embedding_map(&store, &dataset, &space, &layout)).await?;
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -163,7 +156,7 @@ async fn embedding_map_ids(
     let p = Params::new(params, &["space"])?;
     let space = p.text("space").unwrap_or_else(|| "frames".into());
     let store = state.store.clone();
-    let ids = on_blocking_pool(move || insight_service::map_ids(&store, &dataset, &space)).await?;
+    let ids = blocking(move || insight_service::map_ids(&store, &dataset, &space)).await?;
     Ok(Json(serde_json::json!({ "ids": ids })))
 }
 
@@ -175,7 +168,7 @@ async fn dismiss(
 ) -> ApiResult<Json<Value>> {
     let dataset = owned(&state, &caller, &project, &dataset)?;
     let store = state.store.clone();
-    Ok(Json(on_blocking_pool(move || insight_service::dismiss(&store, &dataset, &dismissal)).await?))
+    Ok(Json(blocking(move || insight_service::dismiss(&store, &dataset, &dismissal)).await?))
 }
 
 async fn list_segments(
@@ -238,7 +231,7 @@ async fn export_segment(
     let format = p.text("format").unwrap_or_else(|| "jsonl".into());
     let store = state.store.clone();
     let (content_type, body) =
-        on_blocking_pool(move || insight_service::export_segment(&store, &dataset, &segment, &format)).await?;
+        blocking(move || insight_service::export_segment(&store, &dataset, &segment, &format)).await?;
     Ok(([(CONTENT_TYPE, content_type)], body).into_response())
 }
 
@@ -251,7 +244,6 @@ async fn collect(
     let (_, source) = viewable(&state, &caller, &project, &dataset)?;
     let target = owned(&state, &caller, &project, &request.from_dataset)?;
     let store = state.store.clone();
-    let saved =
-        on_blocking_pool(move || insight_service::collect(&store, &source, &target, &segment, &request)).await?;
+    let saved = blocking(move || insight_service::collect(&store, &source, &target, &segment, &request)).await?;
     Ok((StatusCode::CREATED, Json(saved)).into_response())
 }

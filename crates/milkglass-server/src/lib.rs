@@ -92,6 +92,14 @@ impl AppState {
     }
 }
 
+/// Runs `f` (SQLite, files, CPU-heavy work) on tokio's blocking pool, so that the async
+/// workers stay free; the one way handlers do it.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> error::ApiResult<T> + Send + 'static,
+) -> error::ApiResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("task failed: {e}")))?
+}
+
 /// The whole HTTP application.
 pub fn app(store: Store, config: ServerConfig) -> std::io::Result<Router> {
     Ok(routes::router(AppState::new(store, config)?))

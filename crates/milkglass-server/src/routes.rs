@@ -1,10 +1,10 @@
 //! Routes and their handlers. Each handler authorizes, then calls one store method.
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::ingest::{Format, run_upload};
 use crate::json::JsonBody;
+use crate::{AppState, blocking};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
@@ -64,12 +64,6 @@ async fn api_not_found() -> ApiError {
 }
 
 /// Runs a blocking store call off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("task failed: {e}")))?
-}
-
 async fn whoami(Caller(user): Caller) -> Json<Value> {
     Json(json!({ "name": user.name, "role": user.role }))
 }

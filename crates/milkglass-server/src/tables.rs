@@ -1,9 +1,9 @@
 //! Routes of the table face: guarded tables, queries, reviews and the audit log.
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
+use crate::{AppState, blocking};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let tables = access::readable_tables(&state.store, &caller.0)?;
+    let tables = blocking(move || Ok(access::readable_tables(&state.store, &caller.0)?)).await?;
     Ok(Json(json!({ "tables": tables })))
 }
 
@@ -41,7 +41,7 @@ async fn get_table(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    Ok(Json(access::readable_table(&state.store, &caller.0, &name)?))
+    Ok(Json(blocking(move || Ok(access::readable_table(&state.store, &caller.0, &name)?)).await?))
 }
 
 fn parse_readers(text: &str) -> Option<Vec<String>> {
@@ -157,12 +157,16 @@ async fn set_policy(
     Path(name): Path<String>,
     JsonBody(body): JsonBody<PolicyBody>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    let readers = body.readers.as_ref().map(|r| r.as_deref());
-    Ok(Json(tables::set_policy(&state.services, &caller.0, &name, body.policy, readers)?))
+    let table = blocking(move || {
+        let readers = body.readers.as_ref().map(|r| r.as_deref());
+        Ok(tables::set_policy(&state.services, &caller.0, &name, body.policy, readers)?)
+    })
+    .await?;
+    Ok(Json(table))
 }
 
 async fn drop_table(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    tables::drop(&state.services, &caller.0, &name)?;
+    blocking(move || Ok(tables::drop(&state.services, &caller.0, &name)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -297,7 +301,7 @@ async fn list_reviews(
     caller: Caller,
     Query(q): Query<ReviewQuery>,
 ) -> ApiResult<Json<Value>> {
-    let visible = reviews::list(&state.services, &caller.0, q.state.as_deref())?;
+    let visible = blocking(move || Ok(reviews::list(&state.services, &caller.0, q.state.as_deref())?)).await?;
     Ok(Json(json!({ "requests": visible })))
 }
 
@@ -308,7 +312,7 @@ struct RejectBody {
 }
 
 async fn approve(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<Json<Value>> {
-    decide(&state, &caller, id, true, None)
+    decide(state, caller, id, true, None).await
 }
 
 async fn reject(
@@ -317,11 +321,18 @@ async fn reject(
     Path(id): Path<i64>,
     JsonBody(body): JsonBody<RejectBody>,
 ) -> ApiResult<Json<Value>> {
-    decide(&state, &caller, id, false, Some(body.reason))
+    decide(state, caller, id, false, Some(body.reason)).await
 }
 
-fn decide(state: &AppState, caller: &Caller, id: i64, approve: bool, reason: Option<String>) -> ApiResult<Json<Value>> {
-    let decided = reviews::decide(&state.services, &caller.0, id, approve, reason.as_deref())?;
+async fn decide(
+    state: AppState,
+    caller: Caller,
+    id: i64,
+    approve: bool,
+    reason: Option<String>,
+) -> ApiResult<Json<Value>> {
+    let decided =
+        blocking(move || Ok(reviews::decide(&state.services, &caller.0, id, approve, reason.as_deref())?)).await?;
     Ok(Json(serde_json::to_value(decided).expect("serializable")))
 }
 
@@ -338,6 +349,6 @@ async fn audit_log(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = reviews::audit_log(&state.services, &caller.0, q.table.as_deref())?;
+    let entries = blocking(move || Ok(reviews::audit_log(&state.services, &caller.0, q.table.as_deref())?)).await?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -49,6 +49,16 @@ pub struct Services {
     reviews_decided: Notify,
 }
 
+/// Runs store work on tokio's blocking pool, so that SQLite never holds up an async
+/// worker; the one way async operations reach the store.
+pub(crate) async fn on_store<T: Send + 'static>(
+    services: &Services,
+    f: impl FnOnce(&Store) -> ServiceResult<T> + Send + 'static,
+) -> ServiceResult<T> {
+    let store = services.store.clone();
+    tokio::task::spawn_blocking(move || f(&store)).await.map_err(ServiceError::internal)?
+}
+
 impl Services {
     pub fn new(store: Store, limits: &QueryLimits, review_wait: Duration) -> Self {
         Services { store, query_gate: query::QueryGate::new(limits), review_wait, reviews_decided: Notify::new() }

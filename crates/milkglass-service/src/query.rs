@@ -2,7 +2,7 @@
 //! (HTTP, Flight SQL, the web app). Plan, run, decide, audit; nothing leaves before
 //! the decision.
 
-use crate::{ErrorKind, ServiceError, ServiceResult, Services, access};
+use crate::{ErrorKind, ServiceError, ServiceResult, Services, access, on_store};
 use arrow::array::RecordBatch;
 use milkglass_core::{Policy, UnsafeHandling};
 use milkglass_guard::{Coverage, Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
@@ -31,8 +31,13 @@ pub enum Answer {
 }
 
 /// Tables the user may query, as the guard needs them, with their policies and ids.
-fn readable(services: &Services, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
-    let tables = access::readable_tables(&services.store, user)?;
+async fn readable(services: &Services, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+    let user = user.clone();
+    on_store(services, move |store| readable_now(store, &user)).await
+}
+
+fn readable_now(store: &milkglass_store::Store, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+    let tables = access::readable_tables(store, user)?;
     let mut protected = Vec::with_capacity(tables.len());
     let mut policies = Policies::default();
     for table in tables {
@@ -63,43 +68,64 @@ struct Earlier {
 
 impl Earlier {
     /// Loads the pool's memory for the tables `outcome` covered and compares them.
-    fn compare(services: &Services, user: &User, policies: &Policies, outcome: &mut Outcome) -> ServiceResult<Earlier> {
-        let pool = services.store.coverage_pool(user)?;
-        let mut sets = HashMap::new();
-        let tables: Vec<String> = outcome.coverage.keys().cloned().collect();
-        for table in tables {
+    async fn compare(
+        services: &Services,
+        user: &User,
+        policies: &Policies,
+        outcome: &mut Outcome,
+    ) -> ServiceResult<Earlier> {
+        let mut ids = Vec::new();
+        for table in outcome.coverage.keys() {
             // A table the caller may not read is not in the query; fail closed all the same.
             let id =
-                *policies.ids.get(&table).ok_or_else(|| ServiceError::internal(format!("no id for table {table}")))?;
-            let earlier = services
-                .store
-                .answered_coverage(&pool, id)?
-                .iter()
-                .map(|answer| Coverage::from_bytes(&answer.coverage))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(ServiceError::internal)?;
-            outcome.compare_with_earlier(&table, &earlier);
-            sets.insert(table, (id, earlier));
+                *policies.ids.get(table).ok_or_else(|| ServiceError::internal(format!("no id for table {table}")))?;
+            ids.push((table.clone(), id));
         }
-        Ok(Earlier { pool, sets })
+        let user = user.clone();
+        let earlier = on_store(services, move |store| {
+            let pool = store.coverage_pool(&user)?;
+            let mut sets = HashMap::new();
+            for (table, id) in ids {
+                let earlier = store
+                    .answered_coverage(&pool, id)?
+                    .iter()
+                    .map(|answer| Coverage::from_bytes(&answer.coverage))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ServiceError::internal)?;
+                sets.insert(table, (id, earlier));
+            }
+            Ok(Earlier { pool, sets })
+        })
+        .await?;
+        for (table, (_, sets)) in &earlier.sets {
+            outcome.compare_with_earlier(table, sets);
+        }
+        Ok(earlier)
     }
 
     /// Remembers what a released answer covered, unless the same set already is.
-    fn remember(&self, services: &Services, outcome: &Outcome, audit_id: i64) -> ServiceResult<()> {
+    async fn remember(&self, services: &Services, outcome: &Outcome, audit_id: i64) -> ServiceResult<()> {
+        let mut new = Vec::new();
         for (table, coverage) in &outcome.coverage {
             let Some((id, earlier)) = self.sets.get(table) else { continue };
             if earlier.iter().any(|e| e.differs_by(coverage) == 0) {
                 continue;
             }
-            let rows = i64::try_from(coverage.len()).unwrap_or(i64::MAX);
-            services.store.remember_coverage(&self.pool, *id, audit_id, rows, &coverage.to_bytes())?;
+            new.push((*id, i64::try_from(coverage.len()).unwrap_or(i64::MAX), coverage.to_bytes()));
         }
-        Ok(())
+        let pool = self.pool.clone();
+        on_store(services, move |store| {
+            for (id, rows, bytes) in new {
+                store.remember_coverage(&pool, id, audit_id, rows, &bytes)?;
+            }
+            Ok(())
+        })
+        .await
     }
 }
 
-fn audit(services: &Services, entry: NewAuditEntry) -> ServiceResult<i64> {
-    Ok(services.store.audit(entry)?.id)
+async fn audit(services: &Services, entry: NewAuditEntry) -> ServiceResult<i64> {
+    on_store(services, move |store| Ok(store.audit(entry)?.id)).await
 }
 
 /// Admission for guarded queries: at most `per_user` running for one user and `total`
@@ -162,26 +188,28 @@ async fn execute(
     let permit = services.query_gate.admit(user)?;
     let result = prepared.execute().await;
     drop(permit);
-    result.or_else(|e| {
-        let (decision, detail) = match &e {
-            GuardError::Execution(detail) => ("failed", detail.clone()),
-            GuardError::Stopped(message) => ("stopped", message.clone()),
-            other => ("failed", other.to_string()),
-        };
-        audit(services, NewAuditEntry { decision: decision.into(), reason: Some(detail), ..base.clone() })?;
-        Err(ServiceError::from(e))
-    })
+    let e = match result {
+        Ok(outcome) => return Ok(outcome),
+        Err(e) => e,
+    };
+    let (decision, detail) = match &e {
+        GuardError::Execution(detail) => ("failed", detail.clone()),
+        GuardError::Stopped(message) => ("stopped", message.clone()),
+        other => ("failed", other.to_string()),
+    };
+    audit(services, NewAuditEntry { decision: decision.into(), reason: Some(detail), ..base.clone() }).await?;
+    Err(ServiceError::from(e))
 }
 
 /// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
 /// up to `wait` for the owner's decision.
 pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) -> ServiceResult<Answer> {
-    let (tables, policies) = readable(services, user)?;
+    let (tables, policies) = readable(services, user).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
     let prepared = match prepare_for(services, sql, tables).await {
         Ok(p) => p,
         Err(e) => {
-            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base })?;
+            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base }).await?;
             return Err(ServiceError::from(e));
         }
     };
@@ -192,7 +220,7 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
     let runs_now = !matches!(&before, Some(Decision::Unsafe { handling, .. }) if *handling != UnsafeHandling::Log);
     let mut outcome = if runs_now { Some(execute(services, user, &prepared, &base).await?) } else { None };
     let earlier = match &mut outcome {
-        Some(outcome) => Some(Earlier::compare(services, user, &policies, outcome)?),
+        Some(outcome) => Some(Earlier::compare(services, user, &policies, outcome).await?),
         None => None,
     };
     let decision = match (&outcome, before) {
@@ -215,8 +243,8 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
     match decision {
         Decision::Safe => {
             let (Some(outcome), Some(earlier)) = (&outcome, &earlier) else { unreachable!("a safe query ran") };
-            let id = audit(services, NewAuditEntry { decision: "answered".into(), ..base })?;
-            earlier.remember(services, outcome, id)?;
+            let id = audit(services, NewAuditEntry { decision: "answered".into(), ..base }).await?;
+            earlier.remember(services, outcome, id).await?;
             Ok(rows(outcome, None, id))
         }
         Decision::Unsafe { handling, .. } => {
@@ -229,8 +257,9 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                     let id = audit(
                         services,
                         NewAuditEntry { decision: "flagged".into(), reason: Some(explanation.clone()), ..base },
-                    )?;
-                    earlier.remember(services, outcome, id)?;
+                    )
+                    .await?;
+                    earlier.remember(services, outcome, id).await?;
                     Ok(rows(outcome, Some(explanation), id))
                 }
                 UnsafeHandling::Reject => {
@@ -242,12 +271,17 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                             rows_returned: Some(0),
                             ..base
                         },
-                    )?;
+                    )
+                    .await?;
                     Err(ServiceError::new(ErrorKind::Refused, "refused", explanation))
                 }
                 UnsafeHandling::Review => {
                     let explanation = explanation.trim_start_matches("Refused: ").trim_end_matches('.').to_string();
-                    let request = services.store.hold_for_review(user, sql, &prepared.tables, &explanation)?;
+                    let request = {
+                        let (user, sql, tables, why) =
+                            (user.clone(), sql.to_string(), prepared.tables.clone(), explanation.clone());
+                        on_store(services, move |store| Ok(store.hold_for_review(&user, &sql, &tables, &why)?)).await?
+                    };
                     audit(
                         services,
                         NewAuditEntry {
@@ -257,14 +291,15 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                             request_id: Some(request.id),
                             ..base.clone()
                         },
-                    )?;
+                    )
+                    .await?;
                     let deadline = Instant::now() + wait;
                     loop {
                         // Listening before reading the state: a decision in between still wakes us.
                         let decided = services.reviews_decided.notified();
                         tokio::pin!(decided);
                         decided.as_mut().enable();
-                        let current = services.store.review_request(request.id)?;
+                        let current = review_request(services, request.id).await?;
                         match current.state.as_str() {
                             "approved" => {
                                 // Approved before it ever ran: run it now.
@@ -272,8 +307,8 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                                     Some(o) => o,
                                     None => execute(services, user, &prepared, &base).await?,
                                 };
-                                let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
-                                if !services.store.deliver_review(request.id)? {
+                                let earlier = Earlier::compare(services, user, &policies, &mut outcome).await?;
+                                if !deliver_review(services, request.id).await? {
                                     return Err(already_delivered(request.id));
                                 }
                                 let id = audit(
@@ -285,8 +320,9 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                                         smallest_group: outcome.smallest().map(|n| n as i64),
                                         ..base
                                     },
-                                )?;
-                                earlier.remember(services, &outcome, id)?;
+                                )
+                                .await?;
+                                earlier.remember(services, &outcome, id).await?;
                                 return Ok(rows(
                                     &outcome,
                                     Some(format!("approved by {}", current.decided_by.unwrap_or_default())),
@@ -308,6 +344,15 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
     }
 }
 
+async fn review_request(services: &Services, id: i64) -> ServiceResult<milkglass_store::ReviewRequest> {
+    on_store(services, move |store| Ok(store.review_request(id)?)).await
+}
+
+/// Marks an approved request delivered; false when it already was (a result leaves once).
+async fn deliver_review(services: &Services, id: i64) -> ServiceResult<bool> {
+    on_store(services, move |store| Ok(store.deliver_review(id)?)).await
+}
+
 fn already_delivered(id: i64) -> ServiceError {
     ServiceError::new(ErrorKind::Gone, "delivered", format!("the result of request {id} was already delivered"))
 }
@@ -315,7 +360,7 @@ fn already_delivered(id: i64) -> ServiceError {
 /// Plans `sql` for `user` without running it: checks it and returns its result's schema
 /// (for prepared statements). Invalid SQL is audited like any query.
 pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> ServiceResult<arrow::datatypes::SchemaRef> {
-    let (tables, _) = readable(services, user)?;
+    let (tables, _) = readable(services, user).await?;
     match prepare_for(services, sql, tables).await {
         Ok(prepared) => Ok(prepared.output_schema()),
         Err(e) => {
@@ -326,7 +371,7 @@ pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> Service
                 reason: Some(e.to_string()),
                 ..Default::default()
             };
-            audit(services, entry)?;
+            audit(services, entry).await?;
             Err(ServiceError::from(e))
         }
     }
@@ -334,7 +379,7 @@ pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> Service
 
 /// Hands over an approved request's result once, to its requester.
 pub async fn collect_request(services: &Services, user: &User, id: i64) -> ServiceResult<Answer> {
-    let request = services.store.review_request(id)?;
+    let request = review_request(services, id).await?;
     if request.user != user.name {
         return Err(ServiceError::not_found(format!("review request {id} not found")));
     }
@@ -343,7 +388,7 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
         "rejected" => Err(rejected(&request)),
         "delivered" => Err(already_delivered(id)),
         _ => {
-            let (tables, policies) = readable(services, user)?;
+            let (tables, policies) = readable(services, user).await?;
             let prepared = prepare_for(services, &request.query, tables).await.map_err(ServiceError::from)?;
             let base = NewAuditEntry {
                 user: user.name.clone(),
@@ -354,8 +399,8 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
                 ..Default::default()
             };
             let mut outcome = execute(services, user, &prepared, &base).await?;
-            let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
-            if !services.store.deliver_review(id)? {
+            let earlier = Earlier::compare(services, user, &policies, &mut outcome).await?;
+            if !deliver_review(services, id).await? {
                 return Err(already_delivered(id));
             }
             let audit_id = audit(
@@ -366,8 +411,9 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
                     smallest_group: outcome.smallest().map(|n| n as i64),
                     ..base
                 },
-            )?;
-            earlier.remember(services, &outcome, audit_id)?;
+            )
+            .await?;
+            earlier.remember(services, &outcome, audit_id).await?;
             Ok(Answer::Rows {
                 batches: outcome.batches,
                 columns: prepared.columns.clone(),
@@ -398,46 +444,47 @@ pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str
     if services.store.guarded_table(name).is_ok() {
         return Err(ServiceError::conflict(format!("a table named {name:?} already exists")));
     }
-    let (tables, policies) = readable(services, user)?;
+    let (tables, policies) = readable(services, user).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
     let prepared = prepare_for(services, sql, tables).await.map_err(ServiceError::from)?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
-    let refuse = |reason: String| -> ServiceResult<GuardedTableInfo> {
-        audit(
-            services,
-            NewAuditEntry {
-                decision: "refused".into(),
-                reason: Some(reason.clone()),
-                rows_returned: Some(0),
-                ..base.clone()
-            },
-        )?;
+    let refuse = async |reason: String| -> ServiceResult<GuardedTableInfo> {
+        let entry = NewAuditEntry {
+            decision: "refused".into(),
+            reason: Some(reason.clone()),
+            rows_returned: Some(0),
+            ..base.clone()
+        };
+        audit(services, entry).await?;
         Err(ServiceError::new(ErrorKind::Forbidden, "not_savable", reason))
     };
     if prepared.tables.is_empty() {
-        return refuse("only results derived from guarded tables are saved as tables".into());
+        return refuse("only results derived from guarded tables are saved as tables".into()).await;
     }
     if let Some(table) = prepared.tables.iter().find(|t| policies.by_name.get(*t).is_some_and(|p| !p.savable)) {
         return refuse(format!(
             "Refused: table \"{table}\" does not allow saving results derived from it (savable: false)"
-        ));
+        ))
+        .await;
     }
     if let Some(decision) = prepared.decide_before_running(&policies.by_name, &user.name) {
         let explanation = decision.explanation();
         return refuse(format!(
             "{}; only results within every table's safe zone can be saved.",
             explanation.trim_end_matches('.')
-        ));
+        ))
+        .await;
     }
     let mut outcome = execute(services, user, &prepared, &base).await?;
-    let earlier = Earlier::compare(services, user, &policies, &mut outcome)?;
+    let earlier = Earlier::compare(services, user, &policies, &mut outcome).await?;
     let decision = prepared.decide(Some(&outcome), &policies.by_name, &user.name);
     if decision != Decision::Safe {
         let explanation = decision.explanation();
         return refuse(format!(
             "{}; only results within every table's safe zone can be saved.",
             explanation.trim_end_matches('.')
-        ));
+        ))
+        .await;
     }
     if outcome.batches.iter().all(|b| b.num_rows() == 0) {
         return Err(ServiceError::invalid("sql", "the result has no rows; there is nothing to save"));
@@ -471,8 +518,9 @@ pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str
             smallest_group: outcome.smallest().map(|n| n as i64),
             ..base
         },
-    )?;
-    earlier.remember(services, &outcome, audit_id)?;
+    )
+    .await?;
+    earlier.remember(services, &outcome, audit_id).await?;
     Ok(table)
 }
 
