@@ -83,8 +83,14 @@ async fn statements_go_through_the_guard() {
     let refused = fetch(&mut c, "SELECT * FROM titanic LIMIT 5").await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("at least 10 rows of table \"titanic\""), "{}", refused.message());
+    // The structured error rides along as metadata, for programs (the SDK reads it).
+    let meta = |s: &tonic::Status, key: &str| s.metadata().get(key).and_then(|v| v.to_str().ok()).map(String::from);
+    assert_eq!(meta(&refused, "x-milkglass-error-kind").as_deref(), Some("refused"));
     let invalid = fetch(&mut c, "DROP TABLE titanic").await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert_eq!(meta(&invalid, "x-milkglass-error-kind").as_deref(), Some("invalid"));
+    assert_eq!(meta(&invalid, "x-milkglass-error-code").as_deref(), Some("not_a_query"));
+    assert_eq!(meta(&invalid, "x-milkglass-error-field").as_deref(), Some("sql"));
 
     // Prepared statements (ADBC uses them) decide the same way.
     let mut prepared = c.prepare("SELECT Sex, COUNT(*) AS n FROM titanic GROUP BY Sex".into(), None).await.unwrap();
@@ -152,6 +158,9 @@ async fn a_client_may_ask_a_held_statement_not_to_wait() {
     let held = fetch(&mut c, "SELECT * FROM titanic LIMIT 5").await.unwrap_err();
     assert_eq!(held.code(), tonic::Code::FailedPrecondition, "{held:?}");
     assert!(held.message().contains("(request 1)"), "{}", held.message());
+    let kind = held.metadata().get("x-milkglass-error-kind").and_then(|v| v.to_str().ok());
+    let request = held.metadata().get("x-milkglass-request-id").and_then(|v| v.to_str().ok());
+    assert_eq!((kind, request), (Some("held"), Some("1")));
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "the server waited {:?}", started.elapsed());
     c.set_header("x-milkglass-wait-seconds", "soon");
     let bad = fetch(&mut c, "SELECT * FROM titanic LIMIT 5").await.unwrap_err();
