@@ -76,35 +76,87 @@ fn default_sensor_id() -> String {
 /// Only the syntax is checked here; whether the server may fetch a URL is the
 /// fetcher's decision, made against its SSRF rules at fetch time.
 pub fn check_data_url(field: &str, url: &str) -> InvalidResult<()> {
-    if url.len() > 8192 {
-        return Err(Invalid::new(field, "URL is longer than 8192 bytes"));
-    }
-    if url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(Invalid::new(field, "URL must not contain spaces or control characters"));
-    }
-    let (scheme, rest) = url
-        .split_once(':')
-        .ok_or_else(|| Invalid::new(field, "expected a URL: http(s)://, s3://, gs:// or hosted:KEY"))?;
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" | "https" | "s3" | "gs" => {
-            let host = rest
-                .strip_prefix("//")
-                .ok_or_else(|| Invalid::new(field, format!("{scheme}: URLs start with {scheme}://")))?;
-            if host.is_empty() || host.starts_with('/') {
-                return Err(Invalid::new(field, "URL has no host or bucket"));
-            }
-            Ok(())
+    DataUrl::parse(field, url).map(|_| ())
+}
+
+/// The forms a data URL (a frame's image, a sensor's file, a mask) takes, told apart once,
+/// here, for every crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataUrl<'a> {
+    /// `http://` or `https://`.
+    Web(&'a str),
+    /// `s3://bucket/key` or `gs://bucket/key`: a bucket path, which needs credentials or a
+    /// signer to be read.
+    Bucket { scheme: BucketScheme, url: &'a str },
+    /// `hosted:KEY`: a file in milkglass's own hosted store.
+    Hosted { key: &'a str },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketScheme {
+    S3,
+    Gs,
+}
+
+impl BucketScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BucketScheme::S3 => "s3",
+            BucketScheme::Gs => "gs",
         }
-        "hosted" => {
-            if rest.is_empty() || rest.starts_with('/') || rest.split('/').any(|part| part == ".." || part.is_empty()) {
-                return Err(Invalid::new(field, "hosted keys are relative paths without '..' or empty parts"));
-            }
-            Ok(())
+    }
+}
+
+impl<'a> DataUrl<'a> {
+    /// The hosted store's key, when `url` is a valid `hosted:KEY`.
+    pub fn hosted_key(url: &'a str) -> Option<&'a str> {
+        match DataUrl::parse("url", url) {
+            Ok(DataUrl::Hosted { key }) => Some(key),
+            _ => None,
         }
-        other => Err(Invalid::new(
-            field,
-            format!("unsupported scheme {other:?}; use http(s)://, s3://, gs:// or hosted:KEY"),
-        )),
+    }
+
+    /// Checks `url` (`field` names it in the error) and tells its form.
+    pub fn parse(field: &str, url: &'a str) -> InvalidResult<DataUrl<'a>> {
+        if url.len() > 8192 {
+            return Err(Invalid::new(field, "URL is longer than 8192 bytes"));
+        }
+        if url.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(Invalid::new(field, "URL must not contain spaces or control characters"));
+        }
+        let (scheme, rest) = url
+            .split_once(':')
+            .ok_or_else(|| Invalid::new(field, "expected a URL: http(s)://, s3://, gs:// or hosted:KEY"))?;
+        let lower = scheme.to_ascii_lowercase();
+        match lower.as_str() {
+            "http" | "https" | "s3" | "gs" => {
+                let host = rest
+                    .strip_prefix("//")
+                    .ok_or_else(|| Invalid::new(field, format!("{scheme}: URLs start with {scheme}://")))?;
+                if host.is_empty() || host.starts_with('/') {
+                    return Err(Invalid::new(field, "URL has no host or bucket"));
+                }
+                Ok(match lower.as_str() {
+                    "s3" => DataUrl::Bucket { scheme: BucketScheme::S3, url },
+                    "gs" => DataUrl::Bucket { scheme: BucketScheme::Gs, url },
+                    _ => DataUrl::Web(url),
+                })
+            }
+            "hosted" if scheme != "hosted" => Err(Invalid::new(field, "write the hosted: scheme in lower case")),
+            "hosted" => {
+                if rest.is_empty()
+                    || rest.starts_with('/')
+                    || rest.split('/').any(|part| part == ".." || part.is_empty())
+                {
+                    return Err(Invalid::new(field, "hosted keys are relative paths without '..' or empty parts"));
+                }
+                Ok(DataUrl::Hosted { key: rest })
+            }
+            other => Err(Invalid::new(
+                field,
+                format!("unsupported scheme {other:?}; use http(s)://, s3://, gs:// or hosted:KEY"),
+            )),
+        }
     }
 }
 
@@ -239,5 +291,24 @@ mod tests {
         assert!(f.validate(&ClassMap::default(), Some(3), None).is_ok());
         let err = f.validate(&ClassMap::default(), Some(4), None).unwrap_err();
         assert_eq!(err.field, "embedding");
+    }
+}
+
+#[cfg(test)]
+mod data_url_tests {
+    use super::{BucketScheme, DataUrl};
+
+    #[test]
+    fn each_form_is_told_apart_once() {
+        assert_eq!(DataUrl::parse("url", "https://x.org/a.png").unwrap(), DataUrl::Web("https://x.org/a.png"));
+        assert!(matches!(DataUrl::parse("url", "S3://b/k").unwrap(), DataUrl::Bucket { scheme: BucketScheme::S3, .. }));
+        assert!(matches!(DataUrl::parse("url", "gs://b/k").unwrap(), DataUrl::Bucket { scheme: BucketScheme::Gs, .. }));
+        assert_eq!(DataUrl::hosted_key("hosted:dir/a.png"), Some("dir/a.png"));
+        for not_hosted in ["hosted:../a", "HOSTED:a.png", "https://x/hosted:a", "hosted:"] {
+            assert_eq!(DataUrl::hosted_key(not_hosted), None, "{not_hosted}");
+        }
+        let e = DataUrl::parse("frame.url", "HOSTED:a.png").unwrap_err();
+        assert_eq!(e.field, "frame.url");
+        assert!(e.message.contains("lower case"), "{}", e.message);
     }
 }

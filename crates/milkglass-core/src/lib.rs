@@ -14,7 +14,7 @@ mod project;
 mod role;
 
 pub use error::{Invalid, InvalidResult};
-pub use frame::{Frame, Geo, Sensor, SensorKind, check_data_url};
+pub use frame::{BucketScheme, DataUrl, Frame, Geo, Sensor, SensorKind, check_data_url};
 pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance};
 pub use metadata::{MetaValue, Metadata, format_timestamp, metadata_from_json, parse_timestamp};
 pub use name::check_name;

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use futures::StreamExt;
 use hmac::{Hmac, Mac};
-use milkglass_core::{AccessMode, ProjectRole, SensorKind};
+use milkglass_core::{AccessMode, BucketScheme, DataUrl, ProjectRole, SensorKind};
 use milkglass_fetch::{AllowList, AwsKeys, Fetcher, Limits, Probe, ProjectAccess, Rules, S3Access, S3Credentials};
 use milkglass_files::{encode_segment, error_response, preflight, relative_path};
 use milkglass_store::{FetchSettings, FrameFilter, MAX_PAGE, ProjectInfo, S3Settings, Store};
@@ -93,7 +93,7 @@ impl Assets {
         Ok(Arc::new(move |url: String| {
             let (assets, access) = (assets.clone(), access.clone());
             Box::pin(async move {
-                let key = match (mode, url.strip_prefix("hosted:")) {
+                let key = match (mode, DataUrl::hosted_key(&url)) {
                     (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => {
                         check_key("url", key).map_err(|e| e.message)?;
                         key.to_string()
@@ -496,7 +496,7 @@ async fn resolve_urls(
     };
     let mut resolved: Vec<Value> = Vec::with_capacity(body.urls.len());
     for url in &body.urls {
-        resolved.push(match (project.access_mode, url.strip_prefix("hosted:")) {
+        resolved.push(match (project.access_mode, DataUrl::hosted_key(url)) {
             (AccessMode::Hosted | AccessMode::Mirrored, Some(key)) => hosted(url, key, "hosted"),
             (AccessMode::Mirrored, None) => {
                 let key = mirror_key(url);
@@ -737,7 +737,7 @@ impl Assets {
         project_id: i64,
         url: &str,
     ) -> Result<bool, String> {
-        if url.starts_with("hosted:") {
+        if DataUrl::hosted_key(url).is_some() {
             return Ok(false);
         }
         let key = mirror_key(url);
@@ -787,26 +787,27 @@ impl Category {
 /// project's files (`None` for anonymous projects): with a signing endpoint or S3 access, bucket
 /// paths are for milkglass to try, not only for the browser.
 fn classify_offline(url: &str, rules: &Rules, access: Option<&ProjectAccess>) -> Option<(Category, String)> {
-    if let Err(invalid) = milkglass_core::check_data_url("url", url) {
-        return Some((Category::Invalid, invalid.message));
-    }
-    if url.starts_with("hosted:") {
+    match DataUrl::parse("url", url) {
+        Err(invalid) => return Some((Category::Invalid, invalid.message)),
         // Hosted and mirrored projects look their keys up in the store before asking here.
-        return Some((Category::Invalid, "hosted: keys need a hosted or mirrored project".into()));
-    }
-    let scheme = url.split(':').next().unwrap_or_default().to_ascii_lowercase();
-    if scheme == "s3" || scheme == "gs" {
-        let signed = access.is_some_and(|a| a.signing_endpoint.is_some());
-        let s3_keys = scheme == "s3" && access.is_some_and(|a| a.s3.is_some());
-        if signed || s3_keys {
-            return None;
+        Ok(DataUrl::Hosted { .. }) => {
+            return Some((Category::Invalid, "hosted: keys need a hosted or mirrored project".into()));
         }
-        return Some((
-            Category::BucketPath,
-            format!(
-                "a {scheme}:// bucket path: only a browser signed in to the bucket (or a signing endpoint) can load it"
-            ),
-        ));
+        Ok(DataUrl::Bucket { scheme, .. }) => {
+            let signed = access.is_some_and(|a| a.signing_endpoint.is_some());
+            let s3_keys = scheme == BucketScheme::S3 && access.is_some_and(|a| a.s3.is_some());
+            if signed || s3_keys {
+                return None;
+            }
+            let scheme = scheme.as_str();
+            return Some((
+                Category::BucketPath,
+                format!(
+                    "a {scheme}:// bucket path: only a browser signed in to the bucket (or a signing endpoint) can load it"
+                ),
+            ));
+        }
+        Ok(DataUrl::Web(_)) => {}
     }
     let Ok(parsed) = url::Url::parse(url) else {
         return Some((Category::Invalid, "not a URL".into()));
@@ -857,7 +858,7 @@ async fn run_url_check(store: &Store, assets: &Assets, project: &ProjectInfo, da
         _ => Some(assets.fetcher_for(store, project, "URL checks")?),
     };
     for (url, frame) in urls {
-        if has_store && let Some(key) = url.strip_prefix("hosted:") {
+        if has_store && let Some(key) = DataUrl::hosted_key(&url) {
             let (category, reason) =
                 if check_key("url", key).is_ok() && assets.hosted.exists(project.id, FsPath::new(key)).await {
                     (Category::Reachable, "in the hosted store")
