@@ -354,7 +354,9 @@ struct BuiltIndex {
     positions: Vec<u32>,
 }
 
-type IndexKey = (i64, &'static str, &'static str);
+/// (dataset id, its creation time, space, metric): the creation time keeps a dataset that
+/// SQLite gives a deleted one's id from finding that one's cached index.
+type IndexKey = (i64, String, &'static str, &'static str);
 /// The newest built index of a key, and whether a refresh is running.
 type IndexSlot = (Option<Arc<BuiltIndex>>, bool);
 
@@ -375,9 +377,9 @@ fn ready_index(
     metric: Metric,
     data: &SpaceVectors,
 ) -> Option<Arc<BuiltIndex>> {
-    let key = (dataset.id, space_name(space), metric.name());
+    let key = (dataset.id, dataset.created_at.clone(), space_name(space), metric.name());
     let mut indexes = cache.slots();
-    let entry = indexes.entry(key).or_insert((None, false));
+    let entry = indexes.entry(key.clone()).or_insert((None, false));
     if let Some(built) = &entry.0
         && built.version == dataset.version
     {
@@ -408,7 +410,7 @@ fn index_paths(
     metric: Metric,
     version: i64,
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = store.dir().join("indexes").join(dataset.id.to_string());
+    let dir = store.index_dir(dataset.id);
     let stem = format!("{}-{}-v{version}", space_name(space), metric.name());
     (dir.join(format!("{stem}.hnsw")), dir.join(format!("{stem}.ids.json")))
 }

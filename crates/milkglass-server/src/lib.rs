@@ -85,7 +85,7 @@ impl AppState {
     /// Fails when the fetch allow-list, the asset signing key or the hosted store is unusable.
     pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
         let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
-        let services = Arc::new(milkglass_service::Services::new(store.clone(), &config.queries, config.review_wait));
+        let services = Arc::new(milkglass_service::Services::new(store.clone(), &config.queries, config.review_wait)?);
         let indexes = Arc::new(insight_service::IndexCache::new());
         let embedder = Arc::new(embedding::ModelSlot::default());
         Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), services, indexes, embedder })

@@ -43,6 +43,8 @@ pub struct Services {
     pub store: Store,
     /// Admission for guarded queries.
     query_gate: query::QueryGate,
+    /// Where guarded queries run.
+    query_runtime: QueryRuntime,
     /// How long a held query waits for the owner by default.
     pub review_wait: Duration,
     /// Woken whenever a review request is decided, so waiting queries look again.
@@ -60,7 +62,51 @@ pub(crate) async fn on_store<T: Send + 'static>(
 }
 
 impl Services {
-    pub fn new(store: Store, limits: &QueryLimits, review_wait: Duration) -> Self {
-        Services { store, query_gate: query::QueryGate::new(limits), review_wait, reviews_decided: Notify::new() }
+    /// Fails when the threads for running queries cannot be started.
+    pub fn new(store: Store, limits: &QueryLimits, review_wait: Duration) -> std::io::Result<Self> {
+        Ok(Services {
+            store,
+            query_gate: query::QueryGate::new(limits),
+            query_runtime: QueryRuntime::new()?,
+            review_wait,
+            reviews_decided: Notify::new(),
+        })
+    }
+}
+
+/// A tokio runtime of its own for guarded queries: DataFusion's operators keep their
+/// threads busy for as long as a plan has work, so on the threads that answer requests one
+/// heavy query would hold up every other caller. The operating system shares the cores
+/// between the two pools instead.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    fn new() -> std::io::Result<Self> {
+        // A new query waits in the runtime's shared queue, which busy workers look at only
+        // every `global_queue_interval` tasks (61 by default, seconds when each task is a
+        // heavy batch): looking often lets another caller's query start at once.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("milkglass-query")
+            .global_queue_interval(2)
+            .enable_all()
+            .build()?;
+        Ok(QueryRuntime(Some(runtime)))
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> ServiceResult<T> {
+        let runtime = self.0.as_ref().expect("the query runtime lives as long as the services");
+        runtime.spawn(work).await.map_err(ServiceError::internal)
+    }
+}
+
+impl Drop for QueryRuntime {
+    /// Dropped from async code too (a test's end, a server's shutdown): never block there.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }

@@ -173,8 +173,8 @@ impl QueryGate {
 }
 
 /// Plans `sql` for `user` under the server's per-query limits.
-async fn prepare_for(services: &Services, sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared, GuardError> {
-    prepare_within(sql, tables, services.query_gate.limits.clone()).await
+async fn prepare_for(services: &Services, sql: &str, tables: Vec<ProtectedTable>) -> Result<Arc<Prepared>, GuardError> {
+    prepare_within(sql, tables, services.query_gate.limits.clone()).await.map(Arc::new)
 }
 
 /// Runs a prepared query, holding a place at the gate while it runs; failures are
@@ -182,12 +182,19 @@ async fn prepare_for(services: &Services, sql: &str, tables: Vec<ProtectedTable>
 async fn execute(
     services: &Services,
     user: &User,
-    prepared: &Prepared,
+    prepared: &Arc<Prepared>,
     base: &NewAuditEntry,
 ) -> ServiceResult<Outcome> {
     let permit = services.query_gate.admit(user)?;
-    let result = prepared.execute().await;
-    drop(permit);
+    let running = prepared.clone();
+    // The place at the gate goes with the query, even if the caller stops waiting.
+    let result = services
+        .query_runtime
+        .run(async move {
+            let _permit = permit;
+            running.execute().await
+        })
+        .await?;
     let e = match result {
         Ok(outcome) => return Ok(outcome),
         Err(e) => e,

@@ -33,7 +33,7 @@ async fn fixture(handling: &str) -> Fixture {
     let imported = store.import_table_file("titanic", TITANIC.as_ref(), TableFormat::Csv).await.unwrap();
     store.publish_table(&owner, "titanic", &policy, None, &imported).unwrap();
     let (sam, tess) = (store.user_by_name("sam").unwrap(), store.user_by_name("tess").unwrap());
-    let services = Arc::new(Services::new(store, &QueryLimits::default(), Duration::from_secs(5)));
+    let services = Arc::new(Services::new(store, &QueryLimits::default(), Duration::from_secs(5)).unwrap());
     Fixture { _dir: dir, services, owner, sam, tess }
 }
 

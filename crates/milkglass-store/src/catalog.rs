@@ -238,9 +238,26 @@ impl Store {
             Ok(ids)
         })?;
         for id in dataset_ids {
-            self.inner.embeddings.remove_dataset(id);
+            self.remove_dataset_files(id);
         }
         Ok(())
+    }
+
+    /// Where the similarity indexes built for a dataset are saved.
+    pub fn index_dir(&self, dataset_id: i64) -> std::path::PathBuf {
+        self.dir().join("indexes").join(dataset_id.to_string())
+    }
+
+    /// A deleted dataset's vectors and saved indexes go with it, so that a later dataset
+    /// given the same id (SQLite may reuse it) finds none of them.
+    fn remove_dataset_files(&self, dataset_id: i64) {
+        self.inner.embeddings.remove_dataset(dataset_id);
+        let dir = self.index_dir(dataset_id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove {}: {e}", dir.display());
+        }
     }
 
     /// The user's role in a project, if any. Admins are owners of every project.
@@ -373,7 +390,7 @@ impl Store {
             tx.execute("DELETE FROM datasets WHERE id = ?1", [dataset.id])?;
             Ok(dataset.id)
         })?;
-        self.inner.embeddings.remove_dataset(id);
+        self.remove_dataset_files(id);
         Ok(())
     }
 

@@ -126,3 +126,20 @@ fn one_frame_with_labels_reads_in_well_under_a_millisecond() {
     let per_read = start.elapsed() / 100;
     assert!(per_read < std::time::Duration::from_millis(5), "{per_read:?} per frame read");
 }
+
+#[test]
+fn a_deleted_dataset_takes_its_saved_indexes_along() {
+    let (_dir, store, dataset) = setup();
+    let index_dir = store.index_dir(dataset.id);
+    std::fs::create_dir_all(&index_dir).unwrap();
+    std::fs::write(index_dir.join("frames-cosine-v1.hnsw"), b"an index").unwrap();
+    store.delete_dataset("p", "d").unwrap();
+    assert!(!index_dir.exists(), "{} outlived its dataset", index_dir.display());
+
+    // The same for every dataset of a deleted project.
+    let again = store.create_dataset("p", &DatasetSpec { name: "d2".into(), ..Default::default() }).unwrap();
+    let index_dir = store.index_dir(again.id);
+    std::fs::create_dir_all(&index_dir).unwrap();
+    store.delete_project("p").unwrap();
+    assert!(!index_dir.exists());
+}
