@@ -875,8 +875,11 @@ mod tests {
             // 0.963 (L2) and 0.938 (cosine) at ef 128.
             let recall = recall_at(&index, &data, &queries, 10, 128);
             assert!(recall >= 0.93, "{metric:?} recall {recall} at ef 128");
+            // Two threads insert in an order the scheduler picks, so the graph (and its recall)
+            // differs from run to run: 0.984 to 0.997 at ef 400 over runs on a loaded 2-core
+            // machine. The bound leaves room for that spread, not for a broken build.
             let recall = recall_at(&index, &data, &queries, 10, 400);
-            assert!(recall >= 0.99, "{metric:?} recall {recall} at ef 400");
+            assert!(recall >= 0.975, "{metric:?} recall {recall} at ef 400");
         }
     }
 
