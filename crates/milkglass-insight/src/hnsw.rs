@@ -876,8 +876,8 @@ mod tests {
             let recall = recall_at(&index, &data, &queries, 10, 128);
             assert!(recall >= 0.93, "{metric:?} recall {recall} at ef 128");
             // Two threads insert in an order the scheduler picks, so the graph (and its recall)
-            // differs from run to run: 0.984 to 0.997 at ef 400 over runs on a loaded 2-core
-            // machine. The bound leaves room for that spread, not for a broken build.
+            // differs from run to run: usually at least 0.99 at ef 400, but 0.984 in one CI run on
+            // a loaded 2-core machine. The bound leaves room for that spread, not for a broken build.
             let recall = recall_at(&index, &data, &queries, 10, 400);
             assert!(recall >= 0.975, "{metric:?} recall {recall} at ef 400");
         }
