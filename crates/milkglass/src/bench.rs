@@ -389,25 +389,9 @@ const GUARD_SQL: &str = "SELECT k, COUNT(*) AS n, AVG(v) AS mean_v, SUM(w) AS to
 /// the guard (plan rewrite, hidden counts, decision) and once on plain DataFusion.
 fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
-    use milkglass_core::Policy;
     use milkglass_guard::{Decision, ProtectedTable};
-    if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
-    }
-    let store_dir = dir.join("guard-store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir)?;
-    }
-    let store = Store::open(&store_dir)?;
-    store.add_user("owner", Role::Owner)?;
-    let owner = store.user_by_name("owner")?;
-    let file = store.new_table_file("t")?;
-    write_guard_table(&file, rows, groups)?;
-    let policy =
-        Policy::from_json(r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#)?;
-    let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
-    let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
-    let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
+    let (_store, table) = guard_bench_table(&dir.join("guard-store"), rows, groups)?;
+    let policy = table.policy.clone();
     let runtime = crate::runtime()?;
     let mut plain = Vec::with_capacity(runs);
     let mut guarded = Vec::with_capacity(runs);
@@ -441,10 +425,6 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (p, g) = (median(&mut plain), median(&mut guarded));
     println!("query: {GUARD_SQL}");
     println!("table: {rows} rows, {groups} groups, Parquet; median of {runs} runs each\n");
@@ -457,28 +437,12 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
 
 fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
-    use milkglass_core::Policy;
     use milkglass_guard::{Coverage, Decision, ProtectedTable};
-    if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
-    }
-    let store_dir = dir.join("differencing-store");
-    if store_dir.exists() {
-        std::fs::remove_dir_all(&store_dir)?;
-    }
-    let store = Store::open(&store_dir)?;
-    store.add_user("owner", Role::Owner)?;
-    store.add_user("sam", Role::Scientist)?;
-    let owner = store.user_by_name("owner")?;
-    let sam = store.user_by_name("sam")?;
     let groups = 100;
-    let file = store.new_table_file("t")?;
-    write_guard_table(&file, rows, groups)?;
-    let policy =
-        Policy::from_json(r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#)?;
-    let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
-    let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
-    let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
+    let (store, table) = guard_bench_table(&dir.join("differencing-store"), rows, groups)?;
+    let policy = table.policy.clone();
+    store.add_user("sam", Role::Scientist)?;
+    let sam = store.user_by_name("sam")?;
     let pool = store.coverage_pool(&sam)?;
     let policies = std::collections::HashMap::from([("t".to_string(), policy.clone())]);
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -532,10 +496,6 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
         anyhow::Ok(())
     })?;
     bar.finish();
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let last_tenth = |v: &[f64]| {
         let mut tail = v[v.len() - v.len().div_ceil(10)..].to_vec();
         tail.sort_by(f64::total_cmp);
@@ -556,6 +516,35 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
     println!("| bytes remembered (whole-table read) | {whole} |");
     println!("\nguarded / plain: {:.3}; (guarded + memory) / plain: {:.3}", g / p, (g + m) / p);
     Ok(())
+}
+
+/// A fresh store in `dir` with owner "owner"'s generated table "t" (`rows` rows of k in
+/// `0..groups`, v and w; minimum aggregation 10, reject), for the guard benchmarks.
+fn guard_bench_table(dir: &Path, rows: usize, groups: usize) -> Result<(Store, milkglass_store::GuardedTableInfo)> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    let store = Store::open(dir)?;
+    store.add_user("owner", Role::Owner)?;
+    let owner = store.user_by_name("owner")?;
+    let file = store.new_table_file("t")?;
+    write_guard_table(&file, rows, groups)?;
+    let policy = milkglass_core::Policy::from_json(
+        r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#,
+    )?;
+    let columns = ["k".to_string(), "v".to_string(), "w".to_string()];
+    let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
+    let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
+    Ok((store, table))
+}
+
+/// The middle value (the upper one of an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn write_guard_table(path: &Path, rows: usize, groups: usize) -> Result<()> {
