@@ -59,23 +59,17 @@ impl ApiError {
     }
 }
 
+// Store and validation errors mean the same on every front end: the service decides
+// their kind once, and HTTP maps kinds.
 impl From<Invalid> for ApiError {
     fn from(e: Invalid) -> Self {
-        ApiError::invalid(e.field, e.message)
+        ServiceError::from(e).into()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Invalid(invalid) => invalid.into(),
-            StoreError::NotFound { what } => ApiError::not_found(format!("{what} not found")),
-            StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            other => {
-                tracing::error!("store error: {other}");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
-            }
-        }
+        ServiceError::from(e).into()
     }
 }
 
