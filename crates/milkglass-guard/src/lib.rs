@@ -458,7 +458,9 @@ impl Prepared {
         for set in &self.row_sets {
             let table = self.occurrences[set.occurrence].as_str();
             let rows = if set.whole {
-                let rows = self.table_rows.get(table).copied().unwrap_or(0);
+                let rows = self.table_rows.get(table).copied().ok_or_else(|| {
+                    GuardError::Execution(format!("no row count for table {table}; the guard never guesses"))
+                })?;
                 Coverage::whole(rows)
             } else {
                 self.row_ids(set).await?

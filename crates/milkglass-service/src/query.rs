@@ -309,12 +309,15 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                         let current = review_request(services, request.id).await?;
                         match current.state.as_str() {
                             "approved" => {
-                                // Approved before it ever ran: run it now.
-                                let mut outcome = match outcome {
-                                    Some(o) => o,
-                                    None => execute(services, user, &prepared, &base).await?,
+                                let (outcome, earlier) = match (outcome, earlier) {
+                                    (Some(outcome), Some(earlier)) => (outcome, earlier),
+                                    // Approved before it ever ran: run it now.
+                                    _ => {
+                                        let mut outcome = execute(services, user, &prepared, &base).await?;
+                                        let earlier = Earlier::compare(services, user, &policies, &mut outcome).await?;
+                                        (outcome, earlier)
+                                    }
                                 };
-                                let earlier = Earlier::compare(services, user, &policies, &mut outcome).await?;
                                 if !deliver_review(services, request.id).await? {
                                     return Err(already_delivered(request.id));
                                 }
