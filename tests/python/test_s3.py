@@ -259,17 +259,19 @@ def test_a_role_needs_a_server_identity(moto, start):
 def test_an_s3_endpoint_on_loopback_is_refused_unless_allowed(moto, start):
     server = start()  # no --fetch-allow: loopback is off limits, for S3 endpoints too
     key_id, secret = moto.owner
-    server.project("ssrf", "mirrored", {"s3": {"endpoint": moto.endpoint, "access_key_id": key_id,
-                                               "secret_access_key": secret}})
-    server.upload("ssrf", urls("cats/a.png"))
-    result = server.mirror("ssrf")
-    assert result["failed_count"] == 1, result
-    assert "loopback" in result["failed"][0]["error"], result
-    for endpoint in ["http://169.254.169.254", "http://10.0.0.1:9000"]:
-        server.call("PUT", "/api/projects/ssrf/fetch", json={"s3": {
+    server.project("ssrf", "mirrored")
+    # Refused when saved, by the fetcher's own rules, so no setting waits to be refused later.
+    for endpoint, why in [(moto.endpoint, "loopback"), ("http://169.254.169.254", "link-local"),
+                          ("http://10.0.0.1:9000", "private"), ("http://[::ffff:127.0.0.1]:9000", "loopback")]:
+        r = server.call("PUT", "/api/projects/ssrf/fetch", json={"s3": {
             "endpoint": endpoint, "access_key_id": key_id, "secret_access_key": secret}})
-        result = server.mirror("ssrf")
-        assert result["failed_count"] == 1 and "refused" in result["failed"][0]["error"], result
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["field"] == "s3.endpoint" and why in error["message"], error
+    assert server.call("GET", "/api/projects/ssrf/fetch").json()["s3"] is None, "nothing was saved"
+    allowed = start("--fetch-allow", "127.0.0.1")
+    allowed.project("ok", "mirrored", {"s3": {"endpoint": moto.endpoint, "access_key_id": key_id,
+                                              "secret_access_key": secret}})
 
 
 def test_s3_urls_without_access_say_what_to_set_up(start):
@@ -343,7 +345,8 @@ def test_hosted_files_can_live_in_a_bucket(moto_storage, start):
     # Deleting the project deletes its objects.
     assert server.call("DELETE", "/api/projects/hosted").status_code == 204
     assert admin_s3.list_objects_v2(Bucket="milkglass-hosted").get("KeyCount", 0) == 0
-    assert requests.get(urls["get_url"], timeout=10).status_code == 404
+    # The project's URLs die with it (403, as for a forged URL), and its objects are gone.
+    assert requests.get(urls["get_url"], timeout=10).status_code == 403
 
 
 def test_an_unusable_asset_store_stops_the_start():

@@ -9,6 +9,7 @@ mod frame;
 mod label;
 mod metadata;
 mod name;
+pub mod paths;
 mod policy;
 mod project;
 mod role;

@@ -39,6 +39,9 @@ pub enum Refusal {
     Address { addr: IpAddr, range: IpNet, name: &'static str },
     /// The URL has no host to connect to.
     NoHost,
+    /// A name that only a private network resolves (`nas`, `printer.local`, `localhost`),
+    /// judged without resolving it (and not allow-listed).
+    PrivateName(String),
 }
 
 impl fmt::Display for Refusal {
@@ -49,6 +52,9 @@ impl fmt::Display for Refusal {
                 write!(f, "address {addr} is {name} ({range}); an admin can allow it with the fetch allow-list")
             }
             Refusal::NoHost => write!(f, "the URL has no host"),
+            Refusal::PrivateName(host) => {
+                write!(f, "{host} is a name inside a private network; an admin can allow it with the fetch allow-list")
+            }
         }
     }
 }
@@ -137,6 +143,24 @@ impl Rules {
         }
     }
 
+    /// What can be said about a URL without a network: [`Rules::check_url`], and for a host
+    /// name, whether it is one only a private network resolves. Used where nothing is fetched
+    /// yet (URL reports, saved settings); a fetch judges the address the name resolves to.
+    pub fn check_url_offline(&self, url: &url::Url) -> Result<(), Refusal> {
+        self.check_url(url)?;
+        if let Some(url::Host::Domain(host)) = url.host() {
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            let private = !host.contains('.')
+                || host.ends_with(".local")
+                || host.ends_with(".internal")
+                || host.ends_with(".localhost");
+            if private && !self.allow.allows_host(&host) {
+                return Err(Refusal::PrivateName(host));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses an address in a blocked range unless allow-listed. IPv6 forms that carry an IPv4
     /// address (mapped `::ffff:a.b.c.d`, compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4
     /// `2002::/16`) are judged by that IPv4 address too, so `[::ffff:127.0.0.1]` is loopback.
@@ -182,6 +206,20 @@ mod tests {
 
     fn refused(rules: &Rules, ip: &str) -> bool {
         rules.check_ip(ip.parse().unwrap()).is_err()
+    }
+
+    #[test]
+    fn offline_checks_judge_names_too() {
+        let rules = Rules::default();
+        let offline = |url: &str| rules.check_url_offline(&url::Url::parse(url).unwrap());
+        for refused in
+            ["http://localhost/", "http://nas/a", "http://printer.local/", "http://db.internal/", "http://127.1/"]
+        {
+            assert!(offline(refused).is_err(), "{refused}");
+        }
+        assert!(offline("https://images.example.com/a.png").is_ok());
+        let allowed = Rules { allow: AllowList::parse(&["nas".to_string()]).unwrap() };
+        assert!(allowed.check_url_offline(&url::Url::parse("http://nas/a").unwrap()).is_ok());
     }
 
     #[test]

@@ -107,15 +107,7 @@ impl FileRoot {
     }
 }
 
-/// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
-const SEGMENT: &percent_encoding::AsciiSet =
-    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// One name as one URL path segment (`/` and every other reserved byte encoded): the inverse of the
-/// decoding `relative_path` does per segment.
-pub fn encode_segment(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, SEGMENT).to_string()
-}
+pub use milkglass_core::paths::encode_segment;
 
 /// The relative file path a raw URL path names, or why it names none.
 pub fn relative_path(raw_path: &str) -> Result<PathBuf, PathRefusal> {
@@ -131,17 +123,8 @@ pub fn relative_path(raw_path: &str) -> Result<PathBuf, PathRefusal> {
         let decoded = percent_encoding::percent_decode_str(segment)
             .decode_utf8()
             .map_err(|_| PathRefusal::Malformed("the path is not UTF-8"))?;
-        if decoded.is_empty() {
-            return Err(PathRefusal::Malformed("empty path segments are not served"));
-        }
-        if decoded == "." || decoded == ".." {
-            return Err(PathRefusal::Malformed("`.` and `..` segments are not served"));
-        }
-        if decoded.contains(['/', '\\', '\0']) {
-            return Err(PathRefusal::Malformed("encoded separators and NUL are not served"));
-        }
-        if decoded.len() >= 2 && decoded.as_bytes()[1] == b':' && decoded.as_bytes()[0].is_ascii_alphabetic() {
-            return Err(PathRefusal::Malformed("drive letters are not served"));
+        if let Some(why) = milkglass_core::paths::segment_refusal(&decoded) {
+            return Err(PathRefusal::Malformed(why));
         }
         relative.push(decoded.as_ref());
     }

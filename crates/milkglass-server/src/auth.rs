@@ -1,13 +1,11 @@
-//! Bearer-token authentication and the role checks handlers call.
+//! Bearer-token authentication: the caller every handler gets.
 
-use crate::AppState;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiError;
+use crate::{AppState, blocking};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use milkglass_core::ProjectRole;
-use milkglass_service::access;
-use milkglass_store::{ProjectInfo, User};
+use milkglass_service::User;
 
 /// The caller, authenticated by `Authorization: Bearer <token>`.
 pub struct Caller(pub User);
@@ -26,22 +24,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be: Bearer <token>"))?
             .to_string();
-        let store = state.store.clone();
-        let user = tokio::task::spawn_blocking(move || store.authenticate(&token))
-            .await
-            .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-        user.map(Caller).ok_or_else(|| ApiError::unauthorized("invalid or revoked token"))
-    }
-}
-
-impl Caller {
-    /// Loads a project the caller may use with at least `needed` rights.
-    pub fn project(&self, state: &AppState, name: &str, needed: ProjectRole) -> ApiResult<ProjectInfo> {
-        Ok(access::project(&state.store, &self.0, name, needed)?)
-    }
-
-    /// Creating projects is for admins and owners.
-    pub fn require_creator(&self) -> ApiResult<()> {
-        Ok(access::require_project_creator(&self.0)?)
+        let services = state.services.clone();
+        Ok(Caller(blocking(move || services.authenticate(&token)).await?))
     }
 }

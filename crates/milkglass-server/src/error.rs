@@ -1,9 +1,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use milkglass_core::Invalid;
 use milkglass_service::{ErrorKind, ServiceError};
-use milkglass_store::StoreError;
 use serde_json::json;
 
 /// Every error the API returns: a status and a JSON body
@@ -59,20 +57,6 @@ impl ApiError {
     }
 }
 
-// Store and validation errors mean the same on every front end: the service decides
-// their kind once, and HTTP maps kinds.
-impl From<Invalid> for ApiError {
-    fn from(e: Invalid) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ServiceError::from(e).into()
-    }
-}
-
 /// The service's error kinds as HTTP statuses; the code and the body stay the service's.
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
@@ -84,6 +68,7 @@ impl From<ServiceError> for ApiError {
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Gone => StatusCode::GONE,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::Stopped => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Busy => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

@@ -4,6 +4,7 @@
 //! before its FlightInfo exists, so no byte of it leaves before the decision.
 
 use crate::AppState;
+use crate::blocking;
 use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -21,8 +22,7 @@ use arrow_flight::{
 };
 use base64::Engine;
 use futures::{Stream, TryStreamExt};
-use milkglass_service::{Answer, ErrorKind, ServiceError, query};
-use milkglass_store::User;
+use milkglass_service::{Answer, ErrorKind, GuardedTableInfo, ServiceError, User, query, tables};
 use prost::Message;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -97,7 +97,7 @@ fn status(e: ServiceError) -> Status {
         ErrorKind::Unavailable => tonic::Code::Unavailable,
         ErrorKind::Stopped => tonic::Code::DeadlineExceeded,
         ErrorKind::Conflict | ErrorKind::Gone => tonic::Code::FailedPrecondition,
-        ErrorKind::Invalid | ErrorKind::TooLarge => tonic::Code::InvalidArgument,
+        ErrorKind::Invalid | ErrorKind::TooLarge | ErrorKind::Unsupported => tonic::Code::InvalidArgument,
     };
     let kind = serde_json::to_value(e.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     structured(Status::new(code, e.message.clone()), &kind, e.code, e.field.as_deref(), e.request_id())
@@ -173,12 +173,8 @@ impl MilkglassFlightSql {
             .ok_or_else(|| Status::unauthenticated("the authorization header must be: Bearer <token>"))?
             .trim()
             .to_string();
-        let store = self.state.store.clone();
-        tokio::task::spawn_blocking(move || store.authenticate(&token))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::unauthenticated("invalid or revoked token"))
+        let services = self.state.services.clone();
+        blocking(move || services.authenticate(&token)).await.map_err(status)
     }
 
     /// Runs a statement through the guard; a passed result is kept for one DoGet.
@@ -231,7 +227,7 @@ impl MilkglassFlightSql {
     /// `x-milkglass-wait-seconds` header (the SDK sends 0 and polls), else the server's default.
     fn review_wait<T>(&self, request: &Request<T>) -> Result<Duration, Status> {
         match request.metadata().get(WAIT_HEADER) {
-            None => Ok(self.state.services.review_wait),
+            None => Ok(self.state.services.config.review_wait),
             Some(value) => value
                 .to_str()
                 .ok()
@@ -241,15 +237,9 @@ impl MilkglassFlightSql {
         }
     }
 
-    fn readable_tables(&self, user: &User) -> Result<Vec<milkglass_store::GuardedTableInfo>, Status> {
-        Ok(self
-            .state
-            .store
-            .guarded_tables()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .filter(|t| t.readable_by(user))
-            .collect())
+    async fn readable_tables(&self, user: &User) -> Result<Vec<GuardedTableInfo>, Status> {
+        let (services, user) = (self.state.services.clone(), user.clone());
+        blocking(move || tables::list(&services, &user)).await.map_err(status)
     }
 }
 
@@ -282,7 +272,8 @@ impl FlightSqlService for MilkglassFlightSql {
                 .map_err(|_| Status::unauthenticated("malformed basic auth"))?;
             let text = String::from_utf8(decoded).map_err(|_| Status::unauthenticated("malformed basic auth"))?;
             let (name, token) = text.split_once(':').ok_or_else(|| Status::unauthenticated("malformed basic auth"))?;
-            let user = self.state.store.authenticate(token).map_err(|e| Status::internal(e.to_string()))?;
+            let (services, given) = (self.state.services.clone(), token.to_string());
+            let user = blocking(move || services.authenticate(&given)).await.ok();
             if user.is_none_or(|u| u.name != name) {
                 return Err(Status::unauthenticated("invalid user name or token"));
             }
@@ -452,7 +443,7 @@ impl FlightSqlService for MilkglassFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let user = self.caller(&request).await?;
         let mut builder = query.into_builder();
-        for table in self.readable_tables(&user)? {
+        for table in self.readable_tables(&user).await? {
             let (visible, _) = table.providers().map_err(|e| Status::internal(e.to_string()))?;
             builder.append(CATALOG, SCHEMA, &table.name, "TABLE", visible.schema().as_ref()).map_err(Status::from)?;
         }

@@ -1,10 +1,9 @@
-//! Insight routes: similar items, the label-error queue, model metrics and the embedding map.
-//! Each handler authorizes (viewer rights on the project) and calls one function of
-//! [`crate::insight_service`] on the blocking pool.
+//! Insight and segment routes: similar items, the label-error queue, model metrics, the
+//! embedding map, segments and collection. Each handler parses and calls one function of
+//! [`milkglass_service::insights`] or [`milkglass_service::datasets`] on the blocking pool.
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::insight_service::{self, Collection, Dismissal, LabelErrorQuery, MetricsQuery, SimilarRequest};
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
 use axum::extract::{Path, Query, State};
@@ -13,8 +12,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use milkglass_core::ProjectRole;
-use milkglass_store::{DatasetInfo, ProjectInfo, SegmentSpec};
+use milkglass_service::insights::{
+    self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, Metrics, MetricsQuery, Similar,
+    SimilarRequest, parse_param,
+};
+use milkglass_service::{Segment, SegmentSpec, Space, datasets};
 use serde_json::Value;
 
 pub fn router() -> Router<AppState> {
@@ -34,18 +36,6 @@ pub fn router() -> Router<AppState> {
         )
         .route(&format!("{datasets}/segments/{{segment}}/export"), get(export_segment))
         .route(&format!("{datasets}/segments/{{segment}}/collect"), post(collect))
-}
-
-/// Changes (segments, dismissals) need the owner role on the project.
-fn owned(state: &AppState, caller: &Caller, project: &str, dataset: &str) -> ApiResult<DatasetInfo> {
-    let project = caller.project(state, project, ProjectRole::Owner)?;
-    Ok(state.store.dataset(&project.name, dataset)?)
-}
-
-fn viewable(state: &AppState, caller: &Caller, project: &str, dataset: &str) -> ApiResult<(ProjectInfo, DatasetInfo)> {
-    let project = caller.project(state, project, ProjectRole::Viewer)?;
-    let dataset = state.store.dataset(&project.name, dataset)?;
-    Ok((project, dataset))
 }
 
 /// Query parameters by name; unknown names are refused so that a typo is not silently ignored.
@@ -69,6 +59,11 @@ impl Params {
         self.text(name).ok_or_else(|| ApiError::invalid(name, "this parameter is required"))
     }
 
+    /// A parameter naming one of an enum's values (`space=labels`), or its default.
+    fn choice<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> ApiResult<T> {
+        Ok(self.0.get(name).map(|raw| parse_param(name, raw)).transpose()?.unwrap_or_default())
+    }
+
     fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> ApiResult<T> {
         match self.0.get(name) {
             None => Ok(default),
@@ -82,10 +77,8 @@ async fn similar(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
     JsonBody(request): JsonBody<SimilarRequest>,
-) -> ApiResult<Json<Value>> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
-    let (store, indexes) = (state.store.clone(), state.indexes.clone());
-    Ok(Json(blocking(move || insight_service::similar(&indexes, &store, &dataset, &request)).await?))
+) -> ApiResult<Json<Similar>> {
+    Ok(Json(blocking(move || insights::similar(&state.services, &caller.0, &project, &dataset, &request)).await?))
 }
 
 async fn label_errors(
@@ -93,17 +86,15 @@ async fn label_errors(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> ApiResult<Json<Value>> {
-    let (project, dataset) = viewable(&state, &caller, &project, &dataset)?;
+) -> ApiResult<Json<LabelErrors>> {
     let p = Params::new(pairs, &["inference_set", "limit", "offset", "kind"])?;
-    let params = LabelErrorQuery {
+    let query = LabelErrorQuery {
         inference_set: p.required("inference_set")?,
         limit: p.number("limit", 100)?,
         offset: p.number("offset", 0)?,
-        kind: p.text("kind"),
+        kind: p.text("kind").map(|kind| parse_param("kind", &kind)).transpose()?,
     };
-    let store = state.store.clone();
-    Ok(Json(blocking(move || insight_service::label_errors(&store, &project, &dataset, &params)).await?))
+    Ok(Json(blocking(move || insights::label_errors(&state.services, &caller.0, &project, &dataset, &query)).await?))
 }
 
 async fn metrics(
@@ -111,16 +102,14 @@ async fn metrics(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> ApiResult<Json<Value>> {
-    let (project, dataset) = viewable(&state, &caller, &project, &dataset)?;
+) -> ApiResult<Json<Metrics>> {
     let p = Params::new(pairs, &["inference_set", "iou", "confidence"])?;
-    let params = MetricsQuery {
+    let query = MetricsQuery {
         inference_set: p.required("inference_set")?,
         iou: p.number("iou", 0.5)?,
         confidence: p.number("confidence", 0.5)?,
     };
-    let store = state.store.clone();
-    Ok(Json(blocking(move || insight_service::metrics(&store, &project, &dataset, &params)).await?))
+    Ok(Json(blocking(move || insights::metrics(&state.services, &caller.0, &project, &dataset, &query)).await?))
 }
 
 /// The map as `application/octet-stream`: little-endian f32 pairs in the order of `map/ids`.
@@ -130,12 +119,11 @@ async fn embedding_map(
     Path((project, dataset)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
     let p = Params::new(params, &["space", "layout"])?;
-    let (space, layout) =
-        (p.text("space").unwrap_or_else(|| "frames".into()), p.text("layout").unwrap_or_else(|| "pca".into()));
-    let store = state.store.clone();
-    let (ids, bytes) = blocking(move || insight_service::embedding_map(&store, &dataset, &space, &layout)).await?;
+    let (space, layout): (Space, Layout) = (p.choice("space")?, p.choice("layout")?);
+    let (ids, bytes) =
+        blocking(move || insights::embedding_map(&state.services, &caller.0, &project, &dataset, space, layout))
+            .await?;
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -152,11 +140,9 @@ async fn embedding_map_ids(
     Path((project, dataset)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
     let p = Params::new(params, &["space"])?;
-    let space = p.text("space").unwrap_or_else(|| "frames".into());
-    let store = state.store.clone();
-    let ids = blocking(move || insight_service::map_ids(&store, &dataset, &space)).await?;
+    let space: Space = p.choice("space")?;
+    let ids = blocking(move || insights::map_ids(&state.services, &caller.0, &project, &dataset, space)).await?;
     Ok(Json(serde_json::json!({ "ids": ids })))
 }
 
@@ -166,9 +152,8 @@ async fn dismiss(
     Path((project, dataset)): Path<(String, String)>,
     JsonBody(dismissal): JsonBody<Dismissal>,
 ) -> ApiResult<Json<Value>> {
-    let dataset = owned(&state, &caller, &project, &dataset)?;
-    let store = state.store.clone();
-    Ok(Json(blocking(move || insight_service::dismiss(&store, &dataset, &dismissal)).await?))
+    let key = blocking(move || insights::dismiss(&state.services, &caller.0, &project, &dataset, &dismissal)).await?;
+    Ok(Json(serde_json::json!({ "dismissed": key })))
 }
 
 async fn list_segments(
@@ -176,8 +161,8 @@ async fn list_segments(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
-    Ok(Json(serde_json::json!({ "segments": state.store.list_segments(&dataset)? })))
+    let segments = blocking(move || datasets::list_segments(&state.services, &caller.0, &project, &dataset)).await?;
+    Ok(Json(serde_json::json!({ "segments": segments })))
 }
 
 async fn create_segment(
@@ -186,8 +171,8 @@ async fn create_segment(
     Path((project, dataset)): Path<(String, String)>,
     JsonBody(spec): JsonBody<SegmentSpec>,
 ) -> ApiResult<Response> {
-    let dataset = owned(&state, &caller, &project, &dataset)?;
-    let segment = state.store.create_segment(&dataset, &spec)?;
+    let segment =
+        blocking(move || datasets::create_segment(&state.services, &caller.0, &project, &dataset, &spec)).await?;
     Ok((StatusCode::CREATED, Json(segment)).into_response())
 }
 
@@ -195,9 +180,8 @@ async fn get_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, dataset, segment)): Path<(String, String, String)>,
-) -> ApiResult<Json<Value>> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
-    Ok(Json(serde_json::to_value(state.store.segment(&dataset, &segment)?).expect("serializable")))
+) -> ApiResult<Json<Segment>> {
+    Ok(Json(blocking(move || datasets::segment(&state.services, &caller.0, &project, &dataset, &segment)).await?))
 }
 
 async fn update_segment(
@@ -205,9 +189,11 @@ async fn update_segment(
     caller: Caller,
     Path((project, dataset, segment)): Path<(String, String, String)>,
     JsonBody(patch): JsonBody<SegmentSpec>,
-) -> ApiResult<Json<Value>> {
-    let dataset = owned(&state, &caller, &project, &dataset)?;
-    Ok(Json(serde_json::to_value(state.store.update_segment(&dataset, &segment, &patch)?).expect("serializable")))
+) -> ApiResult<Json<Segment>> {
+    let services = state.services;
+    Ok(Json(
+        blocking(move || datasets::update_segment(&services, &caller.0, &project, &dataset, &segment, &patch)).await?,
+    ))
 }
 
 async fn delete_segment(
@@ -215,8 +201,7 @@ async fn delete_segment(
     caller: Caller,
     Path((project, dataset, segment)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    let dataset = owned(&state, &caller, &project, &dataset)?;
-    state.store.delete_segment(&dataset, &segment)?;
+    blocking(move || datasets::delete_segment(&state.services, &caller.0, &project, &dataset, &segment)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -226,13 +211,12 @@ async fn export_segment(
     Path((project, dataset, segment)): Path<(String, String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Response> {
-    let (_, dataset) = viewable(&state, &caller, &project, &dataset)?;
     let p = Params::new(params, &["format"])?;
-    let format = p.text("format").unwrap_or_else(|| "jsonl".into());
-    let store = state.store.clone();
-    let (content_type, body) =
-        blocking(move || insight_service::export_segment(&store, &dataset, &segment, &format)).await?;
-    Ok(([(CONTENT_TYPE, content_type)], body).into_response())
+    let format: ExportFormat = p.choice("format")?;
+    let services = state.services;
+    let body =
+        blocking(move || insights::export_segment(&services, &caller.0, &project, &dataset, &segment, format)).await?;
+    Ok(([(CONTENT_TYPE, format.content_type())], body).into_response())
 }
 
 async fn collect(
@@ -241,9 +225,8 @@ async fn collect(
     Path((project, dataset, segment)): Path<(String, String, String)>,
     JsonBody(request): JsonBody<Collection>,
 ) -> ApiResult<Response> {
-    let (_, source) = viewable(&state, &caller, &project, &dataset)?;
-    let target = owned(&state, &caller, &project, &request.from_dataset)?;
-    let store = state.store.clone();
-    let saved = blocking(move || insight_service::collect(&store, &source, &target, &segment, &request)).await?;
+    let services = state.services;
+    let saved =
+        blocking(move || insights::collect(&services, &caller.0, &project, &dataset, &segment, &request)).await?;
     Ok((StatusCode::CREATED, Json(saved)).into_response())
 }

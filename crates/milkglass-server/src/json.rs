@@ -36,20 +36,6 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 }
             })?
             .to_bytes();
-        parse_json(&bytes).map(JsonBody)
+        Ok(milkglass_service::parse_json(&bytes).map(JsonBody)?)
     }
-}
-
-/// Parses JSON, naming the failing field path in the error.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        // serde_path_to_error writes "." for the root and "?" for a position it could
-        // not name (such as the end of input); neither helps a user find the field.
-        let path = e.path().to_string();
-        let field = path.trim_end_matches('?').trim_end_matches('.');
-        ApiError::invalid(field, e.inner().to_string())
-    })?;
-    de.end().map_err(|e| ApiError::invalid("", format!("trailing data after the JSON value: {e}")))?;
-    Ok(value)
 }

@@ -1,27 +1,24 @@
-//! The milkglass HTTP API: thin axum handlers over the store.
+//! The milkglass adapters: the HTTP API (axum) and Flight SQL (tonic) over
+//! `milkglass-service`.
 //!
-//! Handlers parse and authorize; the store validates and writes. Blocking store
-//! calls run on tokio's blocking pool so the async workers stay free.
+//! Handlers parse, call one service operation and answer; the service authorizes,
+//! validates and does the work. Blocking operations run through [`blocking`] on tokio's
+//! blocking pool, so the async workers stay free.
 
-mod assets;
 mod auth;
-mod embedding;
 mod error;
 pub mod flight;
-mod hosted;
-mod ingest;
 mod insight;
-mod insight_service;
 mod json;
+mod raw;
 mod routes;
 mod tables;
 
-pub use assets::check_fetch_allow;
 pub use error::ApiError;
-pub use milkglass_service::QueryLimits;
+pub use milkglass_service::{QueryLimits, Store, check_fetch_allow};
 
 use axum::Router;
-use milkglass_store::Store;
+use milkglass_service::{ServiceConfig, ServiceError, ServiceResult, Services};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,35 +66,33 @@ impl Default for ServerConfig {
 
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Store,
     pub config: Arc<ServerConfig>,
-    /// The raw-data boundary: the fetcher, the hosted store and URL signatures.
-    pub(crate) assets: Arc<assets::Assets>,
     /// The operations, shared by the HTTP routes and Flight SQL.
-    pub(crate) services: Arc<milkglass_service::Services>,
-    /// Similarity indexes built for this server's datasets.
-    pub(crate) indexes: Arc<insight_service::IndexCache>,
-    /// The embedding model, loaded on first use.
-    pub(crate) embedder: Arc<embedding::ModelSlot>,
+    pub services: Arc<Services>,
 }
 
 impl AppState {
     /// Fails when the fetch allow-list, the asset signing key or the hosted store is unusable.
     pub fn new(store: Store, config: ServerConfig) -> std::io::Result<AppState> {
-        let assets = assets::Assets::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
-        let services = Arc::new(milkglass_service::Services::new(store.clone(), &config.queries, config.review_wait)?);
-        let indexes = Arc::new(insight_service::IndexCache::new());
-        let embedder = Arc::new(embedding::ModelSlot::default());
-        Ok(AppState { store, config: Arc::new(config), assets: Arc::new(assets), services, indexes, embedder })
+        let service_config = ServiceConfig {
+            queries: config.queries.clone(),
+            review_wait: config.review_wait,
+            fetch_allow: config.fetch_allow.clone(),
+            asset_store: config.asset_store.clone(),
+            batch_size: config.batch_size,
+            max_upload_bytes: config.max_upload_bytes,
+        };
+        let services = Arc::new(Services::new(store, service_config)?);
+        Ok(AppState { config: Arc::new(config), services })
     }
 }
 
-/// Runs `f` (SQLite, files, CPU-heavy work) on tokio's blocking pool, so that the async
-/// workers stay free; the one way handlers do it.
+/// Runs a blocking operation (SQLite, files, CPU-heavy work) on tokio's blocking pool, so
+/// that the async workers stay free; the one way adapters do it.
 pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> error::ApiResult<T> + Send + 'static,
-) -> error::ApiResult<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("task failed: {e}")))?
+    f: impl FnOnce() -> ServiceResult<T> + Send + 'static,
+) -> ServiceResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::internal(format!("task failed: {e}")))?
 }
 
 /// The whole HTTP application.

@@ -1,8 +1,9 @@
-//! Routes and their handlers. Each handler authorizes, then calls one store method.
+//! The router, and the routes of projects, datasets, frames, inference sets and uploads.
+//! Each handler parses, calls one operation of [`milkglass_service::datasets`] (which
+//! authorizes) or [`milkglass_service::ingest`], and answers.
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::{Format, run_upload};
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
 use axum::body::Body;
@@ -13,9 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::TryStreamExt;
-use milkglass_core::{DatasetSpec, ProjectRole, ProjectSpec};
-use milkglass_store::{
-    DatasetInfo, DatasetPatch, FrameFilter, InferenceSetInfo, MetaPredicate, ProjectPatch, Store, UploadKind,
+use milkglass_service::ingest::{self, BodyTooLarge, Format, UploadSummary, UploadTarget};
+use milkglass_service::raw::url_check::check_after_upload;
+use milkglass_service::{
+    DatasetInfo, DatasetPatch, DatasetSpec, FrameFilter, InferenceSetInfo, MAX_PAGE, MetaPredicate, ProjectPatch,
+    ProjectRole, ProjectSpec, UploadKind, datasets,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -55,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/sample/{*path}", get(sample_file))
         .merge(api)
-        .merge(crate::assets::router())
+        .merge(crate::raw::router())
         .with_state(state)
 }
 
@@ -63,7 +66,6 @@ async fn api_not_found() -> ApiError {
     ApiError::not_found("no such route; see docs/API.md")
 }
 
-/// Runs a blocking store call off the async workers.
 async fn whoami(Caller(user): Caller) -> Json<Value> {
     Json(json!({ "name": user.name, "role": user.role }))
 }
@@ -74,7 +76,8 @@ async fn info(State(state): State<AppState>, Caller(_): Caller) -> Json<Value> {
 }
 
 async fn list_projects(State(state): State<AppState>, Caller(user): Caller) -> ApiResult<Json<Value>> {
-    Ok(Json(json!({ "projects": state.store.list_projects(&user)? })))
+    let projects = blocking(move || datasets::list_projects(&state.services, &user)).await?;
+    Ok(Json(json!({ "projects": projects })))
 }
 
 async fn create_project(
@@ -82,8 +85,7 @@ async fn create_project(
     caller: Caller,
     JsonBody(spec): JsonBody<ProjectSpec>,
 ) -> ApiResult<Response> {
-    caller.require_creator()?;
-    let project = state.store.create_project(&spec, &caller.0)?;
+    let project = blocking(move || datasets::create_project(&state.services, &caller.0, &spec)).await?;
     Ok((StatusCode::CREATED, Json(project)).into_response())
 }
 
@@ -92,7 +94,7 @@ async fn get_project(
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let project = caller.project(&state, &project, ProjectRole::Viewer)?;
+    let project = blocking(move || datasets::project(&state.services, &caller.0, &project)).await?;
     Ok(Json(serde_json::to_value(project).expect("serializable")))
 }
 
@@ -102,8 +104,8 @@ async fn update_project(
     Path(project): Path<String>,
     JsonBody(patch): JsonBody<ProjectPatch>,
 ) -> ApiResult<Json<Value>> {
-    caller.project(&state, &project, ProjectRole::Owner)?;
-    Ok(Json(serde_json::to_value(state.store.update_project(&project, &patch)?).expect("serializable")))
+    let project = blocking(move || datasets::update_project(&state.services, &caller.0, &project, &patch)).await?;
+    Ok(Json(serde_json::to_value(project).expect("serializable")))
 }
 
 async fn delete_project(
@@ -111,10 +113,7 @@ async fn delete_project(
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let info = caller.project(&state, &project, ProjectRole::Owner)?;
-    let store = state.store.clone();
-    blocking(move || Ok(store.delete_project(&project)?)).await?;
-    crate::assets::remove_project_files(&state, &info).await;
+    datasets::delete_project(&state.services, &caller.0, &project).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -123,9 +122,8 @@ async fn list_members(
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    let members: Vec<Value> =
-        state.store.members(&project)?.into_iter().map(|(name, role)| json!({ "user": name, "role": role })).collect();
+    let members = blocking(move || datasets::members(&state.services, &caller.0, &project)).await?;
+    let members: Vec<Value> = members.into_iter().map(|(name, role)| json!({ "user": name, "role": role })).collect();
     Ok(Json(json!({ "members": members })))
 }
 
@@ -141,8 +139,8 @@ async fn set_member(
     Path((project, user)): Path<(String, String)>,
     JsonBody(body): JsonBody<MemberBody>,
 ) -> ApiResult<Json<Value>> {
-    let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    state.store.set_member(&project, &user, body.role)?;
+    let member = user.clone();
+    blocking(move || datasets::set_member(&state.services, &caller.0, &project, &member, body.role)).await?;
     Ok(Json(json!({ "user": user, "role": body.role })))
 }
 
@@ -151,8 +149,7 @@ async fn remove_member(
     caller: Caller,
     Path((project, user)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let project = caller.project(&state, &project, ProjectRole::Owner)?;
-    state.store.remove_member(&project, &user)?;
+    blocking(move || datasets::remove_member(&state.services, &caller.0, &project, &user)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -161,8 +158,8 @@ async fn list_datasets(
     caller: Caller,
     Path(project): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.project(&state, &project, ProjectRole::Viewer)?;
-    Ok(Json(json!({ "datasets": state.store.list_datasets(&project)? })))
+    let datasets = blocking(move || datasets::list_datasets(&state.services, &caller.0, &project)).await?;
+    Ok(Json(json!({ "datasets": datasets })))
 }
 
 async fn create_dataset(
@@ -171,20 +168,8 @@ async fn create_dataset(
     Path(project): Path<String>,
     JsonBody(spec): JsonBody<DatasetSpec>,
 ) -> ApiResult<Response> {
-    caller.project(&state, &project, ProjectRole::Owner)?;
-    Ok((StatusCode::CREATED, Json(state.store.create_dataset(&project, &spec)?)).into_response())
-}
-
-/// The dataset named in the path, once the caller has `needed` rights on its project.
-fn dataset(
-    state: &AppState,
-    caller: &Caller,
-    project: &str,
-    dataset: &str,
-    needed: ProjectRole,
-) -> ApiResult<DatasetInfo> {
-    caller.project(state, project, needed)?;
-    Ok(state.store.dataset(project, dataset)?)
+    let dataset = blocking(move || datasets::create_dataset(&state.services, &caller.0, &project, &spec)).await?;
+    Ok((StatusCode::CREATED, Json(dataset)).into_response())
 }
 
 async fn get_dataset(
@@ -192,7 +177,7 @@ async fn get_dataset(
     caller: Caller,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<DatasetInfo>> {
-    Ok(Json(dataset(&state, &caller, &project, &name, ProjectRole::Viewer)?))
+    Ok(Json(blocking(move || datasets::dataset(&state.services, &caller.0, &project, &name)).await?))
 }
 
 async fn update_dataset(
@@ -201,8 +186,7 @@ async fn update_dataset(
     Path((project, name)): Path<(String, String)>,
     JsonBody(patch): JsonBody<DatasetPatch>,
 ) -> ApiResult<Json<DatasetInfo>> {
-    caller.project(&state, &project, ProjectRole::Owner)?;
-    Ok(Json(state.store.update_dataset(&project, &name, &patch)?))
+    Ok(Json(blocking(move || datasets::update_dataset(&state.services, &caller.0, &project, &name, &patch)).await?))
 }
 
 async fn delete_dataset(
@@ -210,9 +194,7 @@ async fn delete_dataset(
     caller: Caller,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    caller.project(&state, &project, ProjectRole::Owner)?;
-    let store = state.store.clone();
-    blocking(move || Ok(store.delete_dataset(&project, &name)?)).await?;
+    blocking(move || datasets::delete_dataset(&state.services, &caller.0, &project, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -221,9 +203,7 @@ async fn dataset_status(
     caller: Caller,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    caller.project(&state, &project, ProjectRole::Viewer)?;
-    let store = state.store.clone();
-    let status = blocking(move || Ok(store.dataset_status(&project, &name)?)).await?;
+    let status = blocking(move || datasets::status(&state.services, &caller.0, &project, &name)).await?;
     Ok(Json(serde_json::to_value(status).expect("serializable")))
 }
 
@@ -235,7 +215,7 @@ fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
     };
     for (key, value) in params {
         match key.as_str() {
-            "limit" => filter.limit = int(&key, &value)?.clamp(1, milkglass_store::MAX_PAGE as i64) as usize,
+            "limit" => filter.limit = int(&key, &value)?.clamp(1, MAX_PAGE as i64) as usize,
             "after" => filter.after = Some(value),
             "class" => filter.class = Some(value),
             "min_labels" => filter.min_labels = Some(int(&key, &value)?),
@@ -273,10 +253,8 @@ async fn list_frames(
     Path((project, name)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    caller.project(&state, &project, ProjectRole::Viewer)?;
     let filter = frame_filter(params)?;
-    let store = state.store.clone();
-    let page = blocking(move || Ok(store.list_frames(&project, &name, &filter)?)).await?;
+    let page = blocking(move || datasets::list_frames(&state.services, &caller.0, &project, &name, &filter)).await?;
     Ok(Json(serde_json::to_value(page).expect("serializable")))
 }
 
@@ -302,8 +280,8 @@ async fn get_frame(
     Path((project, name, frame)): Path<(String, String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Viewer)?;
-    let frame = state.store.frame(&dataset, &frame, version_param(params)?)?;
+    let version = version_param(params)?;
+    let frame = blocking(move || datasets::frame(&state.services, &caller.0, &project, &name, &frame, version)).await?;
     Ok(Json(serde_json::to_value(frame).expect("serializable")))
 }
 
@@ -319,9 +297,9 @@ async fn delete_frames(
     Path((project, name)): Path<(String, String)>,
     JsonBody(body): JsonBody<DeleteFrames>,
 ) -> ApiResult<Json<Value>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    let store = state.store.clone();
-    let report = blocking(move || Ok(store.delete_frames(&dataset, &body.frame_ids)?)).await?;
+    let report =
+        blocking(move || datasets::delete_frames(&state.services, &caller.0, &project, &name, &body.frame_ids, false))
+            .await?;
     Ok(Json(json!({ "deleted": report.records, "version": report.version })))
 }
 
@@ -330,15 +308,8 @@ async fn delete_frame(
     caller: Caller,
     Path((project, name, frame)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    let store = state.store.clone();
-    let report = blocking(move || {
-        store.delete_frames(&dataset, std::slice::from_ref(&frame)).map_err(|e| match e {
-            milkglass_store::StoreError::Invalid(_) => ApiError::not_found(format!("frame {frame:?} not found")),
-            other => other.into(),
-        })
-    })
-    .await?;
+    let report =
+        blocking(move || datasets::delete_frames(&state.services, &caller.0, &project, &name, &[frame], true)).await?;
     Ok(Json(json!({ "deleted": report.records, "version": report.version })))
 }
 
@@ -347,8 +318,8 @@ async fn list_inference_sets(
     caller: Caller,
     Path((project, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Viewer)?;
-    Ok(Json(json!({ "inference_sets": state.store.list_inference_sets(&dataset)? })))
+    let sets = blocking(move || datasets::list_inference_sets(&state.services, &caller.0, &project, &name)).await?;
+    Ok(Json(json!({ "inference_sets": sets })))
 }
 
 async fn create_inference_set(
@@ -357,8 +328,9 @@ async fn create_inference_set(
     Path((project, name)): Path<(String, String)>,
     JsonBody(spec): JsonBody<DatasetSpec>,
 ) -> ApiResult<Response> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    Ok((StatusCode::CREATED, Json(state.store.create_inference_set(&dataset, &spec)?)).into_response())
+    let set =
+        blocking(move || datasets::create_inference_set(&state.services, &caller.0, &project, &name, &spec)).await?;
+    Ok((StatusCode::CREATED, Json(set)).into_response())
 }
 
 async fn get_inference_set(
@@ -366,8 +338,7 @@ async fn get_inference_set(
     caller: Caller,
     Path((project, name, set)): Path<(String, String, String)>,
 ) -> ApiResult<Json<InferenceSetInfo>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Viewer)?;
-    Ok(Json(state.store.inference_set(&dataset, &set)?))
+    Ok(Json(blocking(move || datasets::inference_set(&state.services, &caller.0, &project, &name, &set)).await?))
 }
 
 async fn update_inference_set(
@@ -376,8 +347,10 @@ async fn update_inference_set(
     Path((project, name, set)): Path<(String, String, String)>,
     JsonBody(patch): JsonBody<DatasetPatch>,
 ) -> ApiResult<Json<InferenceSetInfo>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    Ok(Json(state.store.update_inference_set(&dataset, &set, &patch)?))
+    let services = state.services;
+    Ok(Json(
+        blocking(move || datasets::update_inference_set(&services, &caller.0, &project, &name, &set, &patch)).await?,
+    ))
 }
 
 async fn delete_inference_set(
@@ -385,77 +358,81 @@ async fn delete_inference_set(
     caller: Caller,
     Path((project, name, set)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    state.store.delete_inference_set(&dataset, &set)?;
+    blocking(move || datasets::delete_inference_set(&state.services, &caller.0, &project, &name, &set)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn upload_frames(
     state: State<AppState>,
     caller: Caller,
-    path: Path<(String, String)>,
+    Path((project, dataset)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    let (project, dataset) = path.0;
-    let target = (project.clone(), dataset.clone());
-    let answer = upload(State(state.0.clone()), caller, target, None, UploadKind::Frames, headers, body).await?;
-    crate::assets::check_after_upload(&state, &project, &dataset);
+) -> ApiResult<Json<UploadSummary>> {
+    let target = (project.clone(), dataset.clone(), None);
+    let answer = upload(&state, caller, target, UploadKind::Frames, headers, body).await?;
+    check_after_upload(&state.services, &project, &dataset);
     Ok(answer)
 }
 
 async fn upload_labels(
-    state: State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
-    path: Path<(String, String)>,
+    Path((project, dataset)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    upload(state, caller, path.0, None, UploadKind::Labels, headers, body).await
+) -> ApiResult<Json<UploadSummary>> {
+    upload(&state, caller, (project, dataset, None), UploadKind::Labels, headers, body).await
 }
 
 async fn upload_embeddings(
-    state: State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
-    path: Path<(String, String)>,
+    Path((project, dataset)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    upload(state, caller, path.0, None, UploadKind::Embeddings, headers, body).await
+) -> ApiResult<Json<UploadSummary>> {
+    upload(&state, caller, (project, dataset, None), UploadKind::Embeddings, headers, body).await
 }
 
 async fn upload_inferences(
-    state: State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
-    Path((project, name, set)): Path<(String, String, String)>,
+    Path((project, dataset, set)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    upload(state, caller, (project, name), Some(set), UploadKind::Inferences, headers, body).await
+) -> ApiResult<Json<UploadSummary>> {
+    upload(&state, caller, (project, dataset, Some(set)), UploadKind::Inferences, headers, body).await
 }
 
 async fn upload_inference_embeddings(
-    state: State<AppState>,
-    caller: Caller,
-    Path((project, name, set)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<Value>> {
-    upload(state, caller, (project, name), Some(set), UploadKind::Embeddings, headers, body).await
-}
-
-/// Streams an upload body into the store, batch by batch.
-async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    (project, name): (String, String),
-    inference_set: Option<String>,
+    Path((project, dataset, set)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<UploadSummary>> {
+    upload(&state, caller, (project, dataset, Some(set)), UploadKind::Embeddings, headers, body).await
+}
+
+/// Streams an upload body into the store, batch by batch, read on a blocking thread.
+async fn upload(
+    state: &AppState,
+    caller: Caller,
+    (project, dataset, inference_set): (String, String, Option<String>),
     kind: UploadKind,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<Value>> {
-    let dataset = dataset(&state, &caller, &project, &name, ProjectRole::Owner)?;
-    let set = inference_set.map(|set| state.store.inference_set(&dataset, &set)).transpose()?;
+) -> ApiResult<Json<UploadSummary>> {
+    let (services, user) = (state.services.clone(), caller.0.clone());
+    let target = (project.clone(), dataset.clone(), inference_set.clone());
+    blocking(move || {
+        let (project, dataset, inference_set) = target;
+        let target =
+            UploadTarget { project: &project, dataset: &dataset, inference_set: inference_set.as_deref(), kind };
+        ingest::check_target(&services, &user, &target).map(drop)
+    })
+    .await?;
     let format = Format::from_content_type(headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()))?;
     let limit = state.config.max_upload_bytes;
     let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -463,26 +440,23 @@ async fn upload(
         return Err(ApiError::too_large(limit));
     }
     let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    let stream = http_body_util::BodyDataStream::new(limited).map_err(std::io::Error::other);
-    let reader = SyncIoBridge::new(StreamReader::new(stream));
-    let store: Store = state.store.clone();
-    let batch_size = state.config.batch_size;
-    blocking(move || {
-        let mut upload = store.begin_upload(&dataset, kind, set.as_ref())?;
-        let result = run_upload(&store, &mut upload, format, reader, batch_size);
-        store.finish_upload(&upload, result.as_ref().err().map(|e| e.message.as_str()))?;
-        let summary = json!({
-            "upload_id": upload.id(),
-            "version": upload.version(),
-            "records": upload.records,
-            "batches": upload.batches,
-        });
-        match result {
-            Ok(()) => Ok(Json(summary)),
-            Err(e) => Err(e.with_details(json!({ "committed": summary }))),
+    // Over the limit, the service answers "too large" rather than "could not read".
+    let stream = http_body_util::BodyDataStream::new(limited).map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            std::io::Error::other(BodyTooLarge)
+        } else {
+            std::io::Error::other(e)
         }
+    });
+    let reader = SyncIoBridge::new(StreamReader::new(stream));
+    let services = state.services.clone();
+    let summary = blocking(move || {
+        let target =
+            UploadTarget { project: &project, dataset: &dataset, inference_set: inference_set.as_deref(), kind };
+        ingest::upload(&services, &caller.0, target, format, reader)
     })
-    .await
+    .await?;
+    Ok(Json(summary))
 }
 
 /// Serves the demo's sample images. Public on purpose: browsers load them with

@@ -10,9 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use milkglass_core::Policy;
-use milkglass_service::{Answer, access, query, reviews, tables};
-use milkglass_store::{GuardedTableInfo, TableFormat};
+use milkglass_service::{Answer, GuardedTableInfo, Policy, ServiceError, TableFormat, access, query, reviews, tables};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -32,7 +30,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let tables = blocking(move || Ok(access::readable_tables(&state.store, &caller.0)?)).await?;
+    let tables = blocking(move || tables::list(&state.services, &caller.0)).await?;
     Ok(Json(json!({ "tables": tables })))
 }
 
@@ -41,7 +39,7 @@ async fn get_table(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<GuardedTableInfo>> {
-    Ok(Json(blocking(move || Ok(access::readable_table(&state.store, &caller.0, &name)?)).await?))
+    Ok(Json(blocking(move || tables::get(&state.services, &caller.0, &name)).await?))
 }
 
 fn parse_readers(text: &str) -> Option<Vec<String>> {
@@ -76,7 +74,7 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> Api
             "name" => name = Some(field.text().await.map_err(|e| ApiError::invalid("name", e.to_string()))?),
             "policy" => {
                 let text = field.text().await.map_err(|e| ApiError::invalid("policy", e.to_string()))?;
-                policy = Some(Policy::from_json(&text)?);
+                policy = Some(Policy::from_json(&text).map_err(ServiceError::from)?);
             }
             "readers" => {
                 readers = parse_readers(&field.text().await.map_err(|e| ApiError::invalid("readers", e.to_string()))?)
@@ -126,7 +124,7 @@ impl Drop for Staging {
 }
 
 fn tempfile_in(state: &AppState) -> ApiResult<Staging> {
-    Ok(Staging(state.store.staging_file()?))
+    Ok(Staging(tables::staging_file(&state.services)?))
 }
 
 fn body_error(message: &str) -> ApiError {
@@ -159,14 +157,14 @@ async fn set_policy(
 ) -> ApiResult<Json<GuardedTableInfo>> {
     let table = blocking(move || {
         let readers = body.readers.as_ref().map(|r| r.as_deref());
-        Ok(tables::set_policy(&state.services, &caller.0, &name, body.policy, readers)?)
+        tables::set_policy(&state.services, &caller.0, &name, body.policy, readers)
     })
     .await?;
     Ok(Json(table))
 }
 
 async fn drop_table(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    blocking(move || Ok(tables::drop(&state.services, &caller.0, &name)?)).await?;
+    blocking(move || tables::drop(&state.services, &caller.0, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -197,7 +195,8 @@ async fn run_query(
         let table = query::save_result(&state.services, &caller.0, &body.sql, name).await?;
         return Ok((StatusCode::CREATED, Json(table)).into_response());
     }
-    let wait = body.wait_seconds.map_or(state.services.review_wait, Duration::from_secs).min(query::MAX_REVIEW_WAIT);
+    let wait =
+        body.wait_seconds.map_or(state.services.config.review_wait, Duration::from_secs).min(query::MAX_REVIEW_WAIT);
     let answer = query::run(&state.services, &caller.0, &body.sql, wait).await?;
     respond(answer, &headers)
 }
@@ -301,7 +300,7 @@ async fn list_reviews(
     caller: Caller,
     Query(q): Query<ReviewQuery>,
 ) -> ApiResult<Json<Value>> {
-    let visible = blocking(move || Ok(reviews::list(&state.services, &caller.0, q.state.as_deref())?)).await?;
+    let visible = blocking(move || reviews::list(&state.services, &caller.0, q.state.as_deref())).await?;
     Ok(Json(json!({ "requests": visible })))
 }
 
@@ -331,8 +330,7 @@ async fn decide(
     approve: bool,
     reason: Option<String>,
 ) -> ApiResult<Json<Value>> {
-    let decided =
-        blocking(move || Ok(reviews::decide(&state.services, &caller.0, id, approve, reason.as_deref())?)).await?;
+    let decided = blocking(move || reviews::decide(&state.services, &caller.0, id, approve, reason.as_deref())).await?;
     Ok(Json(serde_json::to_value(decided).expect("serializable")))
 }
 
@@ -349,6 +347,6 @@ async fn audit_log(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = blocking(move || Ok(reviews::audit_log(&state.services, &caller.0, q.table.as_deref())?)).await?;
+    let entries = blocking(move || reviews::audit_log(&state.services, &caller.0, q.table.as_deref())).await?;
     Ok(Json(json!({ "entries": entries })))
 }

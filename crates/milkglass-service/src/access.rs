@@ -5,7 +5,7 @@
 
 use crate::{ServiceError, ServiceResult};
 use milkglass_core::{ProjectRole, Role};
-use milkglass_store::{GuardedTableInfo, ProjectInfo, Store, StoreError, User};
+use milkglass_store::{DatasetInfo, GuardedTableInfo, ProjectInfo, Store, StoreError, User};
 
 /// A project the caller may use with at least `needed` rights.
 pub fn project(store: &Store, user: &User, name: &str, needed: ProjectRole) -> ServiceResult<ProjectInfo> {
@@ -17,12 +17,24 @@ pub fn project(store: &Store, user: &User, name: &str, needed: ProjectRole) -> S
     match store.project_role(user, &project)? {
         Some(role) if role >= needed => Ok(project),
         Some(_) => Err(ServiceError::forbidden(format!("you can read project {name:?} but not change it"))),
-        None => {
-            Err(ServiceError::forbidden(format!("you have no access to project {name:?}; ask its owner to add you")))
-        }
+        None => Err(no_project_access(name)),
     }
 }
 
+/// A dataset, once the caller has `needed` rights on its project.
+pub fn dataset(
+    store: &Store,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    needed: ProjectRole,
+) -> ServiceResult<(ProjectInfo, DatasetInfo)> {
+    let project = self::project(store, user, project, needed)?;
+    let dataset = store.dataset(&project.name, dataset)?;
+    Ok((project, dataset))
+}
+
+/// The one refusal for a project the caller may not see, whether or not it exists.
 fn no_project_access(project: &str) -> ServiceError {
     ServiceError::forbidden(format!("you have no access to a project {project:?}; ask its owner to add you"))
 }

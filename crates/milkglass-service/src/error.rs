@@ -24,6 +24,8 @@ pub enum ErrorKind {
     Gone,
     /// Over a size limit.
     TooLarge,
+    /// A body in a format the operation does not read.
+    Unsupported,
     /// The guard's decision: outside a table's safe zone. The message names the rule.
     Refused,
     /// The owner rejected a held query; `details.request_id` names it.
@@ -80,6 +82,14 @@ impl ServiceError {
 
     pub fn conflict(message: impl Into<String>) -> Self {
         ServiceError::new(ErrorKind::Conflict, "conflict", message)
+    }
+
+    pub fn too_large(limit: u64) -> Self {
+        ServiceError::new(
+            ErrorKind::TooLarge,
+            "too_large",
+            format!("the request body is larger than the limit of {limit} bytes"),
+        )
     }
 
     /// Logs `cause` in full and answers without it.

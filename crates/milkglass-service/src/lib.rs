@@ -9,17 +9,64 @@
 //! notifications), so that two servers in one process never share any.
 
 pub mod access;
+pub mod datasets;
+pub mod embedding;
 mod error;
+pub mod ingest;
+pub mod insights;
 pub mod query;
+pub mod raw;
 pub mod reviews;
 pub mod tables;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 pub use query::{Answer, MAX_REVIEW_WAIT};
+pub use raw::check_fetch_allow;
 
-use milkglass_store::Store;
+// The vocabulary of the operations' arguments and answers, so that adapters need no
+// dependency on the crates below the service.
+pub use milkglass_core::{AccessMode, DatasetSpec, Policy, ProjectRole, ProjectSpec, Role};
+pub use milkglass_guard::Limits as QueryResourceLimits;
+pub use milkglass_store::{
+    AuditEntry, DatasetInfo, DatasetPatch, DatasetStatus, FrameFilter, FramePage, GuardedTableInfo, InferenceSetInfo,
+    MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, ReviewRequest, Segment, SegmentSpec, Space, Store, StoredFrame,
+    TableFormat, UploadKind, User,
+};
+
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// What one server's operations may use, set at start.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// What one guarded query may use, and how many run at once.
+    pub queries: QueryLimits,
+    /// How long a held query waits for the owner by default.
+    pub review_wait: Duration,
+    /// Private addresses and hosts the fetcher may reach anyway (CIDRs, addresses, host names).
+    pub fetch_allow: Vec<String>,
+    /// Where hosted and mirrored files live: `s3://bucket[/prefix]`, or `None` for `DATA_DIR/assets`.
+    pub asset_store: Option<String>,
+    /// Records per atomic batch in uploads.
+    pub batch_size: usize,
+    /// Largest accepted upload (dataset records, hosted files), in bytes.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            queries: QueryLimits::default(),
+            review_wait: Duration::from_secs(60),
+            fetch_allow: Vec::new(),
+            asset_store: None,
+            batch_size: 5000,
+            max_upload_bytes: 16 << 30,
+        }
+    }
+}
 
 /// Bounds on guarded queries, so that one query cannot take the server down.
 #[derive(Debug, Clone)]
@@ -41,14 +88,19 @@ impl Default for QueryLimits {
 /// What the operations share, for one server.
 pub struct Services {
     pub store: Store,
+    pub config: ServiceConfig,
     /// Admission for guarded queries.
     query_gate: query::QueryGate,
     /// Where guarded queries run.
     query_runtime: QueryRuntime,
-    /// How long a held query waits for the owner by default.
-    pub review_wait: Duration,
     /// Woken whenever a review request is decided, so waiting queries look again.
     reviews_decided: Notify,
+    /// Similarity indexes built for this server's datasets.
+    indexes: Arc<insights::IndexCache>,
+    /// The embedding model, loaded on first use.
+    embedder: embedding::ModelSlot,
+    /// The raw-data boundary: the fetcher, the hosted store, URL signatures.
+    raw: Arc<raw::RawData>,
 }
 
 /// Runs store work on tokio's blocking pool, so that SQLite never holds up an async
@@ -62,16 +114,40 @@ pub(crate) async fn on_store<T: Send + 'static>(
 }
 
 impl Services {
-    /// Fails when the threads for running queries cannot be started.
-    pub fn new(store: Store, limits: &QueryLimits, review_wait: Duration) -> std::io::Result<Self> {
+    /// Fails when the threads for running queries cannot be started, or the fetch allow-list,
+    /// the asset signing key or the hosted store is unusable.
+    pub fn new(store: Store, config: ServiceConfig) -> std::io::Result<Self> {
+        let raw = raw::RawData::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
         Ok(Services {
-            store,
-            query_gate: query::QueryGate::new(limits),
+            query_gate: query::QueryGate::new(&config.queries),
             query_runtime: QueryRuntime::new()?,
-            review_wait,
             reviews_decided: Notify::new(),
+            indexes: Arc::new(insights::IndexCache::new()),
+            embedder: embedding::ModelSlot::default(),
+            raw: Arc::new(raw),
+            store,
+            config,
         })
     }
+
+    /// The user a bearer token names, if it is valid and not revoked. Blocking.
+    pub fn authenticate(&self, token: &str) -> ServiceResult<User> {
+        self.store.authenticate(token)?.ok_or_else(|| ServiceError::unauthenticated("invalid or revoked token"))
+    }
+}
+
+/// Parses a JSON body, naming the failing field path in the error (`classes[1].id`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ServiceResult<T> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        // serde_path_to_error writes "." for the root and "?" for a position it could
+        // not name (such as the end of input); neither helps a user find the field.
+        let path = e.path().to_string();
+        let field = path.trim_end_matches('?').trim_end_matches('.');
+        ServiceError::invalid(field, e.inner().to_string())
+    })?;
+    de.end().map_err(|e| ServiceError::invalid("", format!("trailing data after the JSON value: {e}")))?;
+    Ok(value)
 }
 
 /// A tokio runtime of its own for guarded queries: DataFusion's operators keep their

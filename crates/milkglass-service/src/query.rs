@@ -451,7 +451,8 @@ fn rejected(request: &milkglass_store::ReviewRequest) -> ServiceError {
 /// to the sources' owner, and only the requester may read it.
 pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str) -> ServiceResult<GuardedTableInfo> {
     milkglass_core::check_name("save_as", name)?;
-    if services.store.guarded_table(name).is_ok() {
+    let taken = name.to_string();
+    if on_store(services, move |store| Ok(store.guarded_table(&taken).is_ok())).await? {
         return Err(ServiceError::conflict(format!("a table named {name:?} already exists")));
     }
     let (tables, policies) = readable(services, user).await?;
@@ -501,24 +502,14 @@ pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str
     }
     let sources: Vec<Policy> = prepared.tables.iter().filter_map(|t| policies.by_name.get(t).cloned()).collect();
     let policy = inherited_policy(&sources, &prepared.masked_columns());
-    let staging = services.store.staging_file()?;
-    let written = (|| -> Result<(), arrow::error::ArrowError> {
-        let file = std::fs::File::create(&staging)?;
-        let mut writer = arrow::ipc::writer::StreamWriter::try_new(file, &outcome.batches[0].schema())?;
-        for batch in &outcome.batches {
-            writer.write(batch)?;
-        }
-        writer.finish()
-    })();
-    let imported = match written {
-        Ok(()) => services.store.import_table_file(name, &staging, milkglass_store::TableFormat::ArrowIpc).await,
-        Err(e) => Err(milkglass_store::StoreError::Corrupt(e.to_string())),
-    };
-    let _ = std::fs::remove_file(&staging);
-    let imported = imported?;
-    let owner = services.store.user_by_name(&services.store.guarded_table(&prepared.tables[0])?.owner)?;
-    let table =
-        services.store.publish_table(&owner, name, &policy, Some(std::slice::from_ref(&user.name)), &imported)?;
+    let imported = services.store.import_table_batches(name, outcome.batches.clone()).await?;
+    let (source, reader, saved_name) = (prepared.tables[0].clone(), user.name.clone(), name.to_string());
+    let table = on_store(services, move |store| {
+        // The derived table belongs to the source table's owner, and only its maker may read it.
+        let owner = store.user_by_name(&store.guarded_table(&source)?.owner)?;
+        Ok(store.publish_table(&owner, &saved_name, &policy, Some(std::slice::from_ref(&reader)), &imported)?)
+    })
+    .await?;
     let audit_id = audit(
         services,
         NewAuditEntry {

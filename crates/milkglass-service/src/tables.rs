@@ -1,9 +1,25 @@
 //! Publishing guarded tables: the owner's side of the table face.
 
-use crate::{ServiceError, ServiceResult, Services, access};
+use crate::{ServiceError, ServiceResult, Services, access, on_store};
 use milkglass_core::Policy;
 use milkglass_store::{GuardedTableInfo, TableFormat, User};
 use std::path::Path;
+
+/// Tables the caller may query. Blocking.
+pub fn list(services: &Services, user: &User) -> ServiceResult<Vec<GuardedTableInfo>> {
+    access::readable_tables(&services.store, user)
+}
+
+/// A table the caller may query, or "not found" (the same for one they may not see). Blocking.
+pub fn get(services: &Services, user: &User, name: &str) -> ServiceResult<GuardedTableInfo> {
+    access::readable_table(&services.store, user, name)
+}
+
+/// A fresh file in the data directory for an owner's upload to land in before it is
+/// published; the caller removes it.
+pub fn staging_file(services: &Services) -> ServiceResult<std::path::PathBuf> {
+    Ok(services.store.staging_file()?)
+}
 
 /// What an owner sends to publish a table; the data is already in a file.
 pub struct Publication<'a> {
@@ -24,7 +40,8 @@ pub async fn publish(services: &Services, user: &User, table: Publication<'_>) -
         return Err(ServiceError::invalid("policy.sanitized_columns", "column names must not be empty"));
     }
     let store = &services.store;
-    if let Ok(existing) = store.guarded_table(table.name)
+    let name = table.name.to_string();
+    if let Some(existing) = on_store(services, move |store| Ok(store.guarded_table(&name).ok())).await?
         && !existing.managed_by(user)
     {
         return Err(ServiceError::conflict(format!(

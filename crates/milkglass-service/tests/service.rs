@@ -2,7 +2,7 @@
 //! gets from them.
 
 use milkglass_core::{Policy, Role};
-use milkglass_service::{Answer, ErrorKind, QueryLimits, Services, access, query, reviews};
+use milkglass_service::{Answer, ErrorKind, ServiceConfig, Services, access, query, reviews};
 use milkglass_store::{Store, TableFormat, User};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,8 @@ async fn fixture(handling: &str) -> Fixture {
     let imported = store.import_table_file("titanic", TITANIC.as_ref(), TableFormat::Csv).await.unwrap();
     store.publish_table(&owner, "titanic", &policy, None, &imported).unwrap();
     let (sam, tess) = (store.user_by_name("sam").unwrap(), store.user_by_name("tess").unwrap());
-    let services = Arc::new(Services::new(store, &QueryLimits::default(), Duration::from_secs(5)).unwrap());
+    let config = ServiceConfig { review_wait: Duration::from_secs(5), ..ServiceConfig::default() };
+    let services = Arc::new(Services::new(store, config).unwrap());
     Fixture { _dir: dir, services, owner, sam, tess }
 }
 

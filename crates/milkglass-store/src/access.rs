@@ -119,11 +119,16 @@ impl Store {
     pub fn set_url_report(&self, dataset_id: i64, report: &serde_json::Value) -> StoreResult<String> {
         let at = now();
         self.db().write(|tx| {
-            tx.execute(
-                "INSERT INTO url_reports (dataset_id, report, checked_at) VALUES (?1, ?2, ?3)
+            // A check that ran while its dataset was deleted finds it gone, not a broken key.
+            let written = tx.execute(
+                "INSERT INTO url_reports (dataset_id, report, checked_at)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?1)
                  ON CONFLICT (dataset_id) DO UPDATE SET report = ?2, checked_at = ?3",
                 params![dataset_id, report.to_string(), at],
             )?;
+            if written == 0 {
+                return Err(crate::StoreError::NotFound { what: "dataset".into() });
+            }
             Ok(())
         })?;
         Ok(at)

@@ -14,6 +14,10 @@ pub struct ProjectInfo {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     pub created_at: String,
     pub updated_at: String,
+    /// Never reused, unlike the id and the name: what belongs to this project (signed URLs)
+    /// is bound to it.
+    #[serde(skip)]
+    pub uid: String,
 }
 
 /// A change to a project: classes are appended (or recoloured), metadata replaced.
@@ -108,10 +112,11 @@ fn project_from_row(r: &Row) -> rusqlite::Result<ProjectInfo> {
         metadata: json_column(r, 4)?,
         created_at: r.get(5)?,
         updated_at: r.get(6)?,
+        uid: r.get(7)?,
     })
 }
 
-const PROJECT_COLUMNS: &str = "id, name, access_mode, classes, metadata, created_at, updated_at";
+const PROJECT_COLUMNS: &str = "id, name, access_mode, classes, metadata, created_at, updated_at, uid";
 const DATASET_COLUMNS: &str = "d.id, d.project_id, p.name, d.name, d.kind, d.metadata, d.frame_embedding_dim, \
      d.label_embedding_dim, d.version, d.created_at, d.updated_at";
 
@@ -167,8 +172,8 @@ impl Store {
             }
             let at = now();
             tx.execute(
-                "INSERT INTO projects (name, access_mode, classes, metadata, created_by, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                "INSERT INTO projects (name, access_mode, classes, metadata, created_by, created_at, updated_at, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, lower(hex(randomblob(16))))",
                 params![
                     spec.name,
                     spec.access_mode.as_str(),

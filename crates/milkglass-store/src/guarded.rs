@@ -3,6 +3,7 @@
 
 use crate::db::{json_column, optional_json_column};
 use crate::{Store, StoreError, StoreResult, User, now};
+use arrow::array::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
@@ -276,6 +277,12 @@ impl TableFormat {
     }
 }
 
+/// Where a table's rows come from.
+enum TableSource<'a> {
+    File(&'a Path, TableFormat),
+    Batches(Vec<RecordBatch>),
+}
+
 impl Store {
     /// Converts an uploaded file into a table file with row ids; returns (path, rows, columns).
     /// The result is complete and synced before it is returned; on error nothing is left behind.
@@ -285,6 +292,16 @@ impl Store {
         source: &Path,
         format: TableFormat,
     ) -> StoreResult<ImportedTable> {
+        self.import_table(name, TableSource::File(source, format)).await
+    }
+
+    /// Like [`Store::import_table_file`], from batches already in memory (a saved result), so
+    /// they need no round trip through a file.
+    pub async fn import_table_batches(&self, name: &str, batches: Vec<RecordBatch>) -> StoreResult<ImportedTable> {
+        self.import_table(name, TableSource::Batches(batches)).await
+    }
+
+    async fn import_table(&self, name: &str, source: TableSource<'_>) -> StoreResult<ImportedTable> {
         use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
         use futures::StreamExt;
         let invalid = |e: &dyn std::fmt::Display| StoreError::invalid("file", format!("cannot read the file: {e}"));
@@ -292,37 +309,32 @@ impl Store {
         let partial = target.with_extension("partial");
         let result: StoreResult<(i64, Vec<String>)> = async {
             let ctx = SessionContext::new();
-            let source_text = source.to_string_lossy().to_string();
-            let mut stream: datafusion::execution::SendableRecordBatchStream = match format {
-                TableFormat::Csv => ctx
-                    .read_csv(&source_text, CsvReadOptions::new().has_header(true).file_extension(""))
-                    .await
-                    .map_err(|e| invalid(&e))?
-                    .execute_stream()
-                    .await
-                    .map_err(|e| invalid(&e))?,
-                TableFormat::Parquet => ctx
-                    .read_parquet(&source_text, ParquetReadOptions::default().file_extension(""))
-                    .await
-                    .map_err(|e| invalid(&e))?
-                    .execute_stream()
-                    .await
-                    .map_err(|e| invalid(&e))?,
-                TableFormat::ArrowIpc => {
-                    let batches = read_arrow_ipc(source).map_err(|e| invalid(&e))?;
-                    let schema = batches
-                        .first()
-                        .map(|b| b.schema())
-                        .ok_or_else(|| invalid(&"the file holds no record batch"))?;
-                    let table =
-                        datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|e| invalid(&e))?;
-                    ctx.read_table(Arc::new(table))
-                        .map_err(|e| invalid(&e))?
-                        .execute_stream()
-                        .await
-                        .map_err(|e| invalid(&e))?
-                }
+            let in_memory = |batches: Vec<RecordBatch>| {
+                let schema =
+                    batches.first().map(|b| b.schema()).ok_or_else(|| invalid(&"the file holds no record batch"))?;
+                let table =
+                    datafusion::datasource::MemTable::try_new(schema, vec![batches]).map_err(|e| invalid(&e))?;
+                ctx.read_table(Arc::new(table)).map_err(|e| invalid(&e))
             };
+            let frame = match source {
+                TableSource::File(path, TableFormat::Csv) => ctx
+                    .read_csv(
+                        path.to_string_lossy().as_ref(),
+                        CsvReadOptions::new().has_header(true).file_extension(""),
+                    )
+                    .await
+                    .map_err(|e| invalid(&e))?,
+                TableSource::File(path, TableFormat::Parquet) => ctx
+                    .read_parquet(path.to_string_lossy().as_ref(), ParquetReadOptions::default().file_extension(""))
+                    .await
+                    .map_err(|e| invalid(&e))?,
+                TableSource::File(path, TableFormat::ArrowIpc) => {
+                    in_memory(read_arrow_ipc(path).map_err(|e| invalid(&e))?)?
+                }
+                TableSource::Batches(batches) => in_memory(batches)?,
+            };
+            let mut stream: datafusion::execution::SendableRecordBatchStream =
+                frame.execute_stream().await.map_err(|e| invalid(&e))?;
             let schema = stream.schema();
             let mut columns = Vec::new();
             for field in schema.fields() {

@@ -230,6 +230,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX answered_coverage_by_pool ON answered_coverage (pool, table_id);
     "#,
+    // 7: identities that are never reused. SQLite may give a new row a deleted row's id, and a
+    // name passes to whoever creates the next thing of that name; what belongs to a project or
+    // a table (signed URLs, audit entries, review requests) is bound to its uid instead.
+    r#"
+    ALTER TABLE projects ADD COLUMN uid TEXT;
+    UPDATE projects SET uid = lower(hex(randomblob(16)));
+    ALTER TABLE guarded_tables ADD COLUMN uid TEXT;
+    UPDATE guarded_tables SET uid = lower(hex(randomblob(16)));
+    ALTER TABLE audit_log ADD COLUMN table_uids TEXT;
+    ALTER TABLE review_requests ADD COLUMN table_uids TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -283,10 +283,11 @@ fn hosted_files_need_a_valid_unexpired_signature() {
     assert_eq!(check["counts"]["invalid"], 1, "{check}");
     expect_error(server.post_json(&admin, "/api/projects/host/assets/sign", &json!({"keys": ["../x"]})), 400);
 
-    // Deleting the project deletes its files: even a valid signature finds nothing.
+    // Deleting the project ends its URLs at once (they are bound to it, not to its name), and
+    // deletes its files.
     let r = server.request(reqwest::Method::DELETE, &admin, "/api/projects/host").send().unwrap();
     assert_eq!(r.status(), 204);
-    assert_eq!(client.get(get_url).send().unwrap().status(), 404);
+    assert_eq!(client.get(get_url).send().unwrap().status(), 403);
     assert!(!server.dir.join("assets").join("1").exists(), "the project's directory is gone");
 }
 

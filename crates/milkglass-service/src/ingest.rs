@@ -3,14 +3,15 @@
 //! The body is read synchronously on a blocking thread (through `SyncIoBridge`), so
 //! at most one batch of records is in memory however large the upload is.
 
-use crate::error::ApiError;
-use crate::json::parse_json;
+use crate::{ErrorKind, ServiceError, ServiceResult, Services, access, parse_json};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
 use arrow::ipc::reader::StreamReader;
+use milkglass_core::ProjectRole;
 use milkglass_core::{Frame, Geometry, Invalid, Label, Sensor, SensorKind, metadata_from_json, parse_timestamp};
+use milkglass_store::User;
 use milkglass_store::{BatchReport, EmbeddingRecord, EmbeddingTarget, Store, Upload, UploadKind};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read};
 
 /// Body formats an upload accepts, chosen by Content-Type.
@@ -21,15 +22,15 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn from_content_type(content_type: Option<&str>) -> Result<Format, ApiError> {
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Format, ServiceError> {
         let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
         match mime.as_str() {
             "application/x-ndjson" | "application/jsonl" | "application/json-lines" | "application/jsonlines" => {
                 Ok(Format::JsonLines)
             }
             "application/vnd.apache.arrow.stream" => Ok(Format::ArrowStream),
-            _ => Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => Err(ServiceError::new(
+                ErrorKind::Unsupported,
                 "unsupported_media_type",
                 format!(
                     "uploads are JSON Lines (Content-Type: application/x-ndjson) or Arrow IPC streams \
@@ -90,12 +91,68 @@ impl Records {
         }
     }
 
-    fn write(&self, store: &Store, upload: &mut Upload) -> Result<BatchReport, ApiError> {
+    fn write(&self, store: &Store, upload: &mut Upload) -> Result<BatchReport, ServiceError> {
         Ok(match self {
             Records::Frames(v) => store.write_frames(upload, v)?,
             Records::Labels(v) => store.write_labels(upload, v)?,
             Records::Embeddings(v) => store.write_embeddings(upload, v)?,
         })
+    }
+}
+
+/// What one upload committed. `upload_id` and `version` are `None` when nothing was.
+#[derive(Debug, Clone, Serialize)]
+pub struct UploadSummary {
+    pub upload_id: Option<i64>,
+    pub version: Option<i64>,
+    pub records: usize,
+    pub batches: usize,
+}
+
+/// Where an upload goes: a dataset, and for inferences (or their embeddings) an inference set.
+pub struct UploadTarget<'a> {
+    pub project: &'a str,
+    pub dataset: &'a str,
+    pub inference_set: Option<&'a str>,
+    pub kind: UploadKind,
+}
+
+/// The dataset (and inference set) an upload goes to, once the caller may write there: owners
+/// only. Adapters call it before they read a body, so a refused upload is never read. Blocking.
+pub fn check_target(
+    services: &Services,
+    user: &User,
+    target: &UploadTarget<'_>,
+) -> ServiceResult<(milkglass_store::DatasetInfo, Option<milkglass_store::InferenceSetInfo>)> {
+    let (_, dataset) = access::dataset(&services.store, user, target.project, target.dataset, ProjectRole::Owner)?;
+    let set = target.inference_set.map(|set| services.store.inference_set(&dataset, set)).transpose()?;
+    Ok((dataset, set))
+}
+
+/// Streams `body` into the store, batch by batch; owners only. Blocking: it reads the body
+/// and writes SQLite. On an error the batches before it stay committed, and the error's
+/// details say how much (`details.committed`).
+pub fn upload(
+    services: &Services,
+    user: &User,
+    target: UploadTarget<'_>,
+    format: Format,
+    body: impl Read + Send,
+) -> ServiceResult<UploadSummary> {
+    let store = &services.store;
+    let (dataset, set) = check_target(services, user, &target)?;
+    let mut upload = store.begin_upload(&dataset, target.kind, set.as_ref())?;
+    let result = run_upload(store, &mut upload, format, body, services.config.batch_size);
+    store.finish_upload(&upload, result.as_ref().err().map(|e| e.message.as_str()))?;
+    let summary = UploadSummary {
+        upload_id: upload.id(),
+        version: upload.version(),
+        records: upload.records,
+        batches: upload.batches,
+    };
+    match result {
+        Ok(()) => Ok(summary),
+        Err(e) => Err(e.with_details(serde_json::json!({ "committed": summary }))),
     }
 }
 
@@ -107,10 +164,10 @@ pub fn run_upload(
     format: Format,
     body: impl Read + Send,
     batch_size: usize,
-) -> Result<(), ApiError> {
+) -> Result<(), ServiceError> {
     // Decoding and writing overlap: one thread parses the next batch while this one
     // commits the last. The channel holds one batch, so memory stays at two batches.
-    let (batches, received) = std::sync::mpsc::sync_channel::<Result<Records, ApiError>>(1);
+    let (batches, received) = std::sync::mpsc::sync_channel::<Result<Records, ServiceError>>(1);
     let kind = upload.kind;
     std::thread::scope(|scope| {
         scope.spawn(move || {
@@ -133,11 +190,11 @@ fn decode(
     format: Format,
     body: impl Read,
     batch_size: usize,
-    batches: &std::sync::mpsc::SyncSender<Result<Records, ApiError>>,
-) -> Result<(), ApiError> {
+    batches: &std::sync::mpsc::SyncSender<Result<Records, ServiceError>>,
+) -> Result<(), ServiceError> {
     let mut pending = Records::empty(kind);
     let mut parsed = 0usize;
-    let flush = |pending: &mut Records| -> Result<(), ApiError> {
+    let flush = |pending: &mut Records| -> Result<(), ServiceError> {
         if pending.len() > 0 {
             let full = std::mem::replace(pending, Records::empty(kind));
             // A send error means the writer stopped on an error of its own, which it reports.
@@ -161,10 +218,10 @@ fn decode(
                     continue;
                 }
                 let index = parsed;
-                let locate = |e: ApiError| -> ApiError {
+                let locate = |e: ServiceError| -> ServiceError {
                     let field = e.field.clone().unwrap_or_default();
                     let field = if field.is_empty() { format!("[{index}]") } else { format!("[{index}].{field}") };
-                    ApiError { field: Some(field), message: format!("line {line_no}: {}", e.message), ..e }
+                    ServiceError { field: Some(field), message: format!("line {line_no}: {}", e.message), ..e }
                 };
                 match &mut pending {
                     Records::Frames(v) => v.push(parse_json(&line).map_err(locate)?),
@@ -184,7 +241,7 @@ fn decode(
         }
         Format::ArrowStream => {
             let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, body), None)
-                .map_err(|e| ApiError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
+                .map_err(|e| ServiceError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
             for batch in reader {
                 let batch = batch.map_err(arrow_read_error)?;
                 let mut start = 0;
@@ -193,7 +250,7 @@ fn decode(
                     let len = (batch_size - pending.len()).min(batch.num_rows() - start);
                     let slice = batch.slice(start, len);
                     let base = parsed;
-                    let fail = |e: Invalid| ApiError::from(offset_row(e, base));
+                    let fail = |e: Invalid| ServiceError::from(offset_row(e, base));
                     match &mut pending {
                         Records::Frames(v) => v.extend(frames_from_arrow(&slice).map_err(fail)?),
                         Records::Labels(v) => v.extend(labels_from_arrow(&slice).map_err(fail)?),
@@ -226,41 +283,32 @@ fn split_row(field: &str) -> Option<(usize, &str)> {
 }
 
 /// Reads one line, refusing lines longer than `MAX_LINE_BYTES`.
-fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> Result<usize, ApiError> {
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> Result<usize, ServiceError> {
     let n = reader.take(MAX_LINE_BYTES as u64 + 1).read_until(b'\n', line).map_err(body_read_error)?;
     if line.len() > MAX_LINE_BYTES {
-        return Err(ApiError::invalid("body", format!("a line is longer than {MAX_LINE_BYTES} bytes")));
+        return Err(ServiceError::invalid("body", format!("a line is longer than {MAX_LINE_BYTES} bytes")));
     }
     Ok(n)
 }
 
+/// The error a front end puts into the body stream when the body passes its size limit, so
+/// that the upload answers "too large" rather than "could not read".
+#[derive(Debug, thiserror::Error)]
+#[error("the upload is larger than the server's limit")]
+pub struct BodyTooLarge;
+
 /// The body stream failed: over the size limit, or the client went away.
-pub fn body_read_error(e: std::io::Error) -> ApiError {
-    if is_length_limit(&e) {
-        return ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "the upload is larger than the server's limit",
-        );
+pub fn body_read_error(e: std::io::Error) -> ServiceError {
+    if e.get_ref().is_some_and(|inner| inner.is::<BodyTooLarge>()) {
+        return ServiceError::new(ErrorKind::TooLarge, "too_large", BodyTooLarge.to_string());
     }
-    ApiError::invalid("body", format!("could not read the request body: {e}"))
+    ServiceError::invalid("body", format!("could not read the request body: {e}"))
 }
 
-fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        if err.is::<http_body_util::LengthLimitError>() || err.to_string().contains("length limit exceeded") {
-            return true;
-        }
-        current = err.source();
-    }
-    false
-}
-
-fn arrow_read_error(e: arrow::error::ArrowError) -> ApiError {
+fn arrow_read_error(e: arrow::error::ArrowError) -> ServiceError {
     match e {
         arrow::error::ArrowError::IoError(_, io) => body_read_error(io),
-        other => ApiError::invalid("body", format!("malformed Arrow IPC stream: {other}")),
+        other => ServiceError::invalid("body", format!("malformed Arrow IPC stream: {other}")),
     }
 }
 

@@ -1,13 +1,11 @@
 //! Where hosted and mirrored files live: a directory in the data dir (the default), or a bucket on
 //! S3-compatible storage (`milkglass serve --asset-store s3://bucket/prefix`) for servers whose
 //! disk should not hold raw data. Either way a project's files sit under its id, are written whole
-//! or not at all, and reach browsers only through signed URLs checked in `assets.rs`.
+//! or not at all, and reach browsers only through signed URLs checked in `signer.rs`.
 
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::Response;
+use crate::{ErrorKind, ServiceError, ServiceResult};
 use futures::StreamExt;
-use milkglass_files::{Blob, FileRoot, blob_response, file_response, relative_path};
+use futures::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::{Path as ObjectPath, PathPart};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -15,14 +13,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
-/// A status, an error code and a sentence, as the signed file routes answer them.
-pub(crate) type AssetError = (StatusCode, &'static str, String);
-
 /// Parts of a multipart upload to the bucket: S3's minimum part size, so a large upload streams
 /// through in bounded memory.
 const PART_BYTES: usize = 5 << 20;
 
-pub(crate) enum HostedStore {
+pub enum HostedStore {
     /// `DATA_DIR/assets/<project id>/<key>`, staged in `DATA_DIR/assets/.staging`.
     Dir(PathBuf),
     /// `<prefix>/<project id>/<key>` in a bucket.
@@ -111,46 +106,34 @@ impl HostedStore {
     /// Streams `body` into `key`, so a reader never sees half a file and a failed upload leaves
     /// nothing behind: a staged file renamed into place, or a multipart upload completed only at
     /// the end (aborted otherwise).
-    pub(crate) async fn write(
+    pub(crate) async fn write<E: std::fmt::Display>(
         &self,
         project: i64,
         key: &Path,
-        body: impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+        body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         limit: u64,
-    ) -> Result<u64, AssetError> {
+    ) -> ServiceResult<u64> {
         match self {
             HostedStore::Dir(root) => {
                 write_file_atomically(root, &self.dir(project).expect("dir store").join(key), body, limit).await
             }
             HostedStore::Bucket { store, prefix, .. } => {
-                let path = Self::object(prefix, project, key).map_err(|e| (StatusCode::BAD_REQUEST, "invalid", e))?;
+                let path = Self::object(prefix, project, key).map_err(|e| ServiceError::invalid("key", e))?;
                 write_object(store.as_ref(), &path, body, limit).await
             }
         }
     }
 
-    /// The response for `raw_key` (the URL path after the project, still percent-encoded).
-    pub(crate) async fn serve(
-        &self,
-        project: i64,
-        raw_key: &str,
-        method: &Method,
-        headers: &HeaderMap,
-        cache: HeaderValue,
-    ) -> Result<Response, AssetError> {
-        let not_found = || (StatusCode::NOT_FOUND, "not_found", "no such file".to_string());
+    /// Where the file of `key` is, for an adapter to serve: a project directory to resolve the
+    /// request path in (symlinks included), or a bucket object. "Not found" when there is none.
+    pub(crate) async fn locate(&self, project: i64, key: &Path) -> ServiceResult<HostedFile> {
+        let not_found = || ServiceError::not_found("no such file");
         match self {
-            HostedStore::Dir(_) => {
-                let root = FileRoot::new(self.dir(project).expect("dir store")).map_err(|_| not_found())?;
-                let file = root.resolve(raw_key).await.map_err(|r| (r.status(), "not_found", r.message()))?;
-                Ok(file_response(&file, method, headers, cache).await)
-            }
+            HostedStore::Dir(_) => Ok(HostedFile::InDir(self.dir(project).expect("dir store"))),
             HostedStore::Bucket { store, prefix, .. } => {
-                let key = relative_path(raw_key).map_err(|r| (r.status(), "not_found", r.message()))?;
-                let path = Self::object(prefix, project, &key).map_err(|_| not_found())?;
+                let path = Self::object(prefix, project, key).map_err(|_| not_found())?;
                 let meta = store.head(&path).await.map_err(|_| not_found())?;
-                let blob = BucketObject { store: store.clone(), name: key, meta };
-                Ok(blob_response(blob, method, headers, cache).await)
+                Ok(HostedFile::Object(BucketObject { store: store.clone(), meta }))
             }
         }
     }
@@ -179,39 +162,42 @@ impl HostedStore {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> AssetError {
-    tracing::error!("asset store: {e}");
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot write the file; see the server log".to_string())
+fn internal(e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::internal(format!("asset store: {e}"))
 }
 
 /// The next chunk of an upload, counted into `written`; an error once the upload passes `limit`
 /// or breaks off.
-async fn next_within(
-    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin),
+async fn next_within<E: std::fmt::Display>(
+    body: &mut (impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin),
     written: &mut u64,
     limit: u64,
-) -> Result<Option<bytes::Bytes>, AssetError> {
+) -> ServiceResult<Option<bytes::Bytes>> {
     let Some(chunk) = body.next().await else { return Ok(None) };
-    let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, "invalid", format!("the upload broke off: {e}")))?;
+    let chunk = chunk.map_err(|e| ServiceError::invalid("body", format!("the upload broke off: {e}")))?;
     *written += chunk.len() as u64;
     if *written > limit {
-        return Err((StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("larger than the limit of {limit} bytes")));
+        return Err(ServiceError::new(
+            ErrorKind::TooLarge,
+            "too_large",
+            format!("larger than the limit of {limit} bytes"),
+        ));
     }
     Ok(Some(chunk))
 }
 
-async fn write_file_atomically(
+async fn write_file_atomically<E: std::fmt::Display>(
     root: &Path,
     target: &Path,
-    mut body: impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+    mut body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     limit: u64,
-) -> Result<u64, AssetError> {
+) -> ServiceResult<u64> {
     let staging = root.join(".staging");
     tokio::fs::create_dir_all(&staging).await.map_err(internal)?;
     let temp = staging.join(format!("{:016x}", rand::random::<u64>()));
     let mut file = tokio::fs::File::create(&temp).await.map_err(internal)?;
     let mut written = 0u64;
-    let result: Result<(), AssetError> = async {
+    let result: ServiceResult<()> = async {
         while let Some(chunk) = next_within(&mut body, &mut written, limit).await? {
             file.write_all(&chunk).await.map_err(internal)?;
         }
@@ -228,16 +214,16 @@ async fn write_file_atomically(
     result.map(|()| written)
 }
 
-async fn write_object(
+async fn write_object<E: std::fmt::Display>(
     store: &dyn ObjectStore,
     path: &ObjectPath,
-    mut body: impl futures::Stream<Item = Result<bytes::Bytes, axum::Error>> + Unpin,
+    mut body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
     limit: u64,
-) -> Result<u64, AssetError> {
+) -> ServiceResult<u64> {
     let upload = store.put_multipart(path).await.map_err(internal)?;
     let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
     let mut written = 0u64;
-    let streamed: Result<(), AssetError> = async {
+    let streamed: ServiceResult<()> = async {
         while let Some(chunk) = next_within(&mut body, &mut written, limit).await? {
             // Bounds the parts in flight, so a fast client cannot fill memory.
             writer.wait_for_capacity(2).await.map_err(internal)?;
@@ -255,23 +241,31 @@ async fn write_object(
     }
 }
 
-/// An object in the bucket, served with the same validators and ranges as a local file.
-struct BucketObject {
+/// Where a hosted file is, for an adapter to serve.
+pub enum HostedFile {
+    /// The project's directory; the adapter resolves the request path inside it.
+    InDir(PathBuf),
+    Object(BucketObject),
+}
+
+/// An object in the bucket: what an adapter needs to serve it with the same validators and
+/// ranges as a local file.
+pub struct BucketObject {
     store: Arc<dyn ObjectStore>,
-    name: PathBuf,
     meta: object_store::ObjectMeta,
 }
 
-impl Blob for BucketObject {
-    fn size(&self) -> u64 {
+impl BucketObject {
+    pub fn size(&self) -> u64 {
         self.meta.size
     }
 
-    fn modified(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        Some(self.meta.last_modified)
+    pub fn modified(&self) -> chrono::DateTime<chrono::Utc> {
+        self.meta.last_modified
     }
 
-    fn etag(&self) -> String {
+    /// A strong validator, quoted as HTTP writes it.
+    pub fn etag(&self) -> String {
         match &self.meta.e_tag {
             Some(tag) if tag.starts_with('"') => tag.clone(),
             Some(tag) => format!("\"{tag}\""),
@@ -279,21 +273,18 @@ impl Blob for BucketObject {
         }
     }
 
-    fn name(&self) -> &Path {
-        &self.name
-    }
-
-    async fn body(self, start: u64, len: u64) -> Option<Body> {
+    /// `len` bytes from `start`, or `None` when the object can no longer be read (or has changed
+    /// since it was looked up: the bytes must be the ones the validators describe).
+    pub async fn read(self, start: u64, len: u64) -> Option<BoxStream<'static, std::io::Result<bytes::Bytes>>> {
         if len == 0 {
-            return Some(Body::empty());
+            return Some(futures::stream::empty().boxed());
         }
         let options = GetOptions {
             range: Some(GetRange::Bounded(start..start + len)),
-            // The bytes must be the ones the headers describe, not a newer upload's.
             if_match: self.meta.e_tag.clone(),
             ..GetOptions::default()
         };
         let result = self.store.get_opts(&self.meta.location, options).await.ok()?;
-        Some(Body::from_stream(result.into_stream()))
+        Some(result.into_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed())
     }
 }

@@ -1,23 +1,28 @@
 //! The service behind the insight routes: loads a dataset's boxes and vectors from the store,
 //! runs milkglass-insight over them, and keeps one approximate index per dataset version,
 //! space and metric (built in the background, persisted under `DATA_DIR/indexes/`).
-//! Everything here is blocking; handlers call it on the blocking pool.
+//! Everything here is blocking; adapters call it off their async workers. Each operation
+//! checks the caller's project role first, and answers with a typed, serializable value.
 
-use crate::error::{ApiError, ApiResult};
+use crate::{ServiceError, ServiceResult, Services, access};
+use milkglass_core::ProjectRole;
 use milkglass_insight::hnsw::{Hnsw, HnswParams};
+use milkglass_insight::label_errors::IssueKind;
 use milkglass_insight::label_errors::{DetectionParams, NeighborVote, detection_issues, frame_scores};
 use milkglass_insight::metrics::{Bbox, Object, coco_evaluate, confusion_matrix};
 use milkglass_insight::neighbors::{KnnGraph, label_agreement};
 use milkglass_insight::{Metric, VectorSet, exact_knn, map};
-use milkglass_store::{BoxRecord, DatasetInfo, InferenceSetInfo, ProjectInfo, Space, Store};
-use serde::Deserialize;
+use milkglass_store::{
+    BoxRecord, DatasetInfo, InferenceSetInfo, ProjectInfo, Segment, SegmentSpec, Space, Store, User,
+};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 /// One server's similarity indexes: by (dataset id, space, metric), the newest built one
 /// and whether a build runs.
-pub(crate) struct IndexCache {
+pub struct IndexCache {
     indexes: Mutex<HashMap<IndexKey, IndexSlot>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
@@ -29,6 +34,11 @@ impl IndexCache {
         let exact_limit =
             std::env::var("MILKGLASS_EXACT_SEARCH_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
         IndexCache { indexes: Mutex::default(), exact_limit }
+    }
+
+    /// Drops the cached indexes of a deleted dataset (its saved ones go with its files).
+    pub(crate) fn forget(&self, dataset: &DatasetInfo) {
+        self.slots().retain(|key, _| key.0 != dataset.id);
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IndexKey, IndexSlot>> {
@@ -65,7 +75,7 @@ fn load_detection(
     project: &ProjectInfo,
     dataset: &DatasetInfo,
     set: &InferenceSetInfo,
-) -> ApiResult<Detection> {
+) -> ServiceResult<Detection> {
     let label_records: Vec<BoxRecord> =
         store.current_boxes(dataset, None)?.into_iter().filter(|r| r.class_id.is_some()).collect();
     let inference_records: Vec<BoxRecord> =
@@ -96,9 +106,9 @@ fn load_vectors(
     dataset: &DatasetInfo,
     space: Space,
     ordinals: &[Option<i64>],
-) -> ApiResult<(VectorSet, Vec<usize>)> {
+) -> ServiceResult<(VectorSet, Vec<usize>)> {
     let Some(file) = store.embedding_file(dataset, space)? else {
-        return Err(ApiError::invalid("space", "this dataset has no embeddings in that space"));
+        return Err(ServiceError::invalid("space", "this dataset has no embeddings in that space"));
     };
     let mut vectors = VectorSet::new(file.dim());
     let mut positions = Vec::new();
@@ -118,7 +128,7 @@ fn label_votes(
     store: &Store,
     dataset: &DatasetInfo,
     detection: &Detection,
-) -> ApiResult<Option<Vec<Option<NeighborVote>>>> {
+) -> ServiceResult<Option<Vec<Option<NeighborVote>>>> {
     if dataset.label_embedding_dim.is_none() {
         return Ok(None);
     }
@@ -143,72 +153,108 @@ pub struct LabelErrorQuery {
     pub inference_set: String,
     pub limit: usize,
     pub offset: usize,
-    /// Only issues of this kind (`missing_label`, `class_confusion`, ...).
-    pub kind: Option<String>,
+    /// Only issues of this kind.
+    pub kind: Option<IssueKind>,
 }
 
+/// One likely label error, by the ids the user knows.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelIssue {
+    pub kind: IssueKind,
+    pub score: f64,
+    pub frame_id: String,
+    pub label_id: Option<String>,
+    pub label_class: Option<String>,
+    pub inference_id: Option<String>,
+    pub other_label_id: Option<String>,
+    pub suggested_class: Option<String>,
+    pub iou: Option<f64>,
+}
+
+/// A frame ranked by its issues.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrameIssues {
+    pub frame_id: String,
+    pub score: f64,
+    pub issues: usize,
+}
+
+/// The label-error queue of a dataset against one inference set.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabelErrors {
+    pub inference_set: String,
+    pub version: i64,
+    /// Whether crop embeddings voted on the labels' classes.
+    pub used_embeddings: bool,
+    /// Issues that match the query before paging (dismissed ones left out).
+    pub total: usize,
+    pub issues: Vec<LabelIssue>,
+    pub frames: Vec<FrameIssues>,
+}
+
+/// Likely label errors, most likely first; viewers may ask.
 pub fn label_errors(
-    store: &Store,
-    project: &ProjectInfo,
-    dataset: &DatasetInfo,
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
     query: &LabelErrorQuery,
-) -> ApiResult<Value> {
+) -> ServiceResult<LabelErrors> {
     if query.limit == 0 || query.limit > 10_000 {
-        return Err(ApiError::invalid("limit", "limit must be between 1 and 10000"));
+        return Err(ServiceError::invalid("limit", "limit must be between 1 and 10000"));
     }
-    let set = store.inference_set(dataset, &query.inference_set)?;
-    let detection = load_detection(store, project, dataset, &set)?;
-    let votes = label_votes(store, dataset, &detection)?;
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let store = &services.store;
+    let set = store.inference_set(&dataset, &query.inference_set)?;
+    let detection = load_detection(store, &project, &dataset, &set)?;
+    let votes = label_votes(store, &dataset, &detection)?;
     let issues =
         detection_issues(&detection.labels, &detection.inferences, votes.as_deref(), &DetectionParams::default());
     let frames = frame_scores(&issues);
     let class = |id: Option<u32>| id.and_then(|c| detection.class_names.get(&c).cloned());
     let label_id = |n: Option<u32>| n.map(|n| detection.label_records[n as usize].label_id.clone());
     let inference_id = |n: Option<u32>| n.map(|n| detection.inference_records[n as usize].label_id.clone());
-    let dismissed = store.dismissed_issues(dataset)?;
+    let dismissed = store.dismissed_issues(&dataset)?;
     let selected: Vec<_> = issues
         .iter()
-        .filter(|i| query.kind.as_deref().is_none_or(|k| k == i.kind.name()))
+        .filter(|i| query.kind.is_none_or(|k| k == i.kind))
         .filter(|i| {
-            !dismissed.contains(&issue_key(
-                i.kind.name(),
-                label_id(i.label).as_deref(),
-                inference_id(i.inference).as_deref(),
-            ))
+            !dismissed.contains(&issue_key(i.kind, label_id(i.label).as_deref(), inference_id(i.inference).as_deref()))
         })
         .collect();
-    let page: Vec<Value> = selected
+    let page = selected
         .iter()
         .skip(query.offset)
         .take(query.limit)
-        .map(|i| {
-            let label_class = i.label.map(|l| detection.labels[l as usize].class);
-            json!({
-                "kind": i.kind.name(),
-                "score": i.score,
-                "frame_id": detection.frame_ids[i.frame as usize],
-                "label_id": label_id(i.label),
-                "label_class": class(label_class),
-                "inference_id": i.inference.map(|n| detection.inference_records[n as usize].label_id.clone()),
-                "other_label_id": label_id(i.other_label),
-                "suggested_class": class(i.suggested_class),
-                "iou": i.iou,
-            })
+        .map(|i| LabelIssue {
+            kind: i.kind,
+            score: i.score,
+            frame_id: detection.frame_ids[i.frame as usize].clone(),
+            label_id: label_id(i.label),
+            label_class: class(i.label.map(|l| detection.labels[l as usize].class)),
+            inference_id: inference_id(i.inference),
+            other_label_id: label_id(i.other_label),
+            suggested_class: class(i.suggested_class),
+            iou: i.iou,
         })
         .collect();
-    let frame_page: Vec<Value> = frames
+    let frame_page = frames
         .iter()
         .take(query.limit)
-        .map(|f| json!({ "frame_id": detection.frame_ids[f.frame as usize], "score": f.score, "issues": f.issues }))
+        .map(|f| FrameIssues {
+            frame_id: detection.frame_ids[f.frame as usize].clone(),
+            score: f.score,
+            issues: f.issues,
+        })
         .collect();
-    Ok(json!({
-        "inference_set": set.name,
-        "version": dataset.version,
-        "used_embeddings": votes.is_some(),
-        "total": selected.len(),
-        "issues": page,
-        "frames": frame_page,
-    }))
+    Ok(LabelErrors {
+        inference_set: set.name,
+        version: dataset.version,
+        used_embeddings: votes.is_some(),
+        total: selected.len(),
+        issues: page,
+        frames: frame_page,
+    })
 }
 
 #[derive(Debug)]
@@ -218,79 +264,142 @@ pub struct MetricsQuery {
     pub confidence: f64,
 }
 
-pub fn metrics(store: &Store, project: &ProjectInfo, dataset: &DatasetInfo, query: &MetricsQuery) -> ApiResult<Value> {
+/// Counts of one class at the query's IoU and confidence thresholds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdScores {
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub false_negatives: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+}
+
+/// COCO figures of one class; `None` where the class has no ground truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassMetrics {
+    pub class: String,
+    pub ap: Option<f64>,
+    pub ap50: Option<f64>,
+    pub recall_all_detections: Option<f64>,
+    pub pr_curve_iou50: Vec<f64>,
+    pub at_threshold: Option<ThresholdScores>,
+}
+
+/// One cell of the confusion matrix, with the ids behind its count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfusionCell {
+    pub count: usize,
+    pub label_ids: Vec<String>,
+    pub inference_ids: Vec<String>,
+}
+
+/// Rows are the labels' classes, columns the inferences', each ending in `background`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Confusion {
+    pub iou: f64,
+    pub confidence: f64,
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub cells: Vec<Vec<ConfusionCell>>,
+}
+
+/// A model's detection metrics on a dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub inference_set: String,
+    pub version: i64,
+    pub map: Option<f64>,
+    pub map50: Option<f64>,
+    pub recall_thresholds: Vec<f64>,
+    pub classes: Vec<ClassMetrics>,
+    pub confusion: Confusion,
+}
+
+/// COCO mAP, per-class AP and PR curves, and the confusion matrix; viewers may ask.
+pub fn metrics(
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    query: &MetricsQuery,
+) -> ServiceResult<Metrics> {
     if !(0.0..=1.0).contains(&query.iou) || query.iou == 0.0 {
-        return Err(ApiError::invalid("iou", "iou must be in (0, 1]"));
+        return Err(ServiceError::invalid("iou", "iou must be in (0, 1]"));
     }
     if !(0.0..=1.0).contains(&query.confidence) {
-        return Err(ApiError::invalid("confidence", "confidence must be in [0, 1]"));
+        return Err(ServiceError::invalid("confidence", "confidence must be in [0, 1]"));
     }
-    let set = store.inference_set(dataset, &query.inference_set)?;
-    let d = load_detection(store, project, dataset, &set)?;
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let store = &services.store;
+    let set = store.inference_set(&dataset, &query.inference_set)?;
+    let d = load_detection(store, &project, &dataset, &set)?;
     let coco = coco_evaluate(&d.labels, &d.inferences, &d.classes, 100);
     let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, query.iou, query.confidence);
     let name = |c: u32| d.class_names.get(&c).cloned().unwrap_or_else(|| c.to_string());
-    let per_class: Vec<Value> = coco
+    let class_scores = matrix.class_scores();
+    let classes = coco
         .classes
         .iter()
         .enumerate()
-        .map(|(k, &c)| {
-            let scores = matrix.class_scores().into_iter().find(|s| s.class == c);
-            json!({
-                "class": name(c),
-                "ap": finite_or_null(coco.ap[k]),
-                "ap50": finite_or_null(coco.ap50[k]),
-                "recall_all_detections": finite_or_null(coco.recall[0][k]),
-                "pr_curve_iou50": coco.precision[0][k],
-                "at_threshold": scores.map(|s| json!({
-                    "true_positives": s.true_positives, "false_positives": s.false_positives,
-                    "false_negatives": s.false_negatives, "precision": s.precision, "recall": s.recall, "f1": s.f1,
-                })),
-            })
+        .map(|(k, &c)| ClassMetrics {
+            class: name(c),
+            ap: finite(coco.ap[k]),
+            ap50: finite(coco.ap50[k]),
+            recall_all_detections: finite(coco.recall[0][k]),
+            pr_curve_iou50: coco.precision[0][k].clone(),
+            at_threshold: class_scores.iter().find(|s| s.class == c).map(|s| ThresholdScores {
+                true_positives: s.true_positives,
+                false_positives: s.false_positives,
+                false_negatives: s.false_negatives,
+                precision: s.precision,
+                recall: s.recall,
+                f1: s.f1,
+            }),
         })
         .collect();
     let mut axis: Vec<String> = d.classes.iter().map(|&c| name(c)).collect();
     axis.push("background".to_string());
-    let cells: Vec<Vec<Value>> = matrix
+    let cells = matrix
         .cells
         .iter()
         .map(|row| {
             row.iter()
-                .map(|cell| {
-                    json!({
-                        "count": cell.count,
-                        "label_ids": cell.labels.iter().map(|&n| &d.label_records[n as usize].label_id).collect::<Vec<_>>(),
-                        "inference_ids": cell.inferences.iter().map(|&n| &d.inference_records[n as usize].label_id).collect::<Vec<_>>(),
-                    })
+                .map(|cell| ConfusionCell {
+                    count: cell.count,
+                    label_ids: cell.labels.iter().map(|&n| d.label_records[n as usize].label_id.clone()).collect(),
+                    inference_ids: cell
+                        .inferences
+                        .iter()
+                        .map(|&n| d.inference_records[n as usize].label_id.clone())
+                        .collect(),
                 })
                 .collect()
         })
         .collect();
-    Ok(json!({
-        "inference_set": set.name,
-        "version": dataset.version,
-        "map": finite_or_null(coco.map),
-        "map50": finite_or_null(coco.map50),
-        "recall_thresholds": coco.recall_thresholds,
-        "classes": per_class,
-        "confusion": { "iou": query.iou, "confidence": query.confidence, "rows": axis, "columns": axis, "cells": cells },
-    }))
+    Ok(Metrics {
+        inference_set: set.name,
+        version: dataset.version,
+        map: finite(coco.map),
+        map50: finite(coco.map50),
+        recall_thresholds: coco.recall_thresholds.clone(),
+        classes,
+        confusion: Confusion { iou: query.iou, confidence: query.confidence, rows: axis.clone(), columns: axis, cells },
+    })
 }
 
-/// COCO's -1 ("no ground truth") as JSON null.
-fn finite_or_null(value: f64) -> Value {
-    if value < 0.0 { Value::Null } else { json!(value) }
+/// COCO's -1 ("no ground truth") as none.
+fn finite(value: f64) -> Option<f64> {
+    (value >= 0.0).then_some(value)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarRequest {
-    /// `frames` (default) or `labels`.
-    #[serde(default = "default_space")]
-    pub space: String,
-    /// `cosine` (default) or `l2`.
+    #[serde(default)]
+    pub space: Space,
     #[serde(default = "default_metric")]
-    pub metric: String,
+    pub metric: Metric,
     #[serde(default = "default_k")]
     pub k: usize,
     pub frame_id: Option<String>,
@@ -301,16 +410,51 @@ pub struct SimilarRequest {
     pub filter: serde_json::Map<String, Value>,
 }
 
-fn default_space() -> String {
-    "frames".to_string()
-}
-
-fn default_metric() -> String {
-    "cosine".to_string()
+fn default_metric() -> Metric {
+    Metric::Cosine
 }
 
 fn default_k() -> usize {
     10
+}
+
+/// How the neighbours were found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMethod {
+    /// Every vector compared: small spaces, selective filters, or while the index builds.
+    Exact,
+    /// The approximate index of this dataset version.
+    Hnsw,
+}
+
+/// One neighbour: a frame, or a label (with its frame).
+#[derive(Debug, Clone, Serialize)]
+pub struct SimilarItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_id: Option<String>,
+    pub frame_id: String,
+    pub distance: f32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Similar {
+    pub space: Space,
+    pub metric: Metric,
+    pub method: SearchMethod,
+    pub version: i64,
+    pub neighbors: Vec<SimilarItem>,
+}
+
+/// The 2-D layout of an embedding map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// The first two principal components: instant.
+    #[default]
+    Pca,
+    /// A UMAP-like layout of the k-nearest-neighbour graph, started from PCA.
+    Umap,
 }
 
 /// One space's vectors at one dataset version, with the ids they belong to.
@@ -321,7 +465,7 @@ struct SpaceVectors {
     vectors: VectorSet,
 }
 
-fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ApiResult<SpaceVectors> {
+fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ServiceResult<SpaceVectors> {
     let (ids, frames, ordinals): (Vec<String>, Vec<String>, Vec<Option<i64>>) = match space {
         Space::Frames => {
             let frames = store.current_frames(dataset)?;
@@ -365,6 +509,12 @@ fn space_name(space: Space) -> &'static str {
         Space::Frames => "frames",
         Space::Labels => "labels",
     }
+}
+
+/// What a query parameter holds, by its serde name (`frames`, `umap`, `missing_label`).
+pub fn parse_param<T: serde::de::DeserializeOwned>(field: &str, raw: &str) -> ServiceResult<T> {
+    serde_json::from_value(Value::String(raw.to_string()))
+        .map_err(|e| ServiceError::invalid(field, format!("{raw:?}: {e}")))
 }
 
 /// The index for this version when it is ready; otherwise starts bringing it up to date in the
@@ -542,28 +692,30 @@ fn refresh_index(
     Some(publish(index, ids))
 }
 
+/// The `k` items nearest to a frame, a label or a vector; viewers may ask.
 pub fn similar(
-    cache: &Arc<IndexCache>,
-    store: &Store,
-    dataset: &DatasetInfo,
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
     request: &SimilarRequest,
-) -> ApiResult<Value> {
-    let space = parse_space(&request.space)?;
-    let metric = Metric::parse(&request.metric)
-        .ok_or_else(|| ApiError::invalid("metric", "metric must be \"cosine\" or \"l2\""))?;
+) -> ServiceResult<Similar> {
+    let (space, metric) = (request.space, request.metric);
     if request.k == 0 || request.k > 1000 {
-        return Err(ApiError::invalid("k", "k must be between 1 and 1000"));
+        return Err(ServiceError::invalid("k", "k must be between 1 and 1000"));
     }
     let given = [request.frame_id.is_some(), request.label_id.is_some(), request.vector.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(ApiError::invalid("frame_id", "give exactly one of frame_id, label_id and vector"));
+        return Err(ServiceError::invalid("frame_id", "give exactly one of frame_id, label_id and vector"));
     }
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let (store, dataset, cache) = (&services.store, &dataset, &services.indexes);
     let data = space_vectors(store, dataset, space)?;
     let (query, exclude): (Vec<f32>, Option<u32>) = if let Some(vector) = &request.vector {
         if vector.len() != data.vectors.dim() {
-            return Err(ApiError::invalid(
+            return Err(ServiceError::invalid(
                 "vector",
-                format!("the {} space has {} dimensions", request.space, data.vectors.dim()),
+                format!("the {} space has {} dimensions", space_name(space), data.vectors.dim()),
             ));
         }
         (vector.clone(), None)
@@ -574,16 +726,16 @@ pub fn similar(
             _ => unreachable!("checked above"),
         };
         if (field == "frame_id") != (space == Space::Frames) {
-            return Err(ApiError::invalid(
+            return Err(ServiceError::invalid(
                 field,
-                format!("{field} does not name an item of the {} space", request.space),
+                format!("{field} does not name an item of the {} space", space_name(space)),
             ));
         }
         let position = data
             .ids
             .iter()
             .position(|i| i == id)
-            .ok_or_else(|| ApiError::invalid(field, format!("{id:?} has no embedding in this dataset")))?;
+            .ok_or_else(|| ServiceError::invalid(field, format!("{id:?} has no embedding in this dataset")))?;
         (data.vectors.get(position as u32).to_vec(), Some(position as u32))
     };
     let allowed: Option<Vec<bool>> = if request.filter.is_empty() {
@@ -618,117 +770,138 @@ pub fn similar(
                     .into_iter()
                     .map(|n| milkglass_insight::Neighbor { id: built.positions[n.id as usize], distance: n.distance })
                     .collect();
-                (found, "hnsw")
+                (found, SearchMethod::Hnsw)
             }
             None => {
                 let mut prepared = data.vectors.clone();
                 prepared.prepare(metric);
-                (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), "exact")
+                (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), SearchMethod::Exact)
             }
         };
-    let results: Vec<Value> = neighbors
+    let neighbors = neighbors
         .iter()
         .map(|n| {
             let position = n.id as usize;
-            match space {
-                Space::Frames => json!({ "frame_id": data.ids[position], "distance": n.distance }),
-                Space::Labels => {
-                    json!({ "label_id": data.ids[position], "frame_id": data.frames[position], "distance": n.distance })
-                }
+            SimilarItem {
+                label_id: (space == Space::Labels).then(|| data.ids[position].clone()),
+                frame_id: data.frames[position].clone(),
+                distance: n.distance,
             }
         })
         .collect();
-    Ok(
-        json!({ "space": request.space, "metric": metric.name(), "method": method, "version": dataset.version, "neighbors": results }),
-    )
+    Ok(Similar { space, metric, method, version: dataset.version, neighbors })
 }
 
-fn parse_space(space: &str) -> ApiResult<Space> {
-    match space {
-        "frames" => Ok(Space::Frames),
-        "labels" => Ok(Space::Labels),
-        _ => Err(ApiError::invalid("space", "space must be \"frames\" or \"labels\"")),
-    }
+/// The ids of a space's points, in map order; viewers may ask.
+pub fn map_ids(
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    space: Space,
+) -> ServiceResult<Vec<String>> {
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    Ok(space_vectors(&services.store, &dataset, space)?.ids)
 }
 
-/// The ids of a space's points, in map order.
-pub fn map_ids(store: &Store, dataset: &DatasetInfo, space: &str) -> ApiResult<Vec<String>> {
-    Ok(space_vectors(store, dataset, parse_space(space)?)?.ids)
-}
-
-/// The 2-D map of a space: ids in order, and flat little-endian f32 pairs.
+/// The 2-D map of a space: ids in order, and flat little-endian f32 pairs; viewers may ask.
 pub fn embedding_map(
-    store: &Store,
-    dataset: &DatasetInfo,
-    space: &str,
-    layout: &str,
-) -> ApiResult<(Vec<String>, Vec<u8>)> {
-    let data = space_vectors(store, dataset, parse_space(space)?)?;
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    space: Space,
+    layout: Layout,
+) -> ServiceResult<(Vec<String>, Vec<u8>)> {
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let data = space_vectors(&services.store, &dataset, space)?;
     let pca = map::pca_2d(&data.vectors, 0);
     let points = match layout {
-        "pca" => pca,
-        "umap" => {
-            if data.vectors.len() < 3 {
-                pca
-            } else {
-                let graph = KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 15);
-                map::layout(&graph, &pca, &map::LayoutParams::default(), None)
-            }
+        Layout::Pca => pca,
+        Layout::Umap if data.vectors.len() < 3 => pca,
+        Layout::Umap => {
+            let graph = KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 15);
+            map::layout(&graph, &pca, &map::LayoutParams::default(), None)
         }
-        _ => return Err(ApiError::invalid("layout", "layout must be \"pca\" or \"umap\"")),
     };
     Ok((data.ids, map::pack_le(&points)))
 }
 
 /// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and
 /// inference, which stay the same across dataset versions.
-pub fn issue_key(kind: &str, label_id: Option<&str>, inference_id: Option<&str>) -> String {
-    format!("{kind}|{}|{}", label_id.unwrap_or(""), inference_id.unwrap_or(""))
+fn issue_key(kind: IssueKind, label_id: Option<&str>, inference_id: Option<&str>) -> String {
+    format!("{}|{}|{}", kind.name(), label_id.unwrap_or(""), inference_id.unwrap_or(""))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dismissal {
-    pub kind: String,
+    pub kind: IssueKind,
     pub label_id: Option<String>,
     pub inference_id: Option<String>,
 }
 
-pub fn dismiss(store: &Store, dataset: &DatasetInfo, dismissal: &Dismissal) -> ApiResult<Value> {
-    const KINDS: [&str; 5] =
-        ["missing_label", "class_confusion", "bad_localization", "duplicate_label", "spurious_label"];
-    if !KINDS.contains(&dismissal.kind.as_str()) {
-        return Err(ApiError::invalid("kind", format!("kind must be one of {KINDS:?}")));
-    }
+/// Marks an issue "not an issue", for every later version; owners only.
+pub fn dismiss(
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    dismissal: &Dismissal,
+) -> ServiceResult<String> {
     if dismissal.label_id.is_none() && dismissal.inference_id.is_none() {
-        return Err(ApiError::invalid("label_id", "name the issue's label_id or inference_id"));
+        return Err(ServiceError::invalid("label_id", "name the issue's label_id or inference_id"));
     }
-    let key = issue_key(&dismissal.kind, dismissal.label_id.as_deref(), dismissal.inference_id.as_deref());
-    store.dismiss_issue(dataset, &key)?;
-    Ok(json!({ "dismissed": key }))
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Owner)?;
+    let key = issue_key(dismissal.kind, dismissal.label_id.as_deref(), dismissal.inference_id.as_deref());
+    services.store.dismiss_issue(&dataset, &key)?;
+    Ok(key)
+}
+
+/// The forms a segment is exported in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    #[default]
+    Jsonl,
+    Csv,
+}
+
+impl ExportFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Jsonl => "application/x-ndjson",
+            ExportFormat::Csv => "text/csv",
+        }
+    }
 }
 
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
-/// A segment's items as JSON Lines or CSV (`frame_id`, and for labels the `label_id` first).
+/// A segment's items as JSON Lines or CSV (`frame_id`, and for labels the `label_id` first);
+/// viewers may ask.
 pub fn export_segment(
-    store: &Store,
-    dataset: &DatasetInfo,
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
     name: &str,
-    format: &str,
-) -> ApiResult<(&'static str, String)> {
-    let segment = store.segment(dataset, name)?;
+    format: ExportFormat,
+) -> ServiceResult<String> {
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let store = &services.store;
+    let segment = store.segment(&dataset, name)?;
     let labels = segment.item_kind == "labels";
     let frames: HashMap<String, String> = if labels {
-        store.current_boxes(dataset, None)?.into_iter().map(|b| (b.label_id, b.frame_id)).collect()
+        store.current_boxes(&dataset, None)?.into_iter().map(|b| (b.label_id, b.frame_id)).collect()
     } else {
         HashMap::new()
     };
+    let mut out = String::new();
     match format {
-        "jsonl" => {
-            let mut out = String::new();
+        ExportFormat::Jsonl => {
             for id in &segment.items {
                 let line = if labels {
                     json!({ "segment": segment.name, "label_id": id, "frame_id": frames.get(id) })
@@ -738,10 +911,9 @@ pub fn export_segment(
                 out.push_str(&line.to_string());
                 out.push('\n');
             }
-            Ok(("application/x-ndjson", out))
         }
-        "csv" => {
-            let mut out = String::from(if labels { "label_id,frame_id\n" } else { "frame_id\n" });
+        ExportFormat::Csv => {
+            out.push_str(if labels { "label_id,frame_id\n" } else { "frame_id\n" });
             for id in &segment.items {
                 out.push_str(&csv_field(id));
                 if labels {
@@ -750,10 +922,9 @@ pub fn export_segment(
                 }
                 out.push('\n');
             }
-            Ok(("text/csv", out))
         }
-        _ => Err(ApiError::invalid("format", "format must be jsonl or csv")),
     }
+    Ok(out)
 }
 
 #[derive(Debug, Deserialize)]
@@ -770,24 +941,32 @@ pub struct Collection {
 
 /// Collection: for each frame of a frames segment, its `k` most similar frames in another
 /// dataset (cosine over frame embeddings); the union, nearest first, saved as a segment there.
+/// Viewers of the source may collect into a dataset they own.
 pub fn collect(
-    store: &Store,
-    source: &DatasetInfo,
-    target: &DatasetInfo,
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
     segment: &str,
     request: &Collection,
-) -> ApiResult<Value> {
+) -> ServiceResult<Segment> {
     if request.k == 0 || request.k > 1000 {
-        return Err(ApiError::invalid("k", "k must be between 1 and 1000"));
+        return Err(ServiceError::invalid("k", "k must be between 1 and 1000"));
     }
+    let (_, source) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let (_, target) = access::dataset(&services.store, user, project, &request.from_dataset, ProjectRole::Owner)?;
+    let (store, source, target) = (&services.store, &source, &target);
     let segment = store.segment(source, segment)?;
     if segment.item_kind != "frames" {
-        return Err(ApiError::invalid("segment", "collection works from a segment of frames"));
+        return Err(ServiceError::invalid("segment", "collection works from a segment of frames"));
     }
     let here = space_vectors(store, source, Space::Frames)?;
     let there = space_vectors(store, target, Space::Frames)?;
     if here.vectors.dim() != there.vectors.dim() {
-        return Err(ApiError::invalid("from_dataset", "the two datasets' frame embeddings have different dimensions"));
+        return Err(ServiceError::invalid(
+            "from_dataset",
+            "the two datasets' frame embeddings have different dimensions",
+        ));
     }
     let position: HashMap<&str, u32> = here.ids.iter().enumerate().map(|(p, id)| (id.as_str(), p as u32)).collect();
     let mut prepared = there.vectors.clone();
@@ -802,7 +981,7 @@ pub fn collect(
     }
     let mut chosen: Vec<(u32, f32)> = best.into_iter().collect();
     chosen.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    let spec = milkglass_store::SegmentSpec {
+    let spec = SegmentSpec {
         name: Some(request.name.clone()),
         description: Some(format!(
             "collected from segment {:?} of dataset {:?}, {} nearest each",
@@ -812,5 +991,5 @@ pub fn collect(
         item_kind: Some("frames".to_string()),
         items: Some(chosen.iter().map(|(p, _)| there.ids[*p as usize].clone()).collect()),
     };
-    Ok(serde_json::to_value(store.create_segment(target, &spec)?).expect("serializable"))
+    Ok(store.create_segment(target, &spec)?)
 }

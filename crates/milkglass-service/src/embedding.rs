@@ -7,26 +7,24 @@
 //! decides, by the project's data-access mode, whether and how raw data may be read. Anonymous projects
 //! get no `ImageSource` (409), so no job can start for them.
 
-use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use axum::http::StatusCode;
+use crate::{ErrorKind, ServiceError, ServiceResult, Services, access, on_store};
 use futures::future::BoxFuture;
+use milkglass_core::ProjectRole;
 use milkglass_embed::{Embedder, ImageJob, Region, embed_images};
-use milkglass_store::{DatasetInfo, EmbeddingRecord, EmbeddingTarget, UploadKind};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use milkglass_store::{DatasetInfo, EmbeddingRecord, EmbeddingTarget, UploadKind, User};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// Reads the bytes behind a frame's image URL, or says why it cannot.
-pub(crate) type ImageSource = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
+pub type ImageSource = Arc<dyn Fn(String) -> BoxFuture<'static, Result<Vec<u8>, String>> + Send + Sync>;
 
 /// The job kind shown in the dataset status.
 pub const JOB_KIND: &str = "embed";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct EmbedRequest {
+pub struct EmbedRequest {
     /// Also embed each ground-truth box's crop (label embeddings). Default true.
     #[serde(default = "yes")]
     pub crops: bool,
@@ -45,7 +43,7 @@ const MAX_BATCH: usize = 256;
 /// again by the next job. (ONNX Runtime's one environment per process is milkglass-embed's
 /// business.)
 #[derive(Default)]
-pub(crate) struct ModelSlot(Mutex<Option<Arc<Mutex<Embedder>>>>);
+pub struct ModelSlot(Mutex<Option<Arc<Mutex<Embedder>>>>);
 
 impl ModelSlot {
     fn get(&self) -> Result<Arc<Mutex<Embedder>>, String> {
@@ -60,29 +58,44 @@ impl ModelSlot {
     }
 }
 
-/// Checks the request and starts the job; answers with the job's id at once.
-pub(crate) async fn start(
-    state: AppState,
-    dataset: DatasetInfo,
+/// A started embedding job; its progress is in the dataset status.
+#[derive(Debug, Clone, Serialize)]
+pub struct EmbedJob {
+    pub job: i64,
+    pub kind: &'static str,
+    /// Frames it will read.
+    pub total: usize,
+}
+
+/// Checks the request and starts the job (owners only; never for anonymous projects, whose
+/// raw data milkglass does not read); answers with the job's id at once.
+pub async fn start(
+    services: &Arc<Services>,
+    user: &User,
+    project: &str,
+    dataset: &str,
     request: EmbedRequest,
-    source: ImageSource,
-) -> ApiResult<(StatusCode, Value)> {
+) -> ServiceResult<EmbedJob> {
     let batch = request.batch.unwrap_or(32);
     if batch == 0 || batch > MAX_BATCH {
-        return Err(ApiError::invalid("batch", format!("must be between 1 and {MAX_BATCH}")));
+        return Err(ServiceError::invalid("batch", format!("must be between 1 and {MAX_BATCH}")));
     }
+    let (user, p, d) = (user.clone(), project.to_string(), dataset.to_string());
+    let (project, dataset) =
+        on_store(services, move |store| access::dataset(store, &user, &p, &d, ProjectRole::Owner)).await?;
+    let source = services.raw.image_source(services, &project, "embedding generation").await?;
     // Load the model before answering, so a missing model is the caller's error now, not a failed job later.
-    let slot = state.embedder.clone();
-    let model = tokio::task::spawn_blocking(move || slot.get())
+    let slot = services.clone();
+    let model = tokio::task::spawn_blocking(move || slot.embedder.get())
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "model_unavailable", e))?;
+        .map_err(ServiceError::internal)?
+        .map_err(|e| ServiceError::new(ErrorKind::Unavailable, "model_unavailable", e))?;
     let dims = model.lock().unwrap_or_else(|e| e.into_inner()).dimensions();
     let spaces = [("frame", dataset.frame_embedding_dim, true), ("label", dataset.label_embedding_dim, request.crops)];
     for (space, existing, used) in spaces {
         if let Some(existing) = existing.filter(|&d| used && d != dims) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
+            return Err(ServiceError::new(
+                ErrorKind::Conflict,
                 "dimension_conflict",
                 format!(
                     "dataset {:?} already has {space} embeddings of dimension {existing}, and the model's have \
@@ -92,26 +105,24 @@ pub(crate) async fn start(
             ));
         }
     }
-    let store = state.store.clone();
     let (frames, boxes, job) = {
         let dataset = dataset.clone();
-        tokio::task::spawn_blocking(move || -> ApiResult<_> {
+        on_store(services, move |store| {
             let frames = store.frame_image_urls(&dataset)?;
             let boxes = if request.crops { store.current_boxes(&dataset, None)? } else { Vec::new() };
             let job = store.start_job(&dataset, JOB_KIND, Some(frames.len() as i64))?;
             Ok((frames, boxes, job))
         })
-        .await
-        .map_err(ApiError::internal)??
+        .await?
     };
     let mut crops: HashMap<String, Vec<(String, Region)>> = HashMap::new();
     for b in boxes {
         let region = Region { left: b.left, top: b.top, width: b.width, height: b.height };
         crops.entry(b.frame_id).or_default().push((b.label_id, region));
     }
-    let frame_count = frames.len();
-    tokio::spawn(run(state, dataset, job, frames, crops, batch, source));
-    Ok((StatusCode::ACCEPTED, json!({ "job": job, "kind": JOB_KIND, "total": frame_count })))
+    let total = frames.len();
+    tokio::spawn(run(services.clone(), dataset, job, frames, crops, batch, source));
+    Ok(EmbedJob { job, kind: JOB_KIND, total })
 }
 
 /// What the job did, for its final message.
@@ -143,7 +154,7 @@ impl Tally {
 }
 
 async fn run(
-    state: AppState,
+    services: Arc<Services>,
     dataset: DatasetInfo,
     job: i64,
     frames: Vec<(String, Option<String>)>,
@@ -151,8 +162,8 @@ async fn run(
     batch: usize,
     source: ImageSource,
 ) {
-    let store = state.store.clone();
-    let outcome = embed_all(&state, &dataset, job, &frames, &crops, batch, &source).await;
+    let store = services.store.clone();
+    let outcome = embed_all(&services, &dataset, job, &frames, &crops, batch, &source).await;
     let (status, message) = match outcome {
         Ok(tally) if tally.frames == 0 && !frames.is_empty() => ("failed", tally.message()),
         Ok(tally) => ("done", tally.message()),
@@ -163,7 +174,7 @@ async fn run(
 }
 
 async fn embed_all(
-    state: &AppState,
+    services: &Services,
     dataset: &DatasetInfo,
     job: i64,
     frames: &[(String, Option<String>)],
@@ -171,7 +182,7 @@ async fn embed_all(
     batch: usize,
     source: &ImageSource,
 ) -> Result<Tally, String> {
-    let store = state.store.clone();
+    let store = services.store.clone();
     let mut upload = {
         let (store, dataset) = (store.clone(), dataset.clone());
         tokio::task::spawn_blocking(move || store.begin_upload(&dataset, UploadKind::Embeddings, None))
@@ -210,7 +221,7 @@ async fn embed_all(
         let jobs: Vec<ImageJob> =
             readable.iter().zip(&regions).map(|((_, bytes), r)| ImageJob { bytes, crops: r }).collect();
         let results = {
-            let model = state.embedder.get()?;
+            let model = services.embedder.get()?;
             let mut model = model.lock().unwrap_or_else(|e| e.into_inner());
             tokio::task::block_in_place(|| embed_images(&mut model, &jobs, batch))
         };
@@ -243,10 +254,10 @@ async fn embed_all(
             store.update_job(job, done as i64, None).map_err(|e| e.to_string())
         });
         if let Err(e) = written {
-            let _ = store.finish_upload(&upload, Some(&e));
+            let _ = tokio::task::block_in_place(|| store.finish_upload(&upload, Some(&e)));
             return Err(e);
         }
     }
-    store.finish_upload(&upload, None).map_err(|e| e.to_string())?;
+    tokio::task::block_in_place(|| store.finish_upload(&upload, None)).map_err(|e| e.to_string())?;
     Ok(tally)
 }
