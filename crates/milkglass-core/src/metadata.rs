@@ -59,7 +59,16 @@ impl MetaValue {
             Value::Number(n) => match n.as_i64() {
                 Some(i) => MetaValue::Int(i),
                 None => {
+                    // A whole number past i64 arrives as a u64 or, past that, as a float that
+                    // has lost digits: refused rather than silently rounded.
                     let f = n.as_f64().ok_or_else(|| Invalid::new(field, "number out of range"))?;
+                    if n.is_u64() || (f.fract() == 0.0 && f.abs() >= i64::MAX as f64) {
+                        return Err(Invalid::new(
+                            field,
+                            "integers must fit in 64 bits (-9223372036854775808 to 9223372036854775807); \
+                             send larger ones as strings",
+                        ));
+                    }
                     crate::check_finite(field, f)?;
                     MetaValue::Float(f)
                 }
@@ -153,6 +162,20 @@ mod tests {
         assert_eq!(m["x"], MetaValue::Float(2.5));
         assert_eq!(m["t"].type_name(), "timestamp");
         assert_eq!(m["l"], MetaValue::List(vec![MetaValue::Int(1), MetaValue::Int(2)]));
+    }
+
+    #[test]
+    fn integers_past_64_bits_are_refused_not_rounded() {
+        for text in [r#"{"n": 9223372036854775808}"#, r#"{"n": 123456789012345678901234}"#, r#"{"n": -1e30}"#] {
+            let map: serde_json::Map<String, Value> = serde_json::from_str(text).unwrap();
+            let err = metadata_from_json("metadata", &map).unwrap_err();
+            assert_eq!(err.field, "metadata.n", "{text}");
+        }
+        // JSON does not tell 1e30 from 1000000000000000000000000000000: whole numbers that
+        // large are refused either way; fractions and smaller magnitudes are floats.
+        let map: serde_json::Map<String, Value> =
+            serde_json::from_str(r#"{"n": 9223372036854775807, "x": 1.5e18, "y": 2.5, "z": -1e-300}"#).unwrap();
+        assert!(metadata_from_json("metadata", &map).is_ok());
     }
 
     #[test]

@@ -4,17 +4,18 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use milkglass_service::insights::{
-    self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, Metrics, MetricsQuery, Similar,
-    SimilarRequest, parse_param,
+    self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, Metrics, MetricsQuery,
+    PointAttribute, Similar, SimilarRequest, parse_param,
 };
 use milkglass_service::{Segment, SegmentSpec, Space, datasets};
 use serde_json::Value;
@@ -140,10 +141,16 @@ async fn embedding_map_ids(
     Path((project, dataset)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let p = Params::new(params, &["space"])?;
+    let p = Params::new(params, &["space", "attributes"])?;
     let space: Space = p.choice("space")?;
-    let ids = blocking(move || insights::map_ids(&state.services, &caller.0, &project, &dataset, space)).await?;
-    Ok(Json(serde_json::json!({ "ids": ids })))
+    let attributes = match p.text("attributes") {
+        None => Vec::new(),
+        Some(list) => list.split(',').filter(|a| !a.is_empty()).map(PointAttribute::parse).collect::<Result<_, _>>()?,
+    };
+    let services = state.services;
+    let points =
+        blocking(move || insights::map_ids(&services, &caller.0, &project, &dataset, space, &attributes)).await?;
+    Ok(Json(serde_json::to_value(points).expect("serializable")))
 }
 
 async fn dismiss(

@@ -7,12 +7,14 @@
 
 mod auth;
 mod error;
+mod extract;
 pub mod flight;
 mod insight;
 mod json;
 mod raw;
 mod routes;
 mod tables;
+mod web;
 
 pub use error::ApiError;
 pub use milkglass_service::{QueryLimits, Store, check_fetch_allow};

@@ -3,12 +3,13 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Path;
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};

@@ -4,14 +4,15 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Path, Query};
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use futures::TryStreamExt;
 use milkglass_service::ingest::{self, BodyTooLarge, Format, UploadSummary, UploadTarget};
@@ -23,6 +24,8 @@ use milkglass_service::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::io::{StreamReader, SyncIoBridge};
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate};
 
 pub fn router(state: AppState) -> Router {
     let datasets = "/api/projects/{project}/datasets/{dataset}";
@@ -50,20 +53,40 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{datasets}/inference_sets/{{set}}/embeddings"), post(upload_inference_embeddings))
         .merge(crate::tables::router())
         .merge(crate::insight::router())
+        // Unknown API paths get the API's JSON 404; every other unknown path is the web app's.
+        .route("/api", any(api_not_found))
+        .route("/api/{*rest}", any(api_not_found))
         .layer(axum::extract::DefaultBodyLimit::max(
             usize::try_from(state.config.max_upload_bytes).unwrap_or(usize::MAX),
-        ))
-        .fallback(api_not_found);
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/sample/{*path}", get(sample_file))
         .merge(api)
         .merge(crate::raw::router())
+        .fallback(crate::web::serve)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(whole_bodies)))
         .with_state(state)
+}
+
+/// JSON, the map's points and the app's files are compressed when the client asks; file
+/// bodies served in byte ranges (hosted and mirrored files) never are, as a range of a
+/// compressed body is not the range asked for.
+fn whole_bodies(_: StatusCode, _: axum::http::Version, headers: &HeaderMap, _: &axum::http::Extensions) -> bool {
+    !headers.contains_key(axum::http::header::ACCEPT_RANGES) && !headers.contains_key(axum::http::header::CONTENT_RANGE)
 }
 
 async fn api_not_found() -> ApiError {
     ApiError::not_found("no such route; see docs/API.md")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method; see docs/API.md",
+    )
 }
 
 async fn whoami(Caller(user): Caller) -> Json<Value> {
@@ -207,6 +230,15 @@ async fn dataset_status(
     Ok(Json(serde_json::to_value(status).expect("serializable")))
 }
 
+/// A boolean query parameter: `true`/`false` (or `1`/`0`).
+fn flag(key: &str, value: &str) -> ApiResult<bool> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(ApiError::invalid(key, format!("{value:?} is not true or false"))),
+    }
+}
+
 /// Query string of a frame listing. `meta` repeats: `meta=weather:eq:sunny&meta=speed:gt:3`.
 fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
     let mut filter = FrameFilter { limit: 100, ..FrameFilter::default() };
@@ -216,6 +248,13 @@ fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
     for (key, value) in params {
         match key.as_str() {
             "limit" => filter.limit = int(&key, &value)?.clamp(1, MAX_PAGE as i64) as usize,
+            "offset" => {
+                filter.offset =
+                    usize::try_from(int(&key, &value)?).map_err(|_| ApiError::invalid("offset", "must be 0 or more"))?
+            }
+            "count" => filter.count = flag(&key, &value)?,
+            "labels" => filter.labels = flag(&key, &value)?,
+            "inference_set" => filter.inference_set = Some(value),
             "after" => filter.after = Some(value),
             "class" => filter.class = Some(value),
             "min_labels" => filter.min_labels = Some(int(&key, &value)?),
@@ -239,7 +278,8 @@ fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
             other => {
                 return Err(ApiError::invalid(
                     other,
-                    "unknown query parameter; use limit, after, class, min_labels, max_labels, sensor_kind, meta or version",
+                    "unknown query parameter; use limit, after, offset, class, min_labels, max_labels, sensor_kind, \
+                     meta, version, count, labels or inference_set",
                 ));
             }
         }

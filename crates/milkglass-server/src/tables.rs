@@ -2,9 +2,10 @@
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Multipart, Path, Query};
 use crate::json::JsonBody;
 use crate::{AppState, blocking};
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::State;
 use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -49,7 +50,11 @@ fn parse_readers(text: &str) -> Option<Vec<String>> {
 
 /// `multipart/form-data` with parts `name`, `policy` (JSON), optional `readers`
 /// (comma-separated) and `format`, and `file` (CSV, Parquet or Arrow IPC).
-async fn upload_table(State(state): State<AppState>, caller: Caller, mut form: Multipart) -> ApiResult<Response> {
+async fn upload_table(
+    State(state): State<AppState>,
+    caller: Caller,
+    Multipart(mut form): Multipart,
+) -> ApiResult<Response> {
     let result = publish(&state, &caller, &mut form).await;
     if result.is_err() {
         // Read the rest of the body (bounded by the upload limit) so that a client still
@@ -61,7 +66,7 @@ async fn upload_table(State(state): State<AppState>, caller: Caller, mut form: M
     result
 }
 
-async fn publish(state: &AppState, caller: &Caller, form: &mut Multipart) -> ApiResult<Response> {
+async fn publish(state: &AppState, caller: &Caller, form: &mut axum::extract::Multipart) -> ApiResult<Response> {
     // Refused before reading the body: a scientist's upload is not written anywhere.
     access::require_table_creator(&caller.0)?;
     let (mut name, mut policy, mut readers, mut format, mut upload) = (None, None, None, None, None);

@@ -5,7 +5,7 @@
 
 use crate::{ServiceError, ServiceResult};
 use milkglass_core::{ProjectRole, Role};
-use milkglass_store::{DatasetInfo, GuardedTableInfo, ProjectInfo, Store, StoreError, User};
+use milkglass_store::{AuditEntry, DatasetInfo, GuardedTableInfo, ProjectInfo, ReviewRequest, Store, StoreError, User};
 
 /// A project the caller may use with at least `needed` rights.
 pub fn project(store: &Store, user: &User, name: &str, needed: ProjectRole) -> ServiceResult<ProjectInfo> {
@@ -80,18 +80,28 @@ pub fn readable_tables(store: &Store, user: &User) -> ServiceResult<Vec<GuardedT
     Ok(store.guarded_tables()?.into_iter().filter(|t| t.readable_by(user)).collect())
 }
 
-/// Whether `user` may decide on a request: admins, and the owner of every table it reads.
-pub fn may_review(store: &Store, user: &User, tables: &[String]) -> ServiceResult<bool> {
+/// Whether `user` may decide on a request: admins, and the owner of every table it reads,
+/// those very tables (by uid), not later tables that took their names. A request older than
+/// uids, or one whose table was dropped, is for admins only.
+pub fn may_review(store: &Store, user: &User, request: &ReviewRequest) -> ServiceResult<bool> {
     if user.role == Role::Admin {
         return Ok(true);
     }
-    for table in tables {
-        // A dropped table has no owner left to decide (admins still may).
+    if request.tables.is_empty() || request.table_uids.len() != request.tables.len() {
+        return Ok(false);
+    }
+    for (table, uid) in request.tables.iter().zip(&request.table_uids) {
         match store.guarded_table(table) {
-            Ok(t) if t.managed_by(user) => {}
+            Ok(t) if t.uid == *uid && t.managed_by(user) => {}
             Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(!tables.is_empty())
+    Ok(true)
+}
+
+/// Whether `user` may read an audit entry: admins all, everyone their own, owners those
+/// about tables they owned when the entry was written (never a later owner of the name).
+pub fn may_read_audit(user: &User, entry: &AuditEntry) -> bool {
+    user.role == Role::Admin || entry.entry.user == user.name || entry.table_owners.contains(&user.name)
 }

@@ -200,10 +200,10 @@ pub fn label_errors(
     dataset: &str,
     query: &LabelErrorQuery,
 ) -> ServiceResult<LabelErrors> {
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     if query.limit == 0 || query.limit > 10_000 {
         return Err(ServiceError::invalid("limit", "limit must be between 1 and 10000"));
     }
-    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
     let detection = load_detection(store, &project, &dataset, &set)?;
@@ -324,13 +324,13 @@ pub fn metrics(
     dataset: &str,
     query: &MetricsQuery,
 ) -> ServiceResult<Metrics> {
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     if !(0.0..=1.0).contains(&query.iou) || query.iou == 0.0 {
         return Err(ServiceError::invalid("iou", "iou must be in (0, 1]"));
     }
     if !(0.0..=1.0).contains(&query.confidence) {
         return Err(ServiceError::invalid("confidence", "confidence must be in [0, 1]"));
     }
-    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
     let d = load_detection(store, &project, &dataset, &set)?;
@@ -700,6 +700,7 @@ pub fn similar(
     dataset: &str,
     request: &SimilarRequest,
 ) -> ServiceResult<Similar> {
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let (space, metric) = (request.space, request.metric);
     if request.k == 0 || request.k > 1000 {
         return Err(ServiceError::invalid("k", "k must be between 1 and 1000"));
@@ -708,7 +709,6 @@ pub fn similar(
     if given.iter().filter(|g| **g).count() != 1 {
         return Err(ServiceError::invalid("frame_id", "give exactly one of frame_id, label_id and vector"));
     }
-    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let (store, dataset, cache) = (&services.store, &dataset, &services.indexes);
     let data = space_vectors(store, dataset, space)?;
     let (query, exclude): (Vec<f32>, Option<u32>) = if let Some(vector) = &request.vector {
@@ -792,16 +792,110 @@ pub fn similar(
     Ok(Similar { space, metric, method, version: dataset.version, neighbors })
 }
 
-/// The ids of a space's points, in map order; viewers may ask.
+/// A per-point value the map can colour by, aligned with its points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PointAttribute {
+    /// Frames: the most common ground-truth class on the frame; labels: the label's class.
+    Class,
+    /// How many ground-truth labels the frame (or the label's frame) has.
+    LabelCount,
+    /// A frame metadata value (`meta.KEY`), for labels their frame's.
+    Meta(String),
+}
+
+impl PointAttribute {
+    pub fn parse(text: &str) -> ServiceResult<PointAttribute> {
+        match text {
+            "class" => Ok(PointAttribute::Class),
+            "label_count" => Ok(PointAttribute::LabelCount),
+            _ => match text.strip_prefix("meta.") {
+                Some(key) if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                    Ok(PointAttribute::Meta(key.to_string()))
+                }
+                _ => Err(ServiceError::invalid("attributes", format!("{text:?}: use class, label_count or meta.KEY"))),
+            },
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            PointAttribute::Class => "class".into(),
+            PointAttribute::LabelCount => "label_count".into(),
+            PointAttribute::Meta(key) => format!("meta.{key}"),
+        }
+    }
+}
+
+/// The ids of a space's points in map order, and the asked attributes, one value per point.
+#[derive(Debug, Clone, Serialize)]
+pub struct MapPoints {
+    pub ids: Vec<String>,
+    /// Attribute name to its values, aligned with `ids` (`null` where a point has none).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, Vec<Value>>,
+}
+
+/// The ids of a space's points, in map order, with per-point attributes; viewers may ask.
 pub fn map_ids(
     services: &Services,
     user: &User,
     project: &str,
     dataset: &str,
     space: Space,
-) -> ServiceResult<Vec<String>> {
-    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
-    Ok(space_vectors(&services.store, &dataset, space)?.ids)
+    attributes: &[PointAttribute],
+) -> ServiceResult<MapPoints> {
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let store = &services.store;
+    let data = space_vectors(store, &dataset, space)?;
+    let mut answer = MapPoints { ids: data.ids, attributes: BTreeMap::new() };
+    if attributes.is_empty() {
+        return Ok(answer);
+    }
+    let names: HashMap<i64, String> = project.classes.0.iter().map(|c| (i64::from(c.id), c.name.clone())).collect();
+    let boxes = store.current_boxes(&dataset, None)?;
+    let mut per_frame: HashMap<&str, Vec<i64>> = HashMap::new();
+    let mut label_class: HashMap<&str, Option<i64>> = HashMap::new();
+    for b in &boxes {
+        per_frame.entry(b.frame_id.as_str()).or_default().extend(b.class_id);
+        label_class.insert(b.label_id.as_str(), b.class_id);
+    }
+    let wants_metadata = attributes.iter().any(|a| matches!(a, PointAttribute::Meta(_)));
+    let metadata: HashMap<String, serde_json::Map<String, Value>> = if wants_metadata {
+        let frames = store.current_frames(&dataset)?;
+        frames.into_iter().map(|f| (f.frame_id, serde_json::from_str(&f.metadata).unwrap_or_default())).collect()
+    } else {
+        HashMap::new()
+    };
+    // The most common class; ties go to the smaller class id, so the answer is stable.
+    let majority = |classes: &[i64]| -> Option<i64> {
+        let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+        for c in classes {
+            *counts.entry(*c).or_default() += 1;
+        }
+        counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(c, _)| c)
+    };
+    for attribute in attributes {
+        let values = answer
+            .ids
+            .iter()
+            .zip(&data.frames)
+            .map(|(id, frame)| match attribute {
+                PointAttribute::Class => {
+                    let class = match space {
+                        Space::Frames => per_frame.get(frame.as_str()).and_then(|c| majority(c)),
+                        Space::Labels => label_class.get(id.as_str()).copied().flatten(),
+                    };
+                    class.and_then(|c| names.get(&c)).map_or(Value::Null, |n| Value::String(n.clone()))
+                }
+                PointAttribute::LabelCount => json!(per_frame.get(frame.as_str()).map_or(0, Vec::len)),
+                PointAttribute::Meta(key) => {
+                    metadata.get(frame).and_then(|m| m.get(key)).cloned().unwrap_or(Value::Null)
+                }
+            })
+            .collect();
+        answer.attributes.insert(attribute.name(), values);
+    }
+    Ok(answer)
 }
 
 /// The 2-D map of a space: ids in order, and flat little-endian f32 pairs; viewers may ask.
@@ -849,10 +943,10 @@ pub fn dismiss(
     dataset: &str,
     dismissal: &Dismissal,
 ) -> ServiceResult<String> {
+    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Owner)?;
     if dismissal.label_id.is_none() && dismissal.inference_id.is_none() {
         return Err(ServiceError::invalid("label_id", "name the issue's label_id or inference_id"));
     }
-    let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Owner)?;
     let key = issue_key(dismissal.kind, dismissal.label_id.as_deref(), dismissal.inference_id.as_deref());
     services.store.dismiss_issue(&dataset, &key)?;
     Ok(key)
@@ -950,11 +1044,11 @@ pub fn collect(
     segment: &str,
     request: &Collection,
 ) -> ServiceResult<Segment> {
+    let (_, source) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    let (_, target) = access::dataset(&services.store, user, project, &request.from_dataset, ProjectRole::Owner)?;
     if request.k == 0 || request.k > 1000 {
         return Err(ServiceError::invalid("k", "k must be between 1 and 1000"));
     }
-    let (_, source) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
-    let (_, target) = access::dataset(&services.store, user, project, &request.from_dataset, ProjectRole::Owner)?;
     let (store, source, target) = (&services.store, &source, &target);
     let segment = store.segment(source, segment)?;
     if segment.item_kind != "frames" {

@@ -44,6 +44,7 @@ fn readable_now(store: &milkglass_store::Store, user: &User) -> ServiceResult<(V
         let (visible, internal) = table.providers()?;
         policies.by_name.insert(table.name.clone(), table.policy.clone());
         policies.ids.insert(table.name.clone(), table.id);
+        policies.uids.insert(table.name.clone(), table.uid.clone());
         let rows = u64::try_from(table.rows).unwrap_or(0);
         protected.push(ProtectedTable { name: table.name, policy: table.policy, visible, internal, rows });
     }
@@ -55,6 +56,8 @@ fn readable_now(store: &milkglass_store::Store, user: &User) -> ServiceResult<(V
 struct Policies {
     by_name: HashMap<String, Policy>,
     ids: HashMap<String, i64>,
+    /// Each table's identity, for what is bound to the table itself (approvals).
+    uids: HashMap<String, String>,
 }
 
 /// What earlier released answers of the caller's pool covered, for the tables one
@@ -399,6 +402,17 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
         "delivered" => Err(already_delivered(id)),
         _ => {
             let (tables, policies) = readable(services, user).await?;
+            // The approval was for those very tables: a table dropped and published again
+            // under the name since then is another table, with another owner.
+            let now: Vec<&str> =
+                request.tables.iter().filter_map(|name| policies.uids.get(name).map(String::as_str)).collect();
+            if now.len() != request.table_uids.len() || now.iter().zip(&request.table_uids).any(|(a, b)| a != b) {
+                return Err(ServiceError::new(
+                    ErrorKind::Gone,
+                    "tables_changed",
+                    format!("a table of request {id} was dropped since it was approved; ask again"),
+                ));
+            }
             let prepared = prepare_for(services, &request.query, tables).await.map_err(ServiceError::from)?;
             let base = NewAuditEntry {
                 user: user.name.clone(),
@@ -437,12 +451,15 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
 
 fn rejected(request: &milkglass_store::ReviewRequest) -> ServiceError {
     let reason = request.decision_reason.clone().unwrap_or_else(|| "no reason given".into());
-    ServiceError::new(
-        ErrorKind::Rejected,
-        "rejected",
-        format!("the owner ({}) rejected this query: {reason}", request.decided_by.clone().unwrap_or_default()),
-    )
-    .with_details(serde_json::json!({ "request_id": request.id }))
+    let by = request.decided_by.clone().unwrap_or_default();
+    // Closed by milkglass itself: its table was dropped while the request waited.
+    let message = if by == "milkglass" {
+        format!("this query was closed without an answer: {reason}")
+    } else {
+        format!("the owner ({by}) rejected this query: {reason}")
+    };
+    ServiceError::new(ErrorKind::Rejected, "rejected", message)
+        .with_details(serde_json::json!({ "request_id": request.id }))
 }
 
 /// Saves a query's result as a new guarded table, when every table it reads is

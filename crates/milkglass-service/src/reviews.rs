@@ -1,14 +1,13 @@
 //! The review queue and the audit log, as owners and scientists see them.
 
 use crate::{ServiceError, ServiceResult, Services, access};
-use milkglass_core::Role;
 use milkglass_store::{AuditEntry, NewAuditEntry, ReviewRequest, User};
 
 /// Requests the caller may decide on, plus their own; `state` filters by state.
 pub fn list(services: &Services, user: &User, state: Option<&str>) -> ServiceResult<Vec<ReviewRequest>> {
     let mut visible = Vec::new();
     for request in services.store.review_requests(state)? {
-        if request.user == user.name || access::may_review(&services.store, user, &request.tables)? {
+        if request.user == user.name || access::may_review(&services.store, user, &request)? {
             visible.push(request);
         }
     }
@@ -24,7 +23,11 @@ pub fn decide(
     reason: Option<&str>,
 ) -> ServiceResult<ReviewRequest> {
     let request = services.store.review_request(id)?;
-    if !access::may_review(&services.store, user, &request.tables)? {
+    if !access::may_review(&services.store, user, &request)? {
+        // The requester knows what they asked; anyone else is told what a missing id is told.
+        if request.user != user.name {
+            return Err(ServiceError::not_found(format!("review request {id} not found")));
+        }
         return Err(ServiceError::forbidden(format!(
             "only the owner of {} can decide on request {id}",
             request.tables.join(", ")
@@ -44,23 +47,10 @@ pub fn decide(
     Ok(decided)
 }
 
-/// Audit entries the caller may read: owners their tables' entries, everyone their
-/// own, admins all; `table` narrows to one table.
+/// Audit entries the caller may read ([`access::may_read_audit`]); `table` narrows to the
+/// entries that name it.
 pub fn audit_log(services: &Services, user: &User, table: Option<&str>) -> ServiceResult<Vec<AuditEntry>> {
-    let store = &services.store;
-    Ok(match table {
-        Some(table) => {
-            let managed = store.guarded_table(table).map(|t| t.managed_by(user)).unwrap_or(false);
-            let own = if managed || user.role == Role::Admin { None } else { Some(user.name.as_str()) };
-            store.audit_entries(Some(table), own)?
-        }
-        None if user.role == Role::Admin => store.audit_entries(None, None)?,
-        None => {
-            let managed: Vec<String> =
-                store.guarded_tables()?.into_iter().filter(|t| t.managed_by(user)).map(|t| t.name).collect();
-            let mut entries = store.audit_entries(None, None)?;
-            entries.retain(|e| e.entry.user == user.name || e.entry.tables.iter().any(|t| managed.contains(t)));
-            entries
-        }
-    })
+    let mut entries = services.store.audit_entries(table, None)?;
+    entries.retain(|e| access::may_read_audit(user, e));
+    Ok(entries)
 }

@@ -50,6 +50,10 @@ pub async fn publish(services: &Services, user: &User, table: Publication<'_>) -
         )));
     }
     let imported = store.import_table_file(table.name, table.file, table.format).await?;
+    if imported.rows == 0 {
+        let _ = std::fs::remove_file(&imported.file);
+        return Err(ServiceError::invalid("file", "the table has no rows; publish a file with at least one row"));
+    }
     if let Some(missing) = table.policy.sanitized_columns.iter().find(|c| !imported.columns.contains(c)) {
         let _ = std::fs::remove_file(&imported.file);
         return Err(ServiceError::invalid("policy.sanitized_columns", format!("the table has no column {missing:?}")));
@@ -81,7 +85,11 @@ pub fn set_policy(
 }
 
 /// Drops a table the caller manages.
+/// Drops a table. Its pending review requests are closed (the requester learns the table is
+/// gone), and its audit entries stay readable by admins and by the owner who had it.
 pub fn drop(services: &Services, user: &User, name: &str) -> ServiceResult<()> {
     access::managed_table(&services.store, user, name)?;
-    Ok(services.store.drop_table(name)?)
+    services.store.drop_table(name)?;
+    services.reviews_decided.notify_waiters();
+    Ok(())
 }

@@ -3,7 +3,7 @@
 
 use milkglass_core::{DatasetSpec, ProjectRole, ProjectSpec, Role};
 use milkglass_service::ingest::{self, Format, UploadTarget};
-use milkglass_service::insights::{self, Layout, SimilarRequest};
+use milkglass_service::insights::{self, Layout, PointAttribute, SimilarRequest};
 use milkglass_service::raw::signer::{self, SignRequest, SignedMethod};
 use milkglass_service::raw::{self, FetchSettingsBody};
 use milkglass_service::{ErrorKind, ServiceConfig, Services, datasets};
@@ -95,7 +95,8 @@ fn uploads_commit_batches_and_name_the_bad_line() {
 fn insights_answer_typed_values() {
     let f = fixture();
     project(&f, "p", "anonymous");
-    let frames: Vec<_> = (0..20).map(|i| json!({"frame_id": format!("f{i:02}"), "sensors": []})).collect();
+    let frames: Vec<_> =
+        (0..20).map(|i| json!({"frame_id": format!("f{i:02}"), "sensors": [], "metadata": {"split": i % 2}})).collect();
     upload(&f, "p", UploadKind::Frames, &frames);
     let embeddings: Vec<_> = (0..20)
         .map(|i| json!({"frame_id": format!("f{i:02}"), "embedding": [1.0, i as f32, (i * i) as f32 / 10.0]}))
@@ -114,6 +115,16 @@ fn insights_answer_typed_values() {
     assert!(bad.is_err(), "an unknown space is refused when parsed");
     let (ids, bytes) = insights::embedding_map(&f.services, &f.viewer, "p", "d", Space::Frames, Layout::Pca).unwrap();
     assert_eq!((ids.len(), bytes.len()), (20, 20 * 8));
+    let attributes = [PointAttribute::Meta("split".into()), PointAttribute::LabelCount, PointAttribute::Class];
+    let points = insights::map_ids(&f.services, &f.viewer, "p", "d", Space::Frames, &attributes).unwrap();
+    assert_eq!(points.ids.len(), 20);
+    let split = &points.attributes["meta.split"];
+    for (id, value) in points.ids.iter().zip(split) {
+        let n: i64 = id[1..].parse().unwrap();
+        assert_eq!(value, &json!(n % 2), "{id}: attributes are aligned with the points");
+    }
+    assert!(points.attributes["class"].iter().all(serde_json::Value::is_null), "no labels, no class");
+    assert!(PointAttribute::parse("meta.bad key").is_err());
     let hidden = insights::similar(&f.services, &f.stranger, "p", "d", &request).unwrap_err();
     assert_eq!(hidden.kind, ErrorKind::Forbidden);
 }
@@ -179,4 +190,23 @@ fn fetch_settings_refuse_what_the_fetcher_would() {
     };
     let saved = raw::set_fetch_settings(&f.services, &f.owner, "m", body).unwrap();
     assert_eq!(saved.signing_endpoint.as_deref(), Some("https://sign.example.com/"));
+}
+
+#[tokio::test]
+async fn anonymous_projects_never_reach_the_fetcher() {
+    let f = fixture();
+    project(&f, "anon", "anonymous");
+    let frames = [json!({"frame_id": "a", "sensors": [{"kind": "image", "url": "http://10.0.0.1/a.png"}]})];
+    upload(&f, "anon", UploadKind::Frames, &frames);
+    let mirror = raw::mirror::mirror(&f.services, &f.owner, "anon", "d").await.unwrap_err();
+    assert_eq!((mirror.kind, mirror.code), (ErrorKind::Conflict, "anonymous_project"));
+    let request = serde_json::from_value(json!({})).unwrap();
+    let embed = milkglass_service::embedding::start(&f.services, &f.owner, "anon", "d", request).await.unwrap_err();
+    assert_eq!(embed.code, "anonymous_project");
+    // The URL check judges without loading anything: the private address is the browser's only.
+    let report = raw::url_check::url_check(&f.services, &f.owner, "anon", "d").await.unwrap();
+    assert_eq!(report["counts"]["browser_only"], 1, "{report}");
+    assert_eq!(raw::url_check::url_report(&f.services, &f.viewer, "anon", "d").unwrap()["urls"], 1);
+    let viewer = raw::url_check::url_check(&f.services, &f.viewer, "anon", "d").await.unwrap_err();
+    assert_eq!(viewer.kind, ErrorKind::Forbidden);
 }

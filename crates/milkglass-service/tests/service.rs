@@ -92,11 +92,17 @@ async fn a_held_query_is_released_as_soon_as_the_owner_approves() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     // Sam sees the request; tess, who neither asked nor owns the table, does not, and
-    // cannot decide it.
+    // cannot decide it: she is told what a missing id is told. Sam may not decide his own.
     assert_eq!(reviews::list(&f.services, &f.sam, None).unwrap().len(), 1);
     assert!(reviews::list(&f.services, &f.tess, None).unwrap().is_empty());
     let e = reviews::decide(&f.services, &f.tess, id, true, None).err().unwrap();
-    assert_eq!(e.kind, ErrorKind::Forbidden);
+    let missing = reviews::decide(&f.services, &f.tess, id + 100, true, None).err().unwrap();
+    assert_eq!(
+        (e.kind, e.message.replace(&id.to_string(), "N")),
+        (ErrorKind::NotFound, missing.message.replace(&(id + 100).to_string(), "N"))
+    );
+    let own = reviews::decide(&f.services, &f.sam, id, true, None).err().unwrap();
+    assert_eq!(own.kind, ErrorKind::Forbidden);
 
     reviews::decide(&f.services, &f.owner, id, true, None).unwrap();
     let (answer, took) = waiting.await.unwrap();

@@ -16,6 +16,13 @@ pub struct AuditEntry {
     #[serde(flatten)]
     pub entry: NewAuditEntry,
     pub hash: String,
+    /// The uids and owners of `entry.tables` when the entry was written (empty for entries
+    /// older than uids, and for names with no table): entries belong to those tables and
+    /// their owners at the time, never to a later table of the same name.
+    #[serde(skip)]
+    pub table_uids: Vec<String>,
+    #[serde(skip)]
+    pub table_owners: Vec<String>,
 }
 
 /// What the caller knows about a query when it is logged.
@@ -56,6 +63,11 @@ fn entry_hash(prev: &str, entry: &AuditEntry) -> String {
     field(serde_json::to_string(&e.columns).unwrap_or_default().as_bytes());
     field(format!("{:?}", e.smallest_group).as_bytes());
     field(format!("{:?}", e.request_id).as_bytes());
+    // Entries written before tables had uids hash as they always did.
+    if !entry.table_uids.is_empty() {
+        field(serde_json::to_string(&entry.table_uids).unwrap_or_default().as_bytes());
+        field(serde_json::to_string(&entry.table_owners).unwrap_or_default().as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -76,12 +88,15 @@ fn entry_from_row(r: &rusqlite::Row) -> rusqlite::Result<(AuditEntry, String)> {
                 request_id: r.get(10)?,
             },
             hash: r.get(12)?,
+            table_uids: crate::db::optional_json_column(r, 13)?.unwrap_or_default(),
+            table_owners: crate::db::optional_json_column(r, 14)?.unwrap_or_default(),
         },
         r.get(11)?,
     ))
 }
 
-const AUDIT_COLUMNS: &str = "id, at, user_name, tables, query, decision, reason, rows_returned, columns, smallest_group, request_id, prev_hash, hash";
+const AUDIT_COLUMNS: &str = "id, at, user_name, tables, query, decision, reason, rows_returned, columns, \
+     smallest_group, request_id, prev_hash, hash, table_uids, table_owners";
 
 impl Store {
     /// Appends an entry; the chain is extended inside the same transaction.
@@ -92,11 +107,16 @@ impl Store {
                 .optional()?
                 .unwrap_or_else(|| GENESIS.to_string());
             let id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log", [], |r| r.get(0))?;
-            let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new() };
+            let found = crate::guarded::table_identities(tx, &new.tables)?;
+            let (table_uids, table_owners) = found.into_iter().flatten().unzip();
+            let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new(), table_uids, table_owners };
             entry.hash = entry_hash(&prev, &entry);
             let e = &entry.entry;
             tx.execute(
-                &format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+                &format!(
+                    "INSERT INTO audit_log ({AUDIT_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                ),
                 params![
                     entry.id,
                     entry.at,
@@ -110,7 +130,9 @@ impl Store {
                     e.smallest_group,
                     e.request_id,
                     prev,
-                    entry.hash
+                    entry.hash,
+                    serde_json::to_string(&entry.table_uids)?,
+                    serde_json::to_string(&entry.table_owners)?
                 ],
             )?;
             Ok(entry)

@@ -18,10 +18,14 @@ pub const ROW_ID: &str = "__mg_row";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct GuardedTableInfo {
-    /// The table's identity: a table dropped and published again under its name is
-    /// another table, with another id.
+    /// The table's row in the catalog (what its answered coverage hangs off).
     #[serde(skip)]
     pub id: i64,
+    /// The table's identity, never reused: a table dropped and published again under its
+    /// name is another table, with another uid, and inherits none of the old one's audit
+    /// entries or review requests. A replacement by its owner keeps it.
+    #[serde(skip)]
+    pub uid: String,
     pub name: String,
     pub owner: String,
     pub policy: Policy,
@@ -88,11 +92,12 @@ fn info_from_row(r: &rusqlite::Row, dir: &Path) -> rusqlite::Result<GuardedTable
         columns: json_column(r, 6)?,
         created_at: r.get(7)?,
         updated_at: r.get(8)?,
+        uid: r.get(10)?,
     })
 }
 
 const TABLE_COLUMNS: &str =
-    "t.name, u.name, t.policy, t.readers, t.file, t.rows, t.columns, t.created_at, t.updated_at, t.id";
+    "t.name, u.name, t.policy, t.readers, t.file, t.rows, t.columns, t.created_at, t.updated_at, t.id, t.uid";
 
 impl Store {
     fn tables_dir(&self) -> PathBuf {
@@ -148,8 +153,8 @@ impl Store {
                 }
                 None => {
                     tx.execute(
-                        "INSERT INTO guarded_tables (name, owner_id, policy, readers, file, rows, columns, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                        "INSERT INTO guarded_tables (name, owner_id, policy, readers, file, rows, columns, created_at, updated_at, uid)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, lower(hex(randomblob(16))))",
                         params![name, owner.id, policy, readers, relative, rows, columns, at],
                     )?;
                 }
@@ -234,18 +239,48 @@ impl Store {
         self.guarded_table(name)
     }
 
+    /// Drops a table, and closes its pending review requests (rejected, saying why) in the
+    /// same transaction, so no later table of that name inherits them. Its audit entries stay.
     pub fn drop_table(&self, name: &str) -> StoreResult<()> {
         let file: String = self.db().write(|tx| {
-            let file: String = tx
-                .query_row("SELECT file FROM guarded_tables WHERE name = ?1", [name], |r| r.get(0))
+            let (file, uid): (String, String) = tx
+                .query_row("SELECT file, uid FROM guarded_tables WHERE name = ?1", [name], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?
                 .ok_or_else(|| StoreError::not_found(format!("table {name:?}")))?;
             tx.execute("DELETE FROM guarded_tables WHERE name = ?1", [name])?;
+            tx.execute(
+                "UPDATE review_requests SET state = 'rejected', decided_by = 'milkglass', decision_reason = ?1,
+                     decided_at = ?2
+                 WHERE state = 'pending' AND EXISTS (SELECT 1 FROM json_each(table_uids) WHERE value = ?3)",
+                params![format!("table {name:?} was dropped"), now(), uid],
+            )?;
             Ok(file)
         })?;
         let _ = std::fs::remove_file(self.dir().join(file));
         Ok(())
     }
+}
+
+/// The uid and owner of each named table as it is now (`None` for a name with no table).
+pub(crate) fn table_identities(
+    conn: &rusqlite::Connection,
+    names: &[String],
+) -> StoreResult<Vec<Option<(String, String)>>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT t.uid, u.name FROM guarded_tables t JOIN users u ON u.id = t.owner_id WHERE t.name = ?1",
+    )?;
+    let mut found = Vec::with_capacity(names.len());
+    for name in names {
+        found.push(stmt.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?);
+    }
+    Ok(found)
+}
+
+/// The uids of the named tables that exist now.
+pub(crate) fn table_uids(conn: &rusqlite::Connection, names: &[String]) -> StoreResult<Vec<String>> {
+    Ok(table_identities(conn, names)?.into_iter().flatten().map(|(uid, _)| uid).collect())
 }
 
 /// A table file written into the data directory, not yet in the catalog.

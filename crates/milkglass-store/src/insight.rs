@@ -64,9 +64,9 @@ fn invalid(field: &str, message: impl Into<String>) -> StoreError {
 
 fn check_segment(spec: &SegmentSpec) -> StoreResult<()> {
     if let Some(name) = &spec.name
-        && (name.is_empty() || name.len() > 200 || name.contains('/'))
+        && (name.is_empty() || name.len() > 200 || name.contains('/') || name.chars().any(char::is_control))
     {
-        return Err(invalid("name", "a segment name is 1 to 200 characters without '/'"));
+        return Err(invalid("name", "a segment name is 1 to 200 characters without '/' or control characters"));
     }
     if let Some(state) = &spec.state
         && !SEGMENT_STATES.contains(&state.as_str())

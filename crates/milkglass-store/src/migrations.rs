@@ -239,6 +239,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE guarded_tables ADD COLUMN uid TEXT;
     UPDATE guarded_tables SET uid = lower(hex(randomblob(16)));
     ALTER TABLE audit_log ADD COLUMN table_uids TEXT;
+    ALTER TABLE audit_log ADD COLUMN table_owners TEXT;
     ALTER TABLE review_requests ADD COLUMN table_uids TEXT;
     "#,
 ];

@@ -20,10 +20,14 @@ pub struct ReviewRequest {
     pub decision_reason: Option<String>,
     pub created_at: String,
     pub decided_at: Option<String>,
+    /// The uids of `tables` when the query was held (empty for requests older than uids):
+    /// only the owner of those very tables may decide.
+    #[serde(skip)]
+    pub table_uids: Vec<String>,
 }
 
-const REQUEST_COLUMNS: &str =
-    "r.id, u.name, r.query, r.tables, r.reason, r.state, r.decided_by, r.decision_reason, r.created_at, r.decided_at";
+const REQUEST_COLUMNS: &str = "r.id, u.name, r.query, r.tables, r.reason, r.state, r.decided_by, r.decision_reason, \
+     r.created_at, r.decided_at, r.table_uids";
 
 fn request_from_row(r: &rusqlite::Row) -> rusqlite::Result<ReviewRequest> {
     Ok(ReviewRequest {
@@ -37,6 +41,7 @@ fn request_from_row(r: &rusqlite::Row) -> rusqlite::Result<ReviewRequest> {
         decision_reason: r.get(7)?,
         created_at: r.get(8)?,
         decided_at: r.get(9)?,
+        table_uids: crate::db::optional_json_column(r, 10)?.unwrap_or_default(),
     })
 }
 
@@ -49,9 +54,11 @@ impl Store {
         reason: &str,
     ) -> StoreResult<ReviewRequest> {
         let id = self.db().write(|tx| {
+            let uids = crate::guarded::table_uids(tx, tables)?;
             tx.execute(
-                "INSERT INTO review_requests (user_id, query, tables, reason, state, created_at) VALUES (?1, ?2, ?3, ?4, 'pending', ?5)",
-                params![user.id, query, serde_json::to_string(tables)?, reason, now()],
+                "INSERT INTO review_requests (user_id, query, tables, reason, state, created_at, table_uids)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
+                params![user.id, query, serde_json::to_string(tables)?, reason, now(), serde_json::to_string(&uids)?],
             )?;
             Ok(tx.last_insert_rowid())
         })?;

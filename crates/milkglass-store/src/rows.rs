@@ -22,6 +22,12 @@ pub struct FrameRow {
     pub has_embedding: bool,
     /// The dataset version that wrote this revision of the frame.
     pub version: i64,
+    /// Its ground-truth labels, in listings that ask for them (`FrameFilter::labels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<LabelRow>>,
+    /// One inference set's outputs on it, in listings that name the set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inferences: Option<Vec<LabelRow>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -102,8 +108,17 @@ pub struct FrameFilter {
     /// Keyset cursor: list frames whose id sorts after this one.
     pub after: Option<String>,
     pub limit: usize,
+    /// Skip this many matching frames (after `after`): for jumping into a long listing, as a
+    /// grid's scrollbar does; `after` is the cheap way to page on.
+    pub offset: usize,
     /// Read the dataset as it was at this version (default: the latest).
     pub version: Option<i64>,
+    /// Also count every frame the filter matches (`FramePage::total`; `after` and `offset` aside).
+    pub count: bool,
+    /// Attach each listed frame's ground-truth labels.
+    pub labels: bool,
+    /// Attach each listed frame's outputs of this inference set.
+    pub inference_set: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +127,9 @@ pub struct FramePage {
     /// Pass as `after` to get the next page; absent on the last page.
     pub next: Option<String>,
     pub version: i64,
+    /// How many frames match the filter, when asked for (`count`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<i64>,
 }
 
 pub const MAX_PAGE: usize = 1000;
@@ -150,8 +168,13 @@ fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
         label_count: r.get(6)?,
         has_embedding: r.get::<_, Option<i64>>(7)?.is_some(),
         version: r.get(8)?,
+        labels: None,
+        inferences: None,
     })
 }
+
+const LABEL_COLUMNS: &str = "l.label_id, l.frame_id, l.class_id, l.sensor_id, l.geometry, l.attributes, l.iscrowd, \
+     l.confidence, l.top, l.\"left\", l.width, l.height, l.embedding";
 
 impl Store {
     /// `(frame id, URL of its first image sensor)` for every current frame, ordered by id: what
@@ -180,7 +203,10 @@ impl Store {
         self.db().read(|conn| {
             let frame = conn
                 .query_row(
-                    &format!("SELECT {FRAME_COLUMNS} FROM frames f WHERE f.dataset_id = ?1 AND f.frame_id = ?2 AND {}", visible("f", version)),
+                    &format!(
+                        "SELECT {FRAME_COLUMNS} FROM frames f WHERE f.dataset_id = ?1 AND f.frame_id = ?2 AND {}",
+                        visible("f", version)
+                    ),
                     rusqlite::params![dataset.id, frame_id],
                     frame_from_row,
                 )
@@ -188,16 +214,16 @@ impl Store {
                 .ok_or_else(|| StoreError::not_found(format!("frame {frame_id:?}")))?;
             let classes = class_names(conn, dataset)?;
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT l.label_id, l.frame_id, l.class_id, l.sensor_id, l.geometry, l.attributes, l.iscrowd, l.confidence,
-                        l.top, l.\"left\", l.width, l.height,
-                        l.embedding, COALESCE(s.name, '')
+                "SELECT {LABEL_COLUMNS}, COALESCE(s.name, '')
                  FROM labels l LEFT JOIN inference_sets s ON s.id = l.inference_set_id
                  WHERE l.dataset_id = ?1 AND l.frame_id = ?2 AND {} ORDER BY l.inference_set_id, l.label_id",
                 visible("l", version)
             ))?;
             let mut labels = Vec::new();
             let mut inferences: BTreeMap<String, Vec<LabelRow>> = BTreeMap::new();
-            let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| Ok((label_from_row(r, &classes)?, r.get::<_, String>(13)?)))?;
+            let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| {
+                Ok((label_from_row(r, &classes)?, r.get::<_, String>(13)?))
+            })?;
             for row in rows {
                 let (label, set) = row?;
                 if set.is_empty() {
@@ -216,12 +242,20 @@ impl Store {
             let dataset = load_dataset(conn, project, dataset)?;
             check_version(&dataset, filter.version)?;
             let limit = filter.limit.clamp(1, MAX_PAGE);
+            let set_id = match &filter.inference_set {
+                None => None,
+                Some(name) => Some(
+                    conn.query_row(
+                        "SELECT id FROM inference_sets WHERE dataset_id = ?1 AND name = ?2",
+                        rusqlite::params![dataset.id, name],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| StoreError::not_found(format!("inference set {name:?}")))?,
+                ),
+            };
             let mut conditions = vec!["f.dataset_id = ?".to_string(), visible("f", filter.version)];
             let mut args: Vec<SqlValue> = vec![dataset.id.into()];
-            if let Some(after) = &filter.after {
-                conditions.push("f.frame_id > ?".into());
-                args.push(after.clone().into());
-            }
             if let Some(min) = filter.min_labels {
                 conditions.push("f.label_count >= ?".into());
                 args.push(min.into());
@@ -255,10 +289,21 @@ impl Store {
                 conditions.push(condition);
                 args.append(&mut values);
             }
+            let total = if filter.count {
+                let sql = format!("SELECT COUNT(*) FROM frames f WHERE {}", conditions.join(" AND "));
+                Some(conn.query_row(&sql, params_from_iter(args.iter()), |r| r.get::<_, i64>(0))?)
+            } else {
+                None
+            };
+            if let Some(after) = &filter.after {
+                conditions.push("f.frame_id > ?".into());
+                args.push(after.clone().into());
+            }
             let sql = format!(
-                "SELECT {FRAME_COLUMNS} FROM frames f WHERE {} ORDER BY f.frame_id LIMIT {}",
+                "SELECT {FRAME_COLUMNS} FROM frames f WHERE {} ORDER BY f.frame_id LIMIT {} OFFSET {}",
                 conditions.join(" AND "),
-                limit + 1
+                limit + 1,
+                filter.offset
             );
             let mut stmt = conn.prepare(&sql)?;
             let mut frames = stmt.query_map(params_from_iter(args), frame_from_row)?.collect::<Result<Vec<_>, _>>()?;
@@ -268,9 +313,54 @@ impl Store {
             } else {
                 None
             };
-            Ok(FramePage { frames, next, version: filter.version.unwrap_or(dataset.version) })
+            if filter.labels || set_id.is_some() {
+                attach_labels(conn, &dataset, filter, set_id, &mut frames)?;
+            }
+            Ok(FramePage { frames, next, version: filter.version.unwrap_or(dataset.version), total })
         })
     }
+}
+
+/// Attaches the page's ground-truth labels (when asked) and one inference set's outputs, in one
+/// query for the whole page, so a grid draws its overlays without a request per frame.
+fn attach_labels(
+    conn: &Connection,
+    dataset: &DatasetInfo,
+    filter: &FrameFilter,
+    set_id: Option<i64>,
+    frames: &mut [FrameRow],
+) -> StoreResult<()> {
+    let classes = class_names(conn, dataset)?;
+    let ids: Vec<&str> = frames.iter().map(|f| f.frame_id.as_str()).collect();
+    let mut sets = Vec::new();
+    if filter.labels {
+        sets.push(0);
+    }
+    sets.extend(set_id);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LABEL_COLUMNS}, l.inference_set_id FROM labels l
+         WHERE l.dataset_id = ?1 AND l.frame_id IN (SELECT value FROM json_each(?2))
+           AND l.inference_set_id IN (SELECT value FROM json_each(?3)) AND {}
+         ORDER BY l.frame_id, l.label_id",
+        visible("l", filter.version)
+    ))?;
+    let ids = serde_json::to_string(&ids)?;
+    let sets = serde_json::to_string(&sets)?;
+    let rows = stmt.query_map(rusqlite::params![dataset.id, ids, sets], |r| {
+        Ok((label_from_row(r, &classes)?, r.get::<_, i64>(13)?))
+    })?;
+    let mut by_frame: BTreeMap<String, (Vec<LabelRow>, Vec<LabelRow>)> = BTreeMap::new();
+    for row in rows {
+        let (label, set) = row?;
+        let entry = by_frame.entry(label.frame_id.clone()).or_default();
+        if set == 0 { entry.0.push(label) } else { entry.1.push(label) }
+    }
+    for frame in frames {
+        let (labels, inferences) = by_frame.remove(&frame.frame_id).unwrap_or_default();
+        frame.labels = filter.labels.then_some(labels);
+        frame.inferences = set_id.map(|_| inferences);
+    }
+    Ok(())
 }
 
 /// SQL for one metadata predicate. Keys are checked against the metadata key alphabet,

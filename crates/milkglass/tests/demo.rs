@@ -37,6 +37,48 @@ fn demo_serves_the_sample_data() {
         client.get(format!("{base}/sample/shapes/injected_errors.json")).send().unwrap().json().unwrap();
     assert!(!errors.as_array().unwrap().is_empty());
 
+    // One page carries its frames' labels and one inference set's boxes, and counts the filter.
+    let page: Value = get(
+        viewer,
+        "/api/projects/shapes/datasets/shapes/frames?limit=5&offset=10&count=true&labels=true&inference_set=detector_v1",
+    )
+    .json()
+    .unwrap();
+    assert_eq!(page["total"], 60, "{page}");
+    assert_eq!(page["frames"].as_array().unwrap().len(), 5);
+    assert_eq!(page["frames"][0]["frame_id"], "frame_0010", "offset skips the first ten");
+    let first = &page["frames"][0];
+    assert_eq!(first["labels"].as_array().unwrap().len() as i64, first["label_count"].as_i64().unwrap());
+    let one: Value = get(viewer, "/api/projects/shapes/datasets/shapes/frames/frame_0010").json().unwrap();
+    assert_eq!(first["labels"], one["labels"], "the page's labels are the frame's");
+    assert_eq!(first["inferences"], one["inferences"]["detector_v1"]);
+    let cat: Value =
+        get(viewer, "/api/projects/shapes/datasets/shapes/frames?class=circle&count=true&limit=1").json().unwrap();
+    assert!(cat["total"].as_i64().unwrap() < 60, "{cat}");
+    let missing = get(viewer, "/api/projects/shapes/datasets/shapes/frames?inference_set=nope");
+    assert_eq!(missing.status(), 404);
+    // JSON is compressed for clients that ask.
+    let gzipped = client
+        .get(format!("{base}/api/projects/shapes/datasets/shapes/frames?limit=100&labels=true"))
+        .bearer_auth(viewer)
+        .header("accept-encoding", "gzip")
+        .send()
+        .unwrap();
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+
+    // `/` is the web app (or, in a build without it, a page that says how to build it), with
+    // a CSP; unknown API paths stay JSON 404s; the app's routes fall back to it.
+    for path in ["/", "/projects/shapes/datasets/shapes?class=circle"] {
+        let page = client.get(format!("{base}{path}")).send().unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+        assert!(page.text().unwrap().contains("milkglass"));
+    }
+    let api = client.get(format!("{base}/api/nope")).send().unwrap();
+    assert_eq!(api.status(), 404);
+    assert_eq!(api.json::<Value>().unwrap()["error"]["code"], "not_found");
+
     // Nothing outside the sample directory is reachable.
     for path in [
         "/sample/../catalog.db",
@@ -44,8 +86,13 @@ fn demo_serves_the_sample_data() {
         "/sample/shapes/..%2f..%2fcatalog.db",
         "/sample/..%5ccatalog.db",
     ] {
+        // A path the client normalizes out of /sample/ lands on the web app, never on a file.
         let r = client.get(format!("{base}{path}")).send().unwrap();
-        assert_eq!(r.status(), 404, "{path}");
+        let status = r.status();
+        let html = r.headers().get("content-type").is_some_and(|t| t.to_str().unwrap().starts_with("text/html"));
+        let body = r.bytes().unwrap();
+        assert!(status == 404 || (status == 200 && html), "{path}: {status}");
+        assert!(!body.starts_with(b"SQLite format"), "{path} served the catalog");
     }
     child.kill().unwrap();
     child.wait().unwrap();
