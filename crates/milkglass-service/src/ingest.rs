@@ -150,6 +150,15 @@ pub fn upload(
         records: upload.records,
         batches: upload.batches,
     };
+    if summary.version.is_some() {
+        // Counts the new version now, in the background, so that its first status is quick.
+        let (store, project, name) = (store.clone(), target.project.to_string(), target.dataset.to_string());
+        std::thread::spawn(move || {
+            if let Err(e) = store.dataset_status(&project, &name) {
+                tracing::debug!("counting {project}/{name} after an upload: {e}");
+            }
+        });
+    }
     match result {
         Ok(()) => Ok(summary),
         Err(e) => Err(e.with_details(serde_json::json!({ "committed": summary }))),

@@ -463,22 +463,49 @@ impl Store {
                 params![dataset.id, set.id],
             )?;
             tx.execute("DELETE FROM inference_sets WHERE id = ?1", [set.id])?;
+            // The inference count changed without a new version.
+            tx.execute("DELETE FROM dataset_counts WHERE dataset_id = ?1", [dataset.id])?;
             Ok(())
         })
     }
 
-    /// Counts, uploads and jobs of a dataset.
+    /// Counts, uploads and jobs of a dataset. Counts are kept per version: counting a dataset
+    /// of millions of rows takes seconds, so the first status of a version counts (the upload
+    /// path asks for it in the background) and later ones read the stored counts.
     pub fn dataset_status(&self, project: &str, name: &str) -> StoreResult<DatasetStatus> {
-        self.db().read(|conn| {
+        let (dataset, cached) = self.db().read(|conn| {
             let dataset = load_dataset(conn, project, name)?;
-            let count = |sql: &str| -> StoreResult<i64> { Ok(conn.query_row(sql, [dataset.id], |r| r.get(0))?) };
-            let frames = count("SELECT count(*) FROM frames WHERE dataset_id = ?1 AND valid_to IS NULL")?;
-            let frame_embeddings =
-                count("SELECT count(*) FROM frames WHERE dataset_id = ?1 AND valid_to IS NULL AND embedding IS NOT NULL")?;
-            let labels = count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND inference_set_id = 0 AND valid_to IS NULL")?;
-            let inferences = count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND inference_set_id <> 0 AND valid_to IS NULL")?;
-            let label_embeddings =
-                count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND valid_to IS NULL AND embedding IS NOT NULL")?;
+            let cached = conn
+                .query_row(
+                    "SELECT frames, labels, inferences, frame_embeddings, label_embeddings FROM dataset_counts
+                     WHERE dataset_id = ?1 AND version = ?2",
+                    params![dataset.id, dataset.version],
+                    |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
+                )
+                .optional()?;
+            Ok((dataset, cached))
+        })?;
+        let counts: [i64; 5] = match cached {
+            Some(counts) => counts,
+            None => {
+                let counts = self.db().read(|conn| count_rows(conn, dataset.id))?;
+                // A version written meanwhile is not overwritten by this older count.
+                self.db().write(|tx| {
+                    tx.execute(
+                        "INSERT INTO dataset_counts (dataset_id, version, frames, labels, inferences, frame_embeddings,
+                             label_embeddings)
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?1 AND version = ?2)
+                         ON CONFLICT (dataset_id) DO UPDATE SET version = ?2, frames = ?3, labels = ?4, inferences = ?5,
+                             frame_embeddings = ?6, label_embeddings = ?7",
+                        params![dataset.id, dataset.version, counts[0], counts[1], counts[2], counts[3], counts[4]],
+                    )?;
+                    Ok(())
+                })?;
+                counts
+            }
+        };
+        let [frames, labels, inferences, frame_embeddings, label_embeddings] = counts;
+        self.db().read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT u.id, u.kind, s.name, u.version, u.state, u.records, u.batches, u.error, u.started_at, u.finished_at
                  FROM uploads u LEFT JOIN inference_sets s ON s.id = u.inference_set_id
@@ -553,4 +580,16 @@ fn delete_dataset_rows(conn: &Connection, dataset_id: i64) -> StoreResult<()> {
     conn.execute("DELETE FROM labels WHERE dataset_id = ?1", [dataset_id])?;
     conn.execute("DELETE FROM frames WHERE dataset_id = ?1", [dataset_id])?;
     Ok(())
+}
+
+/// `[frames, labels, inferences, frame embeddings, label embeddings]` of a dataset's current rows.
+fn count_rows(conn: &Connection, dataset_id: i64) -> StoreResult<[i64; 5]> {
+    let count = |sql: &str| -> StoreResult<i64> { Ok(conn.query_row(sql, [dataset_id], |r| r.get(0))?) };
+    Ok([
+        count("SELECT count(*) FROM frames WHERE dataset_id = ?1 AND valid_to IS NULL")?,
+        count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND inference_set_id = 0 AND valid_to IS NULL")?,
+        count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND inference_set_id <> 0 AND valid_to IS NULL")?,
+        count("SELECT count(*) FROM frames WHERE dataset_id = ?1 AND valid_to IS NULL AND embedding IS NOT NULL")?,
+        count("SELECT count(*) FROM labels WHERE dataset_id = ?1 AND valid_to IS NULL AND embedding IS NOT NULL")?,
+    ])
 }

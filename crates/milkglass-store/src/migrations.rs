@@ -242,6 +242,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_log ADD COLUMN table_owners TEXT;
     ALTER TABLE review_requests ADD COLUMN table_uids TEXT;
     "#,
+    // 8: a dataset's counts at its latest counted version, so that its status does not count
+    // millions of rows on every request (one row per dataset; a new version recounts once).
+    r#"
+    CREATE TABLE dataset_counts (
+        dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        frames INTEGER NOT NULL,
+        labels INTEGER NOT NULL,
+        inferences INTEGER NOT NULL,
+        frame_embeddings INTEGER NOT NULL,
+        label_embeddings INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

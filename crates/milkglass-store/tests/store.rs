@@ -143,3 +143,37 @@ fn a_deleted_dataset_takes_its_saved_indexes_along() {
     store.delete_project("p").unwrap();
     assert!(!index_dir.exists());
 }
+
+#[test]
+fn status_counts_are_kept_per_version_and_equal_a_fresh_count() {
+    let (_dir, store, dataset) = setup();
+    let write = |frames: &[Frame]| {
+        let dataset = store.dataset("p", "d").unwrap();
+        let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+        store.write_frames(&mut upload, frames).unwrap();
+        store.finish_upload(&upload, None).unwrap();
+    };
+    write(&[frame("a", &[("a1", "cat"), ("a2", "dog")], Some(vec![1.0, 2.0])), frame("b", &[], None)]);
+    let first = store.dataset_status("p", "d").unwrap();
+    assert_eq!((first.frames, first.labels, first.frame_embeddings, first.label_embeddings), (2, 2, 1, 2));
+    // Read again from the stored counts: the same numbers.
+    let again = store.dataset_status("p", "d").unwrap();
+    assert_eq!((again.frames, again.labels), (first.frames, first.labels));
+    // A new version is counted anew: b replaced with a label, c added.
+    write(&[frame("b", &[("b1", "cat")], None), frame("c", &[], None)]);
+    let second = store.dataset_status("p", "d").unwrap();
+    assert_eq!((second.dataset.version, second.frames, second.labels), (2, 3, 3));
+    // Inferences deleted with their set change the count without a new version.
+    let set = store.create_inference_set(&dataset, &DatasetSpec { name: "m".into(), ..Default::default() }).unwrap();
+    let dataset = store.dataset("p", "d").unwrap();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Inferences, Some(&set)).unwrap();
+    let inference: milkglass_core::Label = serde_json::from_value(serde_json::json!({
+        "label_id": "i1", "frame_id": "a", "class": "cat", "confidence": 0.9,
+        "geometry": {"kind": "box2d", "top": 1, "left": 2, "width": 3, "height": 4}}))
+    .unwrap();
+    store.write_labels(&mut upload, &[inference]).unwrap();
+    store.finish_upload(&upload, None).unwrap();
+    assert_eq!(store.dataset_status("p", "d").unwrap().inferences, 1);
+    store.delete_inference_set(&store.dataset("p", "d").unwrap(), "m").unwrap();
+    assert_eq!(store.dataset_status("p", "d").unwrap().inferences, 0);
+}
