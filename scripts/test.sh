@@ -13,6 +13,11 @@ fi
 pip() { python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "$@"; }
 pip -r tests/python/requirements.txt
 ./scripts/install-model.sh >/dev/null
+# The web app, and Debian's headless Chromium for its browser tests.
+./scripts/build-web.sh
+if ! command -v chromium-headless-shell >/dev/null && [ -z "${CHROMIUM_PATH:-}" ]; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -22,3 +27,6 @@ cargo test --workspace --locked
 # just built.
 pip --force-reinstall --no-deps ./python
 MILKGLASS_BIN="${CARGO_TARGET_DIR:-target}/debug/milkglass" python3 -m pytest -q tests/python
+
+# Browser tests of the web app (Playwright with Debian's Chromium) against the same binary.
+MILKGLASS_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/milkglass" node --test --test-concurrency=1 tests/ui/

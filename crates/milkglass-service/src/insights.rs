@@ -24,6 +24,10 @@ use std::sync::{Arc, Mutex};
 /// and whether a build runs.
 pub struct IndexCache {
     indexes: Mutex<HashMap<IndexKey, IndexSlot>>,
+    /// Each space's vectors and ids at the newest version read, so that a query is a search,
+    /// not a reload of every vector; bounded by `max_cached_values` floats in all.
+    vectors: Mutex<HashMap<VectorsKey, Arc<SpaceVectors>>>,
+    max_cached_values: usize,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -33,12 +37,40 @@ impl IndexCache {
     pub(crate) fn new() -> Self {
         let exact_limit =
             std::env::var("MILKGLASS_EXACT_SEARCH_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-        IndexCache { indexes: Mutex::default(), exact_limit }
+        // 512 Mi floats (2 GiB): a million 256-d vectors in both spaces.
+        let max_cached_values =
+            std::env::var("MILKGLASS_VECTOR_CACHE_VALUES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 20);
+        IndexCache { indexes: Mutex::default(), exact_limit, vectors: Mutex::default(), max_cached_values }
     }
 
-    /// Drops the cached indexes of a deleted dataset (its saved ones go with its files).
+    /// Drops the cached indexes and vectors of a deleted dataset (its saved ones go with its files).
     pub(crate) fn forget(&self, dataset: &DatasetInfo) {
         self.slots().retain(|key, _| key.0 != dataset.id);
+        self.vectors.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+    }
+
+    /// A space's vectors at the dataset's version: from memory when read before, else loaded
+    /// and kept (replacing older versions of the same space, and the others first when the
+    /// bound would be passed).
+    fn space_vectors(&self, store: &Store, dataset: &DatasetInfo, space: Space) -> ServiceResult<Arc<SpaceVectors>> {
+        let key = (dataset.id, dataset.created_at.clone(), space_name(space));
+        if let Some(found) = self.vectors.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && found.version == dataset.version
+        {
+            return Ok(found.clone());
+        }
+        let loaded = Arc::new(space_vectors(store, dataset, space)?);
+        let size = loaded.vectors.len() * loaded.vectors.dim();
+        if size <= self.max_cached_values {
+            let mut cached = self.vectors.lock().unwrap_or_else(|e| e.into_inner());
+            cached.remove(&key);
+            let held: usize = cached.values().map(|v| v.vectors.len() * v.vectors.dim()).sum();
+            if held + size > self.max_cached_values {
+                cached.clear();
+            }
+            cached.insert(key, loaded.clone());
+        }
+        Ok(loaded)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IndexKey, IndexSlot>> {
@@ -459,11 +491,19 @@ pub enum Layout {
 
 /// One space's vectors at one dataset version, with the ids they belong to.
 struct SpaceVectors {
+    /// The dataset version they were read at.
+    version: i64,
     ids: Vec<String>,
     /// For label vectors, the frame each label is on (frames: the frame itself).
     frames: Vec<String>,
     vectors: VectorSet,
+    /// Where each id is in `ids`.
+    positions: HashMap<String, u32>,
 }
+
+/// (dataset id, its creation time, space): as for indexes, the creation time keeps a reused id
+/// from finding another dataset's vectors.
+type VectorsKey = (i64, String, &'static str);
 
 fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ServiceResult<SpaceVectors> {
     let (ids, frames, ordinals): (Vec<String>, Vec<String>, Vec<Option<i64>>) = match space {
@@ -481,10 +521,13 @@ fn space_vectors(store: &Store, dataset: &DatasetInfo, space: Space) -> ServiceR
             )
         }
     };
-    let (vectors, positions) = load_vectors(store, dataset, space, &ordinals)?;
+    let (vectors, kept) = load_vectors(store, dataset, space, &ordinals)?;
+    let ids: Vec<String> = kept.iter().map(|&p| ids[p].clone()).collect();
     Ok(SpaceVectors {
-        ids: positions.iter().map(|&p| ids[p].clone()).collect(),
-        frames: positions.iter().map(|&p| frames[p].clone()).collect(),
+        version: dataset.version,
+        positions: ids.iter().enumerate().map(|(p, id)| (id.clone(), p as u32)).collect(),
+        frames: kept.iter().map(|&p| frames[p].clone()).collect(),
+        ids,
         vectors,
     })
 }
@@ -539,7 +582,13 @@ fn ready_index(
         entry.1 = true;
         let previous = entry.0.as_ref().map(|b| b.version);
         let (store, dataset, cache) = (store.clone(), dataset.clone(), cache.clone());
-        let data = SpaceVectors { ids: data.ids.clone(), frames: Vec::new(), vectors: data.vectors.clone() };
+        let data = SpaceVectors {
+            version: data.version,
+            ids: data.ids.clone(),
+            frames: Vec::new(),
+            vectors: data.vectors.clone(),
+            positions: HashMap::new(),
+        };
         std::thread::spawn(move || {
             let built = refresh_index(&store, &dataset, space, metric, data, previous);
             let mut indexes = cache.slots();
@@ -710,7 +759,7 @@ pub fn similar(
         return Err(ServiceError::invalid("frame_id", "give exactly one of frame_id, label_id and vector"));
     }
     let (store, dataset, cache) = (&services.store, &dataset, &services.indexes);
-    let data = space_vectors(store, dataset, space)?;
+    let data = cache.space_vectors(store, dataset, space)?;
     let (query, exclude): (Vec<f32>, Option<u32>) = if let Some(vector) = &request.vector {
         if vector.len() != data.vectors.dim() {
             return Err(ServiceError::invalid(
@@ -731,11 +780,11 @@ pub fn similar(
                 format!("{field} does not name an item of the {} space", space_name(space)),
             ));
         }
-        let position = data
-            .ids
-            .iter()
-            .position(|i| i == id)
-            .ok_or_else(|| ServiceError::invalid(field, format!("{id:?} has no embedding in this dataset")))?;
+        let position = *data
+            .positions
+            .get(id)
+            .ok_or_else(|| ServiceError::invalid(field, format!("{id:?} has no embedding in this dataset")))?
+            as usize;
         (data.vectors.get(position as u32).to_vec(), Some(position as u32))
     };
     let allowed: Option<Vec<bool>> = if request.filter.is_empty() {
@@ -846,8 +895,8 @@ pub fn map_ids(
 ) -> ServiceResult<MapPoints> {
     let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let store = &services.store;
-    let data = space_vectors(store, &dataset, space)?;
-    let mut answer = MapPoints { ids: data.ids, attributes: BTreeMap::new() };
+    let data = services.indexes.space_vectors(store, &dataset, space)?;
+    let mut answer = MapPoints { ids: data.ids.clone(), attributes: BTreeMap::new() };
     if attributes.is_empty() {
         return Ok(answer);
     }
@@ -908,7 +957,7 @@ pub fn embedding_map(
     layout: Layout,
 ) -> ServiceResult<(Vec<String>, Vec<u8>)> {
     let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
-    let data = space_vectors(&services.store, &dataset, space)?;
+    let data = services.indexes.space_vectors(&services.store, &dataset, space)?;
     let pca = map::pca_2d(&data.vectors, 0);
     let points = match layout {
         Layout::Pca => pca,
@@ -918,7 +967,7 @@ pub fn embedding_map(
             map::layout(&graph, &pca, &map::LayoutParams::default(), None)
         }
     };
-    Ok((data.ids, map::pack_le(&points)))
+    Ok((data.ids.clone(), map::pack_le(&points)))
 }
 
 /// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and
@@ -1054,8 +1103,8 @@ pub fn collect(
     if segment.item_kind != "frames" {
         return Err(ServiceError::invalid("segment", "collection works from a segment of frames"));
     }
-    let here = space_vectors(store, source, Space::Frames)?;
-    let there = space_vectors(store, target, Space::Frames)?;
+    let here = services.indexes.space_vectors(store, source, Space::Frames)?;
+    let there = services.indexes.space_vectors(store, target, Space::Frames)?;
     if here.vectors.dim() != there.vectors.dim() {
         return Err(ServiceError::invalid(
             "from_dataset",

@@ -471,15 +471,17 @@ impl Store {
 
     /// Counts, uploads and jobs of a dataset. Counts are kept per version: counting a dataset
     /// of millions of rows takes seconds, so the first status of a version counts (the upload
-    /// path asks for it in the background) and later ones read the stored counts.
+    /// path asks for it in the background) and later ones read the stored counts, as long as no
+    /// batch was committed since (an upload's batches share a version).
     pub fn dataset_status(&self, project: &str, name: &str) -> StoreResult<DatasetStatus> {
         let (dataset, cached) = self.db().read(|conn| {
             let dataset = load_dataset(conn, project, name)?;
+            let batches = committed_batches(conn, dataset.id)?;
             let cached = conn
                 .query_row(
                     "SELECT frames, labels, inferences, frame_embeddings, label_embeddings FROM dataset_counts
-                     WHERE dataset_id = ?1 AND version = ?2",
-                    params![dataset.id, dataset.version],
+                     WHERE dataset_id = ?1 AND version = ?2 AND batches = ?3",
+                    params![dataset.id, dataset.version, batches],
                     |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?]),
                 )
                 .optional()?;
@@ -488,16 +490,27 @@ impl Store {
         let counts: [i64; 5] = match cached {
             Some(counts) => counts,
             None => {
-                let counts = self.db().read(|conn| count_rows(conn, dataset.id))?;
-                // A version written meanwhile is not overwritten by this older count.
+                // Counted in one snapshot with the batch total it belongs to: a batch committed
+                // meanwhile makes the stored row stale, and the next status counts again.
+                let (counts, batches) =
+                    self.db().read(|conn| Ok((count_rows(conn, dataset.id)?, committed_batches(conn, dataset.id)?)))?;
                 self.db().write(|tx| {
                     tx.execute(
-                        "INSERT INTO dataset_counts (dataset_id, version, frames, labels, inferences, frame_embeddings,
-                             label_embeddings)
-                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?1 AND version = ?2)
-                         ON CONFLICT (dataset_id) DO UPDATE SET version = ?2, frames = ?3, labels = ?4, inferences = ?5,
-                             frame_embeddings = ?6, label_embeddings = ?7",
-                        params![dataset.id, dataset.version, counts[0], counts[1], counts[2], counts[3], counts[4]],
+                        "INSERT INTO dataset_counts (dataset_id, version, batches, frames, labels, inferences,
+                             frame_embeddings, label_embeddings)
+                         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM datasets WHERE id = ?1)
+                         ON CONFLICT (dataset_id) DO UPDATE SET version = ?2, batches = ?3, frames = ?4, labels = ?5,
+                             inferences = ?6, frame_embeddings = ?7, label_embeddings = ?8",
+                        params![
+                            dataset.id,
+                            dataset.version,
+                            batches,
+                            counts[0],
+                            counts[1],
+                            counts[2],
+                            counts[3],
+                            counts[4]
+                        ],
                     )?;
                     Ok(())
                 })?;
@@ -580,6 +593,12 @@ fn delete_dataset_rows(conn: &Connection, dataset_id: i64) -> StoreResult<()> {
     conn.execute("DELETE FROM labels WHERE dataset_id = ?1", [dataset_id])?;
     conn.execute("DELETE FROM frames WHERE dataset_id = ?1", [dataset_id])?;
     Ok(())
+}
+
+/// How many batches have been committed to a dataset, all uploads together.
+fn committed_batches(conn: &Connection, dataset_id: i64) -> StoreResult<i64> {
+    Ok(conn
+        .query_row("SELECT COALESCE(SUM(batches), 0) FROM uploads WHERE dataset_id = ?1", [dataset_id], |r| r.get(0))?)
 }
 
 /// `[frames, labels, inferences, frame embeddings, label embeddings]` of a dataset's current rows.

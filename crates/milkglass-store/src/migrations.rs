@@ -248,6 +248,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE dataset_counts (
         dataset_id INTEGER PRIMARY KEY REFERENCES datasets(id) ON DELETE CASCADE,
         version INTEGER NOT NULL,
+        -- Batches committed when counted: an upload's batches share one version.
+        batches INTEGER NOT NULL,
         frames INTEGER NOT NULL,
         labels INTEGER NOT NULL,
         inferences INTEGER NOT NULL,

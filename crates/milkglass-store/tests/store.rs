@@ -163,6 +163,13 @@ fn status_counts_are_kept_per_version_and_equal_a_fresh_count() {
     write(&[frame("b", &[("b1", "cat")], None), frame("c", &[], None)]);
     let second = store.dataset_status("p", "d").unwrap();
     assert_eq!((second.dataset.version, second.frames, second.labels), (2, 3, 3));
+    // An upload's batches share a version: each one committed is counted, open upload or not.
+    let mut open = store.begin_upload(&store.dataset("p", "d").unwrap(), UploadKind::Frames, None).unwrap();
+    store.write_frames(&mut open, &[frame("e", &[], None)]).unwrap();
+    assert_eq!(store.dataset_status("p", "d").unwrap().frames, 4);
+    store.write_frames(&mut open, &[frame("f", &[], None)]).unwrap();
+    assert_eq!(store.dataset_status("p", "d").unwrap().frames, 5);
+    store.finish_upload(&open, None).unwrap();
     // Inferences deleted with their set change the count without a new version.
     let set = store.create_inference_set(&dataset, &DatasetSpec { name: "m".into(), ..Default::default() }).unwrap();
     let dataset = store.dataset("p", "d").unwrap();
