@@ -141,15 +141,18 @@ async fn embedding_map_ids(
     Path((project, dataset)): Path<(String, String)>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<Value>> {
-    let p = Params::new(params, &["space", "attributes"])?;
+    let p = Params::new(params, &["space", "attributes", "inference_set"])?;
     let space: Space = p.choice("space")?;
     let attributes = match p.text("attributes") {
         None => Vec::new(),
         Some(list) => list.split(',').filter(|a| !a.is_empty()).map(PointAttribute::parse).collect::<Result<_, _>>()?,
     };
     let services = state.services;
-    let points =
-        blocking(move || insights::map_ids(&services, &caller.0, &project, &dataset, space, &attributes)).await?;
+    let points = blocking(move || {
+        let set = p.text("inference_set");
+        insights::map_ids(&services, &caller.0, &project, &dataset, space, &attributes, set.as_deref())
+    })
+    .await?;
     Ok(Json(serde_json::to_value(points).expect("serializable")))
 }
 

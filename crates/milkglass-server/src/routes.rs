@@ -255,6 +255,8 @@ fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
             "count" => filter.count = flag(&key, &value)?,
             "labels" => filter.labels = flag(&key, &value)?,
             "inference_set" => filter.inference_set = Some(value),
+            "segment" => filter.segment = Some(value),
+            "id" => filter.ids.push(value),
             "after" => filter.after = Some(value),
             "class" => filter.class = Some(value),
             "min_labels" => filter.min_labels = Some(int(&key, &value)?),
@@ -279,7 +281,7 @@ fn frame_filter(params: Vec<(String, String)>) -> ApiResult<FrameFilter> {
                 return Err(ApiError::invalid(
                     other,
                     "unknown query parameter; use limit, after, offset, class, min_labels, max_labels, sensor_kind, \
-                     meta, version, count, labels or inference_set",
+                     meta, version, count, labels, inference_set, segment or id",
                 ));
             }
         }

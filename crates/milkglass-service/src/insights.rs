@@ -324,6 +324,8 @@ pub struct ConfusionCell {
     pub count: usize,
     pub label_ids: Vec<String>,
     pub inference_ids: Vec<String>,
+    /// The frames those labels and inferences are on, each once, in id order.
+    pub frame_ids: Vec<String>,
 }
 
 /// Rows are the labels' classes, columns the inferences', each ending in `background`.
@@ -397,14 +399,17 @@ pub fn metrics(
         .iter()
         .map(|row| {
             row.iter()
-                .map(|cell| ConfusionCell {
-                    count: cell.count,
-                    label_ids: cell.labels.iter().map(|&n| d.label_records[n as usize].label_id.clone()).collect(),
-                    inference_ids: cell
-                        .inferences
-                        .iter()
-                        .map(|&n| d.inference_records[n as usize].label_id.clone())
-                        .collect(),
+                .map(|cell| {
+                    let labels = cell.labels.iter().map(|&n| &d.label_records[n as usize]);
+                    let inferences = cell.inferences.iter().map(|&n| &d.inference_records[n as usize]);
+                    let frames: std::collections::BTreeSet<&str> =
+                        labels.clone().chain(inferences.clone()).map(|r| r.frame_id.as_str()).collect();
+                    ConfusionCell {
+                        count: cell.count,
+                        label_ids: labels.map(|r| r.label_id.clone()).collect(),
+                        inference_ids: inferences.map(|r| r.label_id.clone()).collect(),
+                        frame_ids: frames.into_iter().map(String::from).collect(),
+                    }
                 })
                 .collect()
         })
@@ -850,6 +855,9 @@ pub enum PointAttribute {
     LabelCount,
     /// A frame metadata value (`meta.KEY`), for labels their frame's.
     Meta(String),
+    /// How far one inference set agrees with the ground truth: for a frame, the share of its
+    /// labels matched by a same-class inference at IoU 0.5 or more; for a label, 1 or 0.
+    Agreement,
 }
 
 impl PointAttribute {
@@ -857,11 +865,15 @@ impl PointAttribute {
         match text {
             "class" => Ok(PointAttribute::Class),
             "label_count" => Ok(PointAttribute::LabelCount),
+            "agreement" => Ok(PointAttribute::Agreement),
             _ => match text.strip_prefix("meta.") {
                 Some(key) if !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
                     Ok(PointAttribute::Meta(key.to_string()))
                 }
-                _ => Err(ServiceError::invalid("attributes", format!("{text:?}: use class, label_count or meta.KEY"))),
+                _ => Err(ServiceError::invalid(
+                    "attributes",
+                    format!("{text:?}: use class, label_count, agreement or meta.KEY"),
+                )),
             },
         }
     }
@@ -870,6 +882,7 @@ impl PointAttribute {
         match self {
             PointAttribute::Class => "class".into(),
             PointAttribute::LabelCount => "label_count".into(),
+            PointAttribute::Agreement => "agreement".into(),
             PointAttribute::Meta(key) => format!("meta.{key}"),
         }
     }
@@ -884,7 +897,45 @@ pub struct MapPoints {
     pub attributes: BTreeMap<String, Vec<Value>>,
 }
 
+/// Which ground-truth labels one inference set matches: per frame, each label matched at most
+/// once by a same-class inference, greedily by IoU (0.5 or more).
+fn matched_labels<'a>(labels: &'a [BoxRecord], inferences: &[BoxRecord]) -> std::collections::HashSet<&'a str> {
+    let mut by_frame: HashMap<&str, (Vec<&BoxRecord>, Vec<&BoxRecord>)> = HashMap::new();
+    for l in labels {
+        by_frame.entry(l.frame_id.as_str()).or_default().0.push(l);
+    }
+    for i in inferences {
+        if let Some(entry) = by_frame.get_mut(i.frame_id.as_str()) {
+            entry.1.push(i);
+        }
+    }
+    let bbox = |r: &BoxRecord| Bbox::new(r.left, r.top, r.width, r.height);
+    let mut matched = std::collections::HashSet::new();
+    for (truths, guesses) in by_frame.values() {
+        let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+        for (a, t) in truths.iter().enumerate() {
+            for (b, g) in guesses.iter().enumerate() {
+                let iou = bbox(t).iou(&bbox(g));
+                if t.class_id.is_some() && t.class_id == g.class_id && iou >= 0.5 {
+                    pairs.push((iou, a, b));
+                }
+            }
+        }
+        pairs.sort_by(|x, y| y.0.total_cmp(&x.0));
+        let (mut used_t, mut used_g) = (vec![false; truths.len()], vec![false; guesses.len()]);
+        for (_, a, b) in pairs {
+            if !used_t[a] && !used_g[b] {
+                used_t[a] = true;
+                used_g[b] = true;
+                matched.insert(truths[a].label_id.as_str());
+            }
+        }
+    }
+    matched
+}
+
 /// The ids of a space's points, in map order, with per-point attributes; viewers may ask.
+/// `agreement` needs the inference set to compare with.
 pub fn map_ids(
     services: &Services,
     user: &User,
@@ -892,6 +943,7 @@ pub fn map_ids(
     dataset: &str,
     space: Space,
     attributes: &[PointAttribute],
+    inference_set: Option<&str>,
 ) -> ServiceResult<MapPoints> {
     let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     let store = &services.store;
@@ -915,6 +967,24 @@ pub fn map_ids(
     } else {
         HashMap::new()
     };
+    let inferences = if attributes.contains(&PointAttribute::Agreement) {
+        let name = inference_set
+            .ok_or_else(|| ServiceError::invalid("inference_set", "the agreement attribute needs an inference_set"))?;
+        let set = store.inference_set(&dataset, name)?;
+        store.current_boxes(&dataset, Some(&set))?
+    } else {
+        Vec::new()
+    };
+    let matched = matched_labels(&boxes, &inferences);
+    // Per frame: (labels, labels matched), in one pass.
+    let mut frame_agreement: HashMap<&str, (usize, usize)> = HashMap::new();
+    if attributes.contains(&PointAttribute::Agreement) {
+        for b in &boxes {
+            let entry = frame_agreement.entry(b.frame_id.as_str()).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(matched.contains(b.label_id.as_str()));
+        }
+    }
     // The most common class; ties go to the smaller class id, so the answer is stable.
     let majority = |classes: &[i64]| -> Option<i64> {
         let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
@@ -937,6 +1007,13 @@ pub fn map_ids(
                     class.and_then(|c| names.get(&c)).map_or(Value::Null, |n| Value::String(n.clone()))
                 }
                 PointAttribute::LabelCount => json!(per_frame.get(frame.as_str()).map_or(0, Vec::len)),
+                PointAttribute::Agreement => match space {
+                    Space::Labels => json!(if matched.contains(id.as_str()) { 1.0 } else { 0.0 }),
+                    Space::Frames => match frame_agreement.get(frame.as_str()) {
+                        Some(&(all, hit)) if all > 0 => json!(hit as f64 / all as f64),
+                        _ => Value::Null,
+                    },
+                },
                 PointAttribute::Meta(key) => {
                     metadata.get(frame).and_then(|m| m.get(key)).cloned().unwrap_or(Value::Null)
                 }

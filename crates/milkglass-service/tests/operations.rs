@@ -116,7 +116,7 @@ fn insights_answer_typed_values() {
     let (ids, bytes) = insights::embedding_map(&f.services, &f.viewer, "p", "d", Space::Frames, Layout::Pca).unwrap();
     assert_eq!((ids.len(), bytes.len()), (20, 20 * 8));
     let attributes = [PointAttribute::Meta("split".into()), PointAttribute::LabelCount, PointAttribute::Class];
-    let points = insights::map_ids(&f.services, &f.viewer, "p", "d", Space::Frames, &attributes).unwrap();
+    let points = insights::map_ids(&f.services, &f.viewer, "p", "d", Space::Frames, &attributes, None).unwrap();
     assert_eq!(points.ids.len(), 20);
     let split = &points.attributes["meta.split"];
     for (id, value) in points.ids.iter().zip(split) {

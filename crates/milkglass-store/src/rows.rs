@@ -119,6 +119,10 @@ pub struct FrameFilter {
     pub labels: bool,
     /// Attach each listed frame's outputs of this inference set.
     pub inference_set: Option<String>,
+    /// Only the frames of this segment (of frames).
+    pub segment: Option<String>,
+    /// Only these frames (at most `MAX_PAGE` ids).
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -288,6 +292,25 @@ impl Store {
                 let (condition, mut values) = metadata_condition(i, p)?;
                 conditions.push(condition);
                 args.append(&mut values);
+            }
+            if let Some(segment) = &filter.segment {
+                let items: String = conn
+                    .query_row(
+                        "SELECT items FROM segments WHERE dataset_id = ?1 AND name = ?2 AND item_kind = 'frames'",
+                        rusqlite::params![dataset.id, segment],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .ok_or_else(|| StoreError::not_found(format!("segment of frames {segment:?}")))?;
+                conditions.push("f.frame_id IN (SELECT value FROM json_each(?))".into());
+                args.push(items.into());
+            }
+            if !filter.ids.is_empty() {
+                if filter.ids.len() > MAX_PAGE {
+                    return Err(StoreError::invalid("id", format!("give at most {MAX_PAGE} frame ids")));
+                }
+                conditions.push("f.frame_id IN (SELECT value FROM json_each(?))".into());
+                args.push(serde_json::to_string(&filter.ids)?.into());
             }
             let total = if filter.count {
                 let sql = format!("SELECT COUNT(*) FROM frames f WHERE {}", conditions.join(" AND "));

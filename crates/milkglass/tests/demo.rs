@@ -55,6 +55,47 @@ fn demo_serves_the_sample_data() {
     let cat: Value =
         get(viewer, "/api/projects/shapes/datasets/shapes/frames?class=circle&count=true&limit=1").json().unwrap();
     assert!(cat["total"].as_i64().unwrap() < 60, "{cat}");
+    // A confusion-matrix cell names its frames, and the listing shows exactly those.
+    let metrics: Value =
+        get(viewer, "/api/projects/shapes/datasets/shapes/insights/metrics?inference_set=detector_v1").json().unwrap();
+    let cell = metrics["confusion"]["cells"][0][0].clone();
+    let frame_ids: Vec<&str> = cell["frame_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(!frame_ids.is_empty(), "{cell}");
+    let query: String = frame_ids.iter().map(|id| format!("&id={id}")).collect();
+    let listed: Value =
+        get(viewer, &format!("/api/projects/shapes/datasets/shapes/frames?limit=1000&count=true{query}"))
+            .json()
+            .unwrap();
+    let listed_ids: Vec<&str> =
+        listed["frames"].as_array().unwrap().iter().map(|f| f["frame_id"].as_str().unwrap()).collect();
+    assert_eq!(listed_ids, frame_ids);
+    assert_eq!(listed["total"].as_u64().unwrap() as usize, frame_ids.len());
+    // A segment of frames is a filter too.
+    let segment = serde_json::json!({"name": "pair", "item_kind": "frames", "items": ["frame_0005", "frame_0001"]});
+    let created = client
+        .post(format!("{base}/api/projects/shapes/datasets/shapes/segments"))
+        .bearer_auth(admin)
+        .json(&segment)
+        .send()
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let in_segment: Value = get(viewer, "/api/projects/shapes/datasets/shapes/frames?segment=pair").json().unwrap();
+    let ids: Vec<&str> =
+        in_segment["frames"].as_array().unwrap().iter().map(|f| f["frame_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["frame_0001", "frame_0005"]);
+    assert_eq!(get(viewer, "/api/projects/shapes/datasets/shapes/frames?segment=none").status(), 404);
+    // The map's points carry how far the model agrees with the labels, frame by frame.
+    let points: Value = get(
+        viewer,
+        "/api/projects/shapes/datasets/shapes/insights/map/ids?attributes=agreement,class&inference_set=detector_v1",
+    )
+    .json()
+    .unwrap();
+    let agreement = points["attributes"]["agreement"].as_array().unwrap();
+    assert_eq!(agreement.len(), points["ids"].as_array().unwrap().len());
+    assert!(agreement.iter().all(|a| a.is_null() || (0.0..=1.0).contains(&a.as_f64().unwrap())));
+    assert!(agreement.iter().any(|a| a.as_f64().is_some_and(|x| x > 0.5)), "the demo model mostly agrees");
+    assert_eq!(get(viewer, "/api/projects/shapes/datasets/shapes/insights/map/ids?attributes=agreement").status(), 400);
     let missing = get(viewer, "/api/projects/shapes/datasets/shapes/frames?inference_set=nope");
     assert_eq!(missing.status(), 404);
     // JSON is compressed for clients that ask.
