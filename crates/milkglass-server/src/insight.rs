@@ -122,13 +122,13 @@ async fn embedding_map(
 ) -> ApiResult<Response> {
     let p = Params::new(params, &["space", "layout"])?;
     let (space, layout): (Space, Layout) = (p.choice("space")?, p.choice("layout")?);
-    let (ids, bytes) =
+    let (points, bytes) =
         blocking(move || insights::embedding_map(&state.services, &caller.0, &project, &dataset, space, layout))
             .await?;
     Ok((
         [
             (CONTENT_TYPE, "application/octet-stream".to_string()),
-            ("x-milkglass-points".parse().expect("header name"), ids.len().to_string()),
+            ("x-milkglass-points".parse().expect("header name"), points.to_string()),
         ],
         bytes,
     )

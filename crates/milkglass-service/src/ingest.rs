@@ -151,11 +151,17 @@ pub fn upload(
         batches: upload.batches,
     };
     if summary.version.is_some() {
-        // Counts the new version now, in the background, so that its first status is quick.
-        let (store, project, name) = (store.clone(), target.project.to_string(), target.dataset.to_string());
+        // The new version's counts, map and index, made now in the background so that its
+        // first requests do not wait for them.
+        let (store, indexes) = (store.clone(), services.indexes.clone());
+        let (project, name) = (target.project.to_string(), target.dataset.to_string());
         std::thread::spawn(move || {
-            if let Err(e) = store.dataset_status(&project, &name) {
-                tracing::debug!("counting {project}/{name} after an upload: {e}");
+            let warmed = store
+                .dataset_status(&project, &name)
+                .map_err(ServiceError::from)
+                .and_then(|status| indexes.warm(&store, &status.dataset));
+            if let Err(e) = warmed {
+                tracing::debug!("preparing {project}/{name} after an upload: {e}");
             }
         });
     }

@@ -28,6 +28,8 @@ pub struct IndexCache {
     /// not a reload of every vector; bounded by `max_cached_values` floats in all.
     vectors: Mutex<HashMap<VectorsKey, Arc<SpaceVectors>>>,
     max_cached_values: usize,
+    /// Each space's packed 2-D map per layout, at the version it was computed for.
+    maps: Mutex<HashMap<(VectorsKey, Layout), (i64, usize, bytes::Bytes)>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -40,13 +42,66 @@ impl IndexCache {
         // 512 Mi floats (2 GiB): a million 256-d vectors in both spaces.
         let max_cached_values =
             std::env::var("MILKGLASS_VECTOR_CACHE_VALUES").ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 20);
-        IndexCache { indexes: Mutex::default(), exact_limit, vectors: Mutex::default(), max_cached_values }
+        IndexCache {
+            indexes: Mutex::default(),
+            exact_limit,
+            vectors: Mutex::default(),
+            max_cached_values,
+            maps: Mutex::default(),
+        }
     }
 
     /// Drops the cached indexes and vectors of a deleted dataset (its saved ones go with its files).
     pub(crate) fn forget(&self, dataset: &DatasetInfo) {
         self.slots().retain(|key, _| key.0 != dataset.id);
         self.vectors.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+        self.maps.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0.0 != dataset.id);
+    }
+
+    /// A space's map at the dataset's version: computed once per version and layout (PCA of a
+    /// million vectors takes seconds), then served from memory.
+    fn map(
+        &self,
+        store: &Store,
+        dataset: &DatasetInfo,
+        space: Space,
+        layout: Layout,
+    ) -> ServiceResult<(usize, bytes::Bytes)> {
+        let key = ((dataset.id, dataset.created_at.clone(), space_name(space)), layout);
+        if let Some((version, points, bytes)) = self.maps.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *version == dataset.version
+        {
+            return Ok((*points, bytes.clone()));
+        }
+        let data = self.space_vectors(store, dataset, space)?;
+        let pca = map::pca_2d(&data.vectors, 0);
+        let points = match layout {
+            Layout::Pca => pca,
+            Layout::Umap if data.vectors.len() < 3 => pca,
+            Layout::Umap => {
+                let graph = KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 15);
+                map::layout(&graph, &pca, &map::LayoutParams::default(), None)
+            }
+        };
+        let bytes = bytes::Bytes::from(map::pack_le(&points));
+        let answer = (data.ids.len(), bytes);
+        self.maps.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (dataset.version, answer.0, answer.1.clone()));
+        Ok(answer)
+    }
+
+    /// What a new version's first requests would wait for, done right after its upload: the
+    /// frame vectors loaded, the PCA map, and the similarity index started when the space is
+    /// large enough to need one.
+    pub(crate) fn warm(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
+        if dataset.frame_embedding_dim.is_none() {
+            return Ok(());
+        }
+        self.map(store, dataset, Space::Frames, Layout::Pca)?;
+        let data = self.space_vectors(store, dataset, Space::Frames)?;
+        if data.ids.len() > self.exact_limit {
+            ready_index(self, store, dataset, Space::Frames, Metric::Cosine, &data);
+        }
+        Ok(())
     }
 
     /// A space's vectors at the dataset's version: from memory when read before, else loaded
@@ -484,7 +539,7 @@ pub struct Similar {
 }
 
 /// The 2-D layout of an embedding map.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Layout {
     /// The first two principal components: instant.
@@ -1024,7 +1079,8 @@ pub fn map_ids(
     Ok(answer)
 }
 
-/// The 2-D map of a space: ids in order, and flat little-endian f32 pairs; viewers may ask.
+/// The 2-D map of a space: how many points, and flat little-endian f32 pairs in the order of
+/// [`map_ids`]; viewers may ask.
 pub fn embedding_map(
     services: &Services,
     user: &User,
@@ -1032,19 +1088,9 @@ pub fn embedding_map(
     dataset: &str,
     space: Space,
     layout: Layout,
-) -> ServiceResult<(Vec<String>, Vec<u8>)> {
+) -> ServiceResult<(usize, bytes::Bytes)> {
     let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
-    let data = services.indexes.space_vectors(&services.store, &dataset, space)?;
-    let pca = map::pca_2d(&data.vectors, 0);
-    let points = match layout {
-        Layout::Pca => pca,
-        Layout::Umap if data.vectors.len() < 3 => pca,
-        Layout::Umap => {
-            let graph = KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 15);
-            map::layout(&graph, &pca, &map::LayoutParams::default(), None)
-        }
-    };
-    Ok((data.ids.clone(), map::pack_le(&points)))
+    services.indexes.map(&services.store, &dataset, space, layout)
 }
 
 /// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and

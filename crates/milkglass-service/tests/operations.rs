@@ -113,8 +113,10 @@ fn insights_answer_typed_values() {
 
     let bad: Result<SimilarRequest, _> = serde_json::from_value(json!({"frame_id": "f05", "space": "pixels"}));
     assert!(bad.is_err(), "an unknown space is refused when parsed");
-    let (ids, bytes) = insights::embedding_map(&f.services, &f.viewer, "p", "d", Space::Frames, Layout::Pca).unwrap();
-    assert_eq!((ids.len(), bytes.len()), (20, 20 * 8));
+    let map = || insights::embedding_map(&f.services, &f.viewer, "p", "d", Space::Frames, Layout::Pca).unwrap();
+    let (points, bytes) = map();
+    assert_eq!((points, bytes.len()), (20, 20 * 8));
+    assert_eq!(map().1, bytes, "the version's map is kept");
     let attributes = [PointAttribute::Meta("split".into()), PointAttribute::LabelCount, PointAttribute::Class];
     let points = insights::map_ids(&f.services, &f.viewer, "p", "d", Space::Frames, &attributes, None).unwrap();
     assert_eq!(points.ids.len(), 20);
@@ -125,6 +127,9 @@ fn insights_answer_typed_values() {
     }
     assert!(points.attributes["class"].iter().all(serde_json::Value::is_null), "no labels, no class");
     assert!(PointAttribute::parse("meta.bad key").is_err());
+    // A new version's map has the new point, never the kept one.
+    upload(&f, "p", UploadKind::Frames, &[json!({"frame_id": "f20", "sensors": [], "embedding": [1.0, 20.0, 40.0]})]);
+    assert_eq!(map().0, 21);
     let hidden = insights::similar(&f.services, &f.stranger, "p", "d", &request).unwrap_err();
     assert_eq!(hidden.kind, ErrorKind::Forbidden);
 }
