@@ -29,7 +29,7 @@ pub struct IndexCache {
     vectors: Mutex<HashMap<VectorsKey, Arc<SpaceVectors>>>,
     max_cached_values: usize,
     /// Each space's packed 2-D map per layout, at the version it was computed for.
-    maps: Mutex<HashMap<(VectorsKey, Layout), (i64, usize, bytes::Bytes)>>,
+    maps: Mutex<HashMap<(VectorsKey, Layout), KeptMap>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -560,6 +560,9 @@ struct SpaceVectors {
     /// Where each id is in `ids`.
     positions: HashMap<String, u32>,
 }
+
+/// A packed map: the version it was computed at, its number of points, the f32 pairs.
+type KeptMap = (i64, usize, bytes::Bytes);
 
 /// (dataset id, its creation time, space): as for indexes, the creation time keeps a reused id
 /// from finding another dataset's vectors.
