@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use milkglass_service::insights::{
     self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, Metrics, MetricsQuery,
-    PointAttribute, Similar, SimilarRequest, parse_param,
+    NeighborAnalytics, NeighborQuery, PointAttribute, Similar, SimilarRequest, parse_param,
 };
 use milkglass_service::{Segment, SegmentSpec, Space, datasets};
 use serde_json::Value;
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{base}/metrics"), get(metrics))
         .route(&format!("{base}/map"), get(embedding_map))
         .route(&format!("{base}/map/ids"), get(embedding_map_ids))
+        .route(&format!("{base}/neighbors"), get(neighbors))
         .route(&format!("{base}/label_errors/dismiss"), post(dismiss))
         .route(&format!("{datasets}/segments"), get(list_segments).post(create_segment))
         .route(
@@ -154,6 +155,24 @@ async fn embedding_map_ids(
     })
     .await?;
     Ok(Json(serde_json::to_value(points).expect("serializable")))
+}
+
+async fn neighbors(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> ApiResult<Json<NeighborAnalytics>> {
+    let p = Params::new(params, &["space", "kind", "limit", "offset", "max_distance", "min_score"])?;
+    let query = NeighborQuery {
+        space: p.choice("space")?,
+        kind: p.choice("kind")?,
+        limit: p.number("limit", 100)?,
+        offset: p.number("offset", 0)?,
+        max_distance: p.number("max_distance", 0.02)?,
+        min_score: p.number("min_score", 3.5)?,
+    };
+    Ok(Json(blocking(move || insights::neighbors(&state.services, &caller.0, &project, &dataset, &query)).await?))
 }
 
 async fn dismiss(

@@ -30,6 +30,8 @@ pub struct IndexCache {
     max_cached_values: usize,
     /// Each space's packed 2-D map per layout, at the version it was computed for.
     maps: Mutex<HashMap<(VectorsKey, Layout), KeptMap>>,
+    /// Each space's 10-NN graph (cosine), at the version it was built for.
+    graphs: Mutex<HashMap<VectorsKey, (i64, Arc<KnnGraph>)>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -48,6 +50,7 @@ impl IndexCache {
             vectors: Mutex::default(),
             max_cached_values,
             maps: Mutex::default(),
+            graphs: Mutex::default(),
         }
     }
 
@@ -56,6 +59,20 @@ impl IndexCache {
         self.slots().retain(|key, _| key.0 != dataset.id);
         self.vectors.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0.0 != dataset.id);
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+    }
+
+    /// The space's 10-NN graph at the version `data` was read at, built once and kept.
+    fn graph(&self, dataset: &DatasetInfo, space: Space, data: &SpaceVectors) -> Arc<KnnGraph> {
+        let key = (dataset.id, dataset.created_at.clone(), space_name(space));
+        if let Some((version, graph)) = self.graphs.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *version == data.version
+        {
+            return graph.clone();
+        }
+        let graph = Arc::new(KnnGraph::exact_or_indexed(&data.vectors, Metric::Cosine, 10));
+        self.graphs.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (data.version, graph.clone()));
+        graph
     }
 
     /// A space's map at the dataset's version: computed once per version and layout (PCA of a
@@ -1094,6 +1111,150 @@ pub fn embedding_map(
 ) -> ServiceResult<(usize, bytes::Bytes)> {
     let (_, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     services.indexes.map(&services.store, &dataset, space, layout)
+}
+
+/// What the neighbour analytics rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NeighborKind {
+    /// Every point by how far its nearest neighbours are (1: the most isolated), most unique first.
+    #[default]
+    Uniqueness,
+    /// Groups of points joined by neighbour edges no longer than `max_distance`, largest first.
+    NearDuplicates,
+    /// Points whose neighbours are much farther than usual (robust z-score over `min_score`).
+    Outliers,
+    /// Labelled points whose neighbours carry another class, most disagreeing first.
+    Disagreement,
+}
+
+#[derive(Debug, Clone)]
+pub struct NeighborQuery {
+    pub space: Space,
+    pub kind: NeighborKind,
+    pub limit: usize,
+    pub offset: usize,
+    /// Cosine distance within which two points are near-duplicates.
+    pub max_distance: f32,
+    /// Robust z-score above which a point is an outlier.
+    pub min_score: f32,
+}
+
+/// One ranked point (a frame, or a label with its frame) or one group of near-duplicates.
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighborItem {
+    pub frame_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_id: Option<String>,
+    pub score: f32,
+    /// Near-duplicates: every member of the group (frame ids, or label ids in the labels space).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Vec<String>>,
+    /// Disagreement: the point's class and the class most of its neighbours carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neighbor_class: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NeighborAnalytics {
+    pub space: Space,
+    pub kind: NeighborKind,
+    pub version: i64,
+    /// Ranked items before paging.
+    pub total: usize,
+    pub items: Vec<NeighborItem>,
+}
+
+/// Neighbour analytics over a space's 10-nearest-neighbour graph (cosine): uniqueness,
+/// near-duplicate groups, outliers and neighbour label disagreement, ranked and paged; viewers
+/// may ask. The graph is built once per version and kept.
+pub fn neighbors(
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    query: &NeighborQuery,
+) -> ServiceResult<NeighborAnalytics> {
+    let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
+    if query.limit == 0 || query.limit > 10_000 {
+        return Err(ServiceError::invalid("limit", "limit must be between 1 and 10000"));
+    }
+    if !(0.0..=2.0).contains(&query.max_distance) {
+        return Err(ServiceError::invalid("max_distance", "a cosine distance, between 0 and 2"));
+    }
+    let store = &services.store;
+    let data = services.indexes.space_vectors(store, &dataset, query.space)?;
+    let graph = services.indexes.graph(&dataset, query.space, &data);
+    let item = |position: u32, score: f32| NeighborItem {
+        frame_id: data.frames[position as usize].clone(),
+        label_id: (query.space == Space::Labels).then(|| data.ids[position as usize].clone()),
+        score,
+        group: None,
+        class: None,
+        neighbor_class: None,
+    };
+    let ranked: Vec<NeighborItem> = match query.kind {
+        NeighborKind::Uniqueness => {
+            let scores = milkglass_insight::neighbors::uniqueness(&graph);
+            let mut order: Vec<u32> = (0..scores.len() as u32).collect();
+            order.sort_by(|a, b| scores[*b as usize].total_cmp(&scores[*a as usize]).then(a.cmp(b)));
+            order.into_iter().map(|p| item(p, scores[p as usize])).collect()
+        }
+        NeighborKind::Outliers => milkglass_insight::neighbors::outliers(&graph, query.min_score)
+            .into_iter()
+            .map(|o| item(o.id, o.score))
+            .collect(),
+        NeighborKind::NearDuplicates => milkglass_insight::neighbors::near_duplicate_groups(&graph, query.max_distance)
+            .into_iter()
+            .map(|group| NeighborItem {
+                group: Some(group.iter().map(|&p| data.ids[p as usize].clone()).collect()),
+                ..item(group[0], group.len() as f32)
+            })
+            .collect(),
+        NeighborKind::Disagreement => {
+            let names: HashMap<u32, String> = project.classes.0.iter().map(|c| (c.id, c.name.clone())).collect();
+            let boxes = store.current_boxes(&dataset, None)?;
+            let classes: Vec<Option<u32>> = match query.space {
+                Space::Labels => {
+                    let by_label: HashMap<&str, Option<i64>> =
+                        boxes.iter().map(|b| (b.label_id.as_str(), b.class_id)).collect();
+                    data.ids.iter().map(|id| by_label.get(id.as_str()).copied().flatten().map(|c| c as u32)).collect()
+                }
+                Space::Frames => {
+                    // A frame's class is its most common label class (ties: the smaller id).
+                    let mut counts: HashMap<&str, BTreeMap<u32, usize>> = HashMap::new();
+                    for b in &boxes {
+                        if let Some(c) = b.class_id {
+                            *counts.entry(b.frame_id.as_str()).or_default().entry(c as u32).or_default() += 1;
+                        }
+                    }
+                    let majority = |m: &BTreeMap<u32, usize>| {
+                        m.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(c, _)| *c)
+                    };
+                    data.ids.iter().map(|id| counts.get(id.as_str()).and_then(majority)).collect()
+                }
+            };
+            let (points, _) = label_agreement(&graph, &classes);
+            points
+                .into_iter()
+                .filter(|a| a.disagreement > 0.0)
+                .map(|a| NeighborItem {
+                    class: names.get(&a.class).cloned(),
+                    neighbor_class: names.get(&a.neighbor_class).cloned(),
+                    ..item(a.id, a.disagreement)
+                })
+                .collect()
+        }
+    };
+    Ok(NeighborAnalytics {
+        space: query.space,
+        kind: query.kind,
+        version: dataset.version,
+        total: ranked.len(),
+        items: ranked.into_iter().skip(query.offset).take(query.limit).collect(),
+    })
 }
 
 /// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and
