@@ -26,6 +26,61 @@ pub struct Label {
     pub confidence: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding: Option<Vec<f32>>,
+    /// A classification inference's full class probabilities: a list in class-map order, or
+    /// a map from class name to probability (missing classes are 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Probabilities>,
+}
+
+/// Class probabilities as an upload gives them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Probabilities {
+    List(Vec<f64>),
+    ByClass(std::collections::BTreeMap<String, f64>),
+}
+
+/// How far a probability vector's sum may be from 1 (rounding in the sender's floats).
+const PROBABILITY_SUM_TOLERANCE: f64 = 1e-3;
+
+impl Probabilities {
+    /// The probabilities in class-map order, checked: one per class (or known class names),
+    /// finite, in [0, 1], summing to 1.
+    pub fn in_class_order(&self, classes: &ClassMap) -> InvalidResult<Vec<f64>> {
+        let field = "probabilities";
+        let values = match self {
+            Probabilities::List(list) => {
+                if list.len() != classes.0.len() {
+                    return Err(Invalid::new(
+                        field,
+                        format!(
+                            "has {} values; the class map has {} classes, in its order",
+                            list.len(),
+                            classes.0.len()
+                        ),
+                    ));
+                }
+                list.clone()
+            }
+            Probabilities::ByClass(map) => {
+                if let Some(unknown) = map.keys().find(|name| classes.by_name(name).is_none()) {
+                    return Err(unknown_class(&format!("{field}.{unknown}"), unknown));
+                }
+                classes.0.iter().map(|c| map.get(&c.name).copied().unwrap_or(0.0)).collect()
+            }
+        };
+        for (i, p) in values.iter().enumerate() {
+            check_finite(&format!("{field}[{i}]"), *p)?;
+            if !(0.0..=1.0).contains(p) {
+                return Err(Invalid::new(format!("{field}[{i}]"), "must be between 0 and 1"));
+            }
+        }
+        let sum: f64 = values.iter().sum();
+        if (sum - 1.0).abs() > PROBABILITY_SUM_TOLERANCE {
+            return Err(Invalid::new(field, format!("sum to {sum}; they must sum to 1")));
+        }
+        Ok(values)
+    }
 }
 
 /// Where a label is, by kind. Pixel coordinates for 2D kinds, metres for 3D.
@@ -206,6 +261,12 @@ impl Label {
         if let Some(embedding) = &self.embedding {
             check_embedding("embedding", embedding)?;
             check_dim("embedding", embedding.len(), embedding_dim)?;
+        }
+        if let Some(probabilities) = &self.probabilities {
+            if !is_inference {
+                return Err(Invalid::new("probabilities", "only inferences carry class probabilities"));
+            }
+            probabilities.in_class_order(classes)?;
         }
         Ok(class_id)
     }

@@ -16,7 +16,7 @@ mod role;
 
 pub use error::{Invalid, InvalidResult};
 pub use frame::{BucketScheme, DataUrl, Frame, Geo, Sensor, SensorKind, check_data_url};
-pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance};
+pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance, Probabilities};
 pub use metadata::{MetaValue, Metadata, format_timestamp, metadata_from_json, parse_timestamp};
 pub use name::check_name;
 pub use policy::{Aggregation, AtLeast, Policy, Rule, UnsafeHandling};

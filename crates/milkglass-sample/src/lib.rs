@@ -408,6 +408,7 @@ fn box_label(
         iscrowd: false,
         confidence,
         embedding: Some(embedding),
+        probabilities: None,
     }
 }
 

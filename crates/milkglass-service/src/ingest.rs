@@ -548,6 +548,7 @@ fn labels_from_arrow(batch: &RecordBatch) -> Result<Vec<Label>, Invalid> {
             iscrowd: false,
             confidence: confidence.as_ref().and_then(|c| c[i]),
             embedding: embeddings.as_ref().and_then(|e| e[i].clone()),
+            probabilities: None,
         });
     }
     Ok(labels)

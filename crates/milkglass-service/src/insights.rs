@@ -310,6 +310,10 @@ pub fn label_errors(
     }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
+    let truths = store.current_classifications(&dataset, None)?;
+    if !truths.is_empty() {
+        return classification_errors(store, &project, &dataset, &set, truths, query);
+    }
     let detection = load_detection(store, &project, &dataset, &set)?;
     let votes = label_votes(store, &dataset, &detection)?;
     let issues =
@@ -358,6 +362,94 @@ pub fn label_errors(
         total: selected.len(),
         issues: page,
         frames: frame_page,
+    })
+}
+
+/// Label errors of a classification dataset: confident learning (as Cleanlab does it) over the
+/// inference set's class probabilities, or, where an inference gave only its top class and
+/// confidence, over that confidence with the rest spread evenly over the other classes.
+fn classification_errors(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+    truths: Vec<milkglass_store::ClassRecord>,
+    query: &LabelErrorQuery,
+) -> ServiceResult<LabelErrors> {
+    let classes = &project.classes.0;
+    let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect();
+    let mut predicted: HashMap<String, milkglass_store::ClassRecord> = HashMap::new();
+    for p in store.current_classifications(dataset, Some(set))? {
+        predicted.entry(p.frame_id.clone()).or_insert(p);
+    }
+    let (mut given, mut rows, mut examples) = (Vec::new(), Vec::new(), Vec::new());
+    for truth in truths {
+        let (Some(&class), Some(guess)) = (index.get(&truth.class_id), predicted.get(&truth.frame_id)) else {
+            continue;
+        };
+        let row: Vec<f32> = match &guess.probabilities {
+            Some(p) if p.len() == classes.len() => p.iter().map(|&x| x as f32).collect(),
+            _ => {
+                let top = index.get(&guess.class_id).copied().unwrap_or(class);
+                let confidence = guess.confidence.unwrap_or(1.0).clamp(0.0, 1.0) as f32;
+                let rest = if classes.len() > 1 { (1.0 - confidence) / (classes.len() - 1) as f32 } else { 0.0 };
+                (0..classes.len()).map(|k| if k == top { confidence } else { rest }).collect()
+            }
+        };
+        given.push(class as u32);
+        rows.extend(row);
+        examples.push((truth, guess.label_id.clone()));
+    }
+    let found = if given.is_empty() {
+        Vec::new()
+    } else {
+        milkglass_insight::label_errors::confident_learning(&given, &rows, classes.len()).issues
+    };
+    let dismissed = store.dismissed_issues(dataset)?;
+    let selected: Vec<_> = found
+        .iter()
+        .filter(|_| query.kind.is_none_or(|k| k == IssueKind::ClassConfusion))
+        .filter(|i| {
+            let (truth, inference) = &examples[i.index as usize];
+            !dismissed.contains(&issue_key(IssueKind::ClassConfusion, Some(&truth.label_id), Some(inference)))
+        })
+        .collect();
+    let name = |k: u32| classes.get(k as usize).map(|c| c.name.clone());
+    let issues = selected
+        .iter()
+        .skip(query.offset)
+        .take(query.limit)
+        .map(|i| {
+            let (truth, inference) = &examples[i.index as usize];
+            LabelIssue {
+                kind: IssueKind::ClassConfusion,
+                score: f64::from(i.score),
+                frame_id: truth.frame_id.clone(),
+                label_id: Some(truth.label_id.clone()),
+                label_class: name(i.given),
+                inference_id: Some(inference.clone()),
+                other_label_id: None,
+                suggested_class: name(i.suggested),
+                iou: None,
+            }
+        })
+        .collect();
+    let frames = selected
+        .iter()
+        .take(query.limit)
+        .map(|i| FrameIssues {
+            frame_id: examples[i.index as usize].0.frame_id.clone(),
+            score: f64::from(i.score),
+            issues: 1,
+        })
+        .collect();
+    Ok(LabelErrors {
+        inference_set: set.name.clone(),
+        version: dataset.version,
+        used_embeddings: false,
+        total: selected.len(),
+        issues,
+        frames,
     })
 }
 

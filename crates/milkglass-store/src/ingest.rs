@@ -238,7 +238,7 @@ impl Store {
                         }
                         for (j, label) in labels.iter().enumerate() {
                             let ordinal = label.embedding.as_ref().and_then(|_| label_ordinals.next());
-                            insert_label(tx, dataset_id, 0, version, &frame.frame_id, label, class_ids[i][j], ordinal)
+                            insert_label(tx, dataset_id, 0, version, &frame.frame_id, label, class_ids[i][j], ordinal, None)
                                 .map_err(|e| label_conflict(e, format!("{}.labels[{j}].label_id", at(upload.records + i)), label))?;
                         }
                         labels.len() as i64
@@ -326,7 +326,9 @@ impl Store {
                 touched.extend(old_frame);
                 touched.insert(frame_id.to_string());
                 let ordinal = label.embedding.as_ref().and_then(|_| ordinals.next());
-                insert_label(tx, dataset_id, set_id, version, frame_id, label, class_ids[i], ordinal)
+                // Checked by `validate` above; stored in class-map order.
+                let probabilities = label.probabilities.as_ref().map(|p| p.in_class_order(&upload.classes)).transpose()?;
+                insert_label(tx, dataset_id, set_id, version, frame_id, label, class_ids[i], ordinal, probabilities.as_deref())
                     .map_err(|e| label_conflict(e, format!("{}.label_id", at(upload.records + i)), label))?;
             }
             if set_id == 0 {
@@ -454,11 +456,13 @@ fn insert_label(
     label: &Label,
     class_id: Option<u32>,
     embedding: Option<i64>,
+    probabilities: Option<&[f64]>,
 ) -> rusqlite::Result<usize> {
     let mut insert = tx.prepare_cached(
         "INSERT INTO labels (dataset_id, inference_set_id, frame_id, label_id, valid_from, class_id, kind, sensor_id,
-                             top, \"left\", width, height, confidence, iscrowd, geometry, attributes, embedding)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                             top, \"left\", width, height, confidence, iscrowd, geometry, attributes, embedding,
+                             probabilities)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
     )?;
     let bbox = label.geometry.bbox();
     let geometry = bbox.is_none().then(|| serde_json::to_string(&label.geometry).expect("geometry serializes"));
@@ -482,6 +486,7 @@ fn insert_label(
         geometry,
         attributes,
         embedding,
+        probabilities.map(|p| serde_json::to_string(p).expect("numbers serialize")),
     ])
 }
 

@@ -23,6 +23,17 @@ pub struct BoxRecord {
     pub embedding: Option<i64>,
 }
 
+/// A classification label or inference: its class, and for inferences the confidence and the
+/// class probabilities in class-map order when the model gave them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassRecord {
+    pub frame_id: String,
+    pub label_id: String,
+    pub class_id: i64,
+    pub confidence: Option<f64>,
+    pub probabilities: Option<Vec<f64>>,
+}
+
 /// A current frame's id, embedding ordinal and metadata (JSON object text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FrameRecord {
@@ -256,6 +267,34 @@ impl Store {
                     confidence: r.get(7)?,
                     iscrowd: r.get::<_, i64>(8)? != 0,
                     embedding: r.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// The current classification labels (ground truth) or one set's classification inferences,
+    /// ordered by frame: what confident learning reads.
+    pub fn current_classifications(
+        &self,
+        dataset: &DatasetInfo,
+        inference_set: Option<&InferenceSetInfo>,
+    ) -> StoreResult<Vec<ClassRecord>> {
+        let set_id = inference_set.map_or(0, |s| s.id);
+        self.db().read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT frame_id, label_id, class_id, confidence, probabilities
+                 FROM labels WHERE dataset_id = ?1 AND inference_set_id = ?2 AND valid_to IS NULL
+                   AND kind = 'classification' AND class_id IS NOT NULL
+                 ORDER BY frame_id, label_id",
+            )?;
+            let rows = stmt.query_map([dataset.id, set_id], |r| {
+                Ok(ClassRecord {
+                    frame_id: r.get(0)?,
+                    label_id: r.get(1)?,
+                    class_id: r.get(2)?,
+                    confidence: r.get(3)?,
+                    probabilities: crate::db::optional_json_column(r, 4)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

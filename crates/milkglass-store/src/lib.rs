@@ -36,7 +36,7 @@ pub use embeddings::{EmbeddingFile, Space};
 pub use error::{StoreError, StoreResult};
 pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
-pub use insight::{BoxRecord, FrameRecord, Segment, SegmentSpec};
+pub use insight::{BoxRecord, ClassRecord, FrameRecord, Segment, SegmentSpec};
 pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
 pub use tables::{frames_schema, labels_schema};

@@ -257,6 +257,10 @@ const MIGRATIONS: &[&str] = &[
         label_embeddings INTEGER NOT NULL
     );
     "#,
+    // 9: a classification inference's class probabilities, a JSON list in class-map order.
+    r#"
+    ALTER TABLE labels ADD COLUMN probabilities TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -45,6 +45,9 @@ pub struct LabelRow {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     pub has_embedding: bool,
+    /// A classification inference's class probabilities, in class-map order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probabilities: Option<Vec<f64>>,
 }
 
 /// One frame with its labels and every inference set's outputs for it.
@@ -178,7 +181,7 @@ fn frame_from_row(r: &Row) -> rusqlite::Result<FrameRow> {
 }
 
 const LABEL_COLUMNS: &str = "l.label_id, l.frame_id, l.class_id, l.sensor_id, l.geometry, l.attributes, l.iscrowd, \
-     l.confidence, l.top, l.\"left\", l.width, l.height, l.embedding";
+     l.confidence, l.top, l.\"left\", l.width, l.height, l.embedding, l.probabilities";
 
 impl Store {
     /// `(frame id, URL of its first image sensor)` for every current frame, ordered by id: what
@@ -226,7 +229,7 @@ impl Store {
             let mut labels = Vec::new();
             let mut inferences: BTreeMap<String, Vec<LabelRow>> = BTreeMap::new();
             let rows = stmt.query_map(rusqlite::params![dataset.id, frame_id], |r| {
-                Ok((label_from_row(r, &classes)?, r.get::<_, String>(13)?))
+                Ok((label_from_row(r, &classes)?, r.get::<_, String>(14)?))
             })?;
             for row in rows {
                 let (label, set) = row?;
@@ -370,7 +373,7 @@ fn attach_labels(
     let ids = serde_json::to_string(&ids)?;
     let sets = serde_json::to_string(&sets)?;
     let rows = stmt.query_map(rusqlite::params![dataset.id, ids, sets], |r| {
-        Ok((label_from_row(r, &classes)?, r.get::<_, i64>(13)?))
+        Ok((label_from_row(r, &classes)?, r.get::<_, i64>(14)?))
     })?;
     let mut by_frame: BTreeMap<String, (Vec<LabelRow>, Vec<LabelRow>)> = BTreeMap::new();
     for row in rows {
@@ -470,5 +473,6 @@ fn label_from_row(r: &Row, classes: &BTreeMap<i64, String>) -> rusqlite::Result<
         iscrowd: r.get(6)?,
         confidence: r.get(7)?,
         has_embedding: r.get::<_, Option<i64>>(12)?.is_some(),
+        probabilities: optional_json_column(r, 13)?,
     })
 }

@@ -1,0 +1,97 @@
+//! Classification datasets end to end on a real server: inferences carry class probabilities
+//! (checked when uploaded), and the label-error queue ranks the labels the model contradicts
+//! with confident learning.
+
+mod common;
+
+use common::{Server, expect_error};
+use serde_json::{Value, json};
+
+const D: &str = "/api/projects/p/datasets/d";
+
+#[test]
+fn confident_learning_finds_flipped_labels_from_the_models_probabilities() {
+    let (server, admin) = Server::start(&[]);
+    let classes = json!([{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}, {"id": 2, "name": "bird"}]);
+    assert_eq!(server.post_json(&admin, "/api/projects", &json!({"name": "p", "classes": classes})).status(), 201);
+    assert_eq!(server.post_json(&admin, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
+    assert_eq!(server.post_json(&admin, &format!("{D}/inference_sets"), &json!({"name": "m"})).status(), 201);
+    let names = ["cat", "dog", "bird"];
+    let n = 150;
+    let frames: Vec<Value> = (0..n)
+        .map(|i| json!({"frame_id": format!("f{i:03}"), "sensors": [{"kind": "image", "url": format!("https://x/{i}.png")}]}))
+        .collect();
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/frames"), &frames).status(), 200);
+    // Every 15th frame's label is flipped to the next class; the model still sees the truth.
+    let flipped: Vec<String> = (0..n).filter(|i| i % 15 == 7).map(|i| format!("f{i:03}")).collect();
+    let mut labels = Vec::new();
+    let mut inferences = Vec::new();
+    for i in 0..n {
+        let truth = i % 3;
+        let given = if i % 15 == 7 { (truth + 1) % 3 } else { truth };
+        let frame_id = format!("f{i:03}");
+        labels.push(json!({"label_id": format!("{frame_id}_gt"), "frame_id": frame_id, "class": names[given],
+                           "geometry": {"kind": "classification"}}));
+        // Probabilities as a list in class-map order for half the frames, as a map for the rest.
+        let mut p = [0.05, 0.05, 0.05];
+        p[truth] = 0.9;
+        let probabilities = if i % 2 == 0 { json!(p) } else { json!({"cat": p[0], "dog": p[1], "bird": p[2]}) };
+        inferences.push(json!({"label_id": format!("{frame_id}_m"), "frame_id": frame_id, "class": names[truth],
+                               "confidence": 0.9, "probabilities": probabilities,
+                               "geometry": {"kind": "classification"}}));
+    }
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/labels"), &labels).status(), 200);
+    let r = server.upload_lines(&admin, &format!("{D}/inference_sets/m/inferences"), &inferences);
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+
+    let errors: Value =
+        server.get(&admin, &format!("{D}/insights/label_errors?inference_set=m&limit=20")).json().unwrap();
+    let found: Vec<&str> =
+        errors["issues"].as_array().unwrap().iter().map(|i| i["frame_id"].as_str().unwrap()).collect();
+    assert_eq!(errors["total"].as_u64(), Some(flipped.len() as u64), "{errors}");
+    let mut sorted = found.clone();
+    sorted.sort();
+    assert_eq!(sorted, flipped, "exactly the flipped labels, {errors}");
+    let first = &errors["issues"][0];
+    assert_eq!(first["kind"], "class_confusion");
+    let i: usize = first["frame_id"].as_str().unwrap()[1..].parse().unwrap();
+    assert_eq!(first["suggested_class"], names[i % 3], "the model's class is suggested");
+    // The frame shows the stored probabilities, in class-map order.
+    let frame: Value = server.get(&admin, &format!("{D}/frames/f001")).json().unwrap();
+    assert_eq!(frame["inferences"]["m"][0]["probabilities"], json!([0.05, 0.9, 0.05]));
+    // Dismissed, an issue leaves the queue.
+    let dismiss =
+        json!({"kind": "class_confusion", "label_id": first["label_id"], "inference_id": first["inference_id"]});
+    assert_eq!(server.post_json(&admin, &format!("{D}/insights/label_errors/dismiss"), &dismiss).status(), 200);
+    let after: Value = server.get(&admin, &format!("{D}/insights/label_errors?inference_set=m")).json().unwrap();
+    assert_eq!(after["total"].as_u64(), Some(flipped.len() as u64 - 1));
+}
+
+#[test]
+fn probabilities_are_checked_when_uploaded() {
+    let (server, admin) = Server::start(&[]);
+    let classes = json!([{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]);
+    assert_eq!(server.post_json(&admin, "/api/projects", &json!({"name": "p", "classes": classes})).status(), 201);
+    assert_eq!(server.post_json(&admin, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
+    assert_eq!(server.post_json(&admin, &format!("{D}/inference_sets"), &json!({"name": "m"})).status(), 201);
+    let frame = json!({"frame_id": "f", "sensors": [{"kind": "image", "url": "https://x/f.png"}]});
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/frames"), &[frame]).status(), 200);
+    let inference = |probabilities: Value| {
+        json!({"label_id": "m1", "frame_id": "f", "class": "cat", "confidence": 0.7, "probabilities": probabilities,
+               "geometry": {"kind": "classification"}})
+    };
+    for (probabilities, field) in [
+        (json!([0.7, 0.7]), "probabilities"),
+        (json!([0.7]), "probabilities"),
+        (json!([1.5, -0.5]), "probabilities[0]"),
+        (json!({"cat": 0.7, "horse": 0.3}), "probabilities.horse"),
+    ] {
+        let r = server.upload_lines(&admin, &format!("{D}/inference_sets/m/inferences"), &[inference(probabilities)]);
+        let error = expect_error(r, 400);
+        assert!(error["field"].as_str().unwrap().ends_with(field), "{error}");
+    }
+    let label = json!({"label_id": "l1", "frame_id": "f", "class": "cat", "probabilities": [1.0, 0.0],
+                       "geometry": {"kind": "classification"}});
+    let error = expect_error(server.upload_lines(&admin, &format!("{D}/labels"), &[label]), 400);
+    assert!(error["field"].as_str().unwrap().ends_with("probabilities"), "{error}");
+}
