@@ -467,7 +467,7 @@ pub struct ConfidentLearning {
     pub thresholds: Vec<f32>,
     /// `joint[given][suggested]`: examples counted under each pair.
     pub joint: Vec<Vec<usize>>,
-    /// Off-diagonal examples, most likely mistakes first.
+    /// Likely mistakes (pruned by noise rate), most likely first.
     pub issues: Vec<ClassificationIssue>,
 }
 
@@ -485,27 +485,72 @@ pub fn confident_learning(given: &[u32], probabilities: &[f32], classes: usize) 
     let thresholds: Vec<f32> =
         sums.iter().zip(&counts).map(|(&s, &c)| if c == 0 { 1.0 } else { (s / c as f64) as f32 }).collect();
     let mut joint = vec![vec![0usize; classes]; classes];
-    let mut issues = Vec::new();
     for (i, &g) in given.iter().enumerate() {
         let p = row(i);
         let confident =
             (0..classes).filter(|&j| p[j] >= thresholds[j]).max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)));
-        let Some(j) = confident else { continue };
-        joint[g as usize][j] += 1;
-        if j != g as usize {
-            let best_other = (0..classes).filter(|&c| c != g as usize).map(|c| p[c]).fold(f32::NEG_INFINITY, f32::max);
-            let margin = p[g as usize] - best_other;
-            issues.push(ClassificationIssue {
-                index: i as u32,
-                given: g,
-                suggested: j as u32,
-                self_confidence: p[g as usize],
-                margin,
-                score: ((1.0 - margin) / 2.0).clamp(0.0, 1.0),
-            });
+        if let Some(j) = confident {
+            joint[g as usize][j] += 1;
         }
     }
-    issues.sort_by(|a, b| a.margin.total_cmp(&b.margin).then(a.index.cmp(&b.index)));
+    // Prune by noise rate, as Cleanlab does by default: calibrate the joint so each row sums to
+    // its class's size, read from it how many examples of class g belong to class j, and flag
+    // that many examples of g, those with the largest margin p[j] - p[g]. Counting only the
+    // off-diagonal of the confident joint would miss mistakes no threshold catches.
+    let mut flagged: Vec<Option<u32>> = vec![None; given.len()];
+    let mut by_given: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &g) in given.iter().enumerate() {
+        by_given[g as usize].push(i);
+    }
+    for g in 0..classes {
+        let row_total: usize = joint[g].iter().sum();
+        if row_total == 0 {
+            continue;
+        }
+        for j in (0..classes).filter(|&j| j != g) {
+            let expected = (joint[g][j] as f64 / row_total as f64 * counts[g] as f64).round() as usize;
+            // Leave every class at least one example, as Cleanlab does.
+            let expected = expected.min(counts[g].saturating_sub(1));
+            if expected == 0 {
+                continue;
+            }
+            let mut candidates: Vec<(f32, usize)> = by_given[g].iter().map(|&i| (row(i)[j] - row(i)[g], i)).collect();
+            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for &(_, i) in candidates.iter().take(expected) {
+                // An example flagged for two classes keeps the one the model prefers.
+                if flagged[i].is_none_or(|k| row(i)[j] > row(i)[k as usize]) {
+                    flagged[i] = Some(j as u32);
+                }
+            }
+        }
+    }
+    // Beside the pruned ones, every example whose label the model's top class contradicts:
+    // pruning estimates how many mistakes each class has, and an estimate can fall short.
+    let mut issues: Vec<ClassificationIssue> = (0..given.len())
+        .filter_map(|i| {
+            let (p, g) = (row(i), given[i] as usize);
+            let (best, best_other) = (0..classes)
+                .filter(|&c| c != g)
+                .map(|c| (c, p[c]))
+                .fold((g, f32::NEG_INFINITY), |acc, (c, v)| if v > acc.1 { (c, v) } else { acc });
+            let margin = p[g] - best_other;
+            let suggested = match flagged[i] {
+                Some(j) => j,
+                None if margin < 0.0 => best as u32,
+                None => return None,
+            };
+            Some(ClassificationIssue {
+                index: i as u32,
+                given: g as u32,
+                suggested,
+                self_confidence: p[g],
+                margin,
+                score: ((1.0 - margin) / 2.0).clamp(0.0, 1.0),
+            })
+        })
+        .collect();
+    // Cleanlab's default order: the lowest probability of the given label first.
+    issues.sort_by(|a, b| a.self_confidence.total_cmp(&b.self_confidence).then(a.index.cmp(&b.index)));
     ConfidentLearning { thresholds, joint, issues }
 }
 
