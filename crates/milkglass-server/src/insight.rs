@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use milkglass_service::insights::{
-    self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, Metrics, MetricsQuery,
+    self, Collection, Dismissal, ExportFormat, LabelErrorQuery, LabelErrors, Layout, MetricsQuery, ModelMetrics,
     NeighborAnalytics, NeighborQuery, PointAttribute, Similar, SimilarRequest, parse_param,
 };
 use milkglass_service::{Segment, SegmentSpec, Space, datasets};
@@ -104,7 +104,7 @@ async fn metrics(
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
-) -> ApiResult<Json<Metrics>> {
+) -> ApiResult<Json<ModelMetrics>> {
     let p = Params::new(pairs, &["inference_set", "iou", "confidence"])?;
     let query = MetricsQuery {
         inference_set: p.required("inference_set")?,

@@ -505,6 +505,7 @@ pub struct Confusion {
 /// A model's detection metrics on a dataset.
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
+    pub task: &'static str,
     pub inference_set: String,
     pub version: i64,
     pub map: Option<f64>,
@@ -514,14 +515,175 @@ pub struct Metrics {
     pub confusion: Confusion,
 }
 
-/// COCO mAP, per-class AP and PR curves, and the confusion matrix; viewers may ask.
+/// A model's metrics on a dataset: detection (COCO) or classification, by the labels it has.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum ModelMetrics {
+    Detection(Metrics),
+    Classification(ClassificationMetrics),
+}
+
+/// Precision, recall and F1 of one class, over the examples labelled or predicted as it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassReport {
+    pub class: String,
+    /// Examples labelled with the class.
+    pub support: usize,
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+}
+
+/// One cell of a classification confusion matrix: its count and the frames behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassificationCell {
+    pub count: usize,
+    pub frame_ids: Vec<String>,
+}
+
+/// Examples whose predicted class's confidence fell in `[lower, upper)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReliabilityBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: usize,
+    pub mean_confidence: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    /// Expected calibration error: the bins' |accuracy - confidence|, weighted by their counts.
+    pub ece: f64,
+    pub bins: Vec<ReliabilityBin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TopK {
+    pub k: usize,
+    pub accuracy: f64,
+}
+
+/// A classification model's metrics on a dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassificationMetrics {
+    pub task: &'static str,
+    pub inference_set: String,
+    pub version: i64,
+    /// Frames with both a label and a prediction.
+    pub examples: usize,
+    pub accuracy: Option<f64>,
+    /// Accuracy within the k most probable classes, when the predictions carry probabilities.
+    pub top_k: Option<TopK>,
+    pub classes: Vec<ClassReport>,
+    /// Rows are the labels' classes, columns the predictions'.
+    pub confusion: ClassificationConfusion,
+    pub calibration: Calibration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassificationConfusion {
+    pub rows: Vec<String>,
+    pub columns: Vec<String>,
+    pub cells: Vec<Vec<ClassificationCell>>,
+}
+
+const RELIABILITY_BINS: usize = 10;
+
+fn classification_metrics(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+    truths: Vec<milkglass_store::ClassRecord>,
+) -> ServiceResult<ClassificationMetrics> {
+    let classes = &project.classes.0;
+    let n = classes.len();
+    let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect();
+    let mut predicted: HashMap<String, milkglass_store::ClassRecord> = HashMap::new();
+    for p in store.current_classifications(dataset, Some(set))? {
+        predicted.entry(p.frame_id.clone()).or_insert(p);
+    }
+    let mut cells: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); n]; n];
+    let (mut examples, mut correct, mut in_top_k, mut with_probabilities) = (0usize, 0usize, 0usize, 0usize);
+    let k = n.min(3);
+    let mut bins: Vec<(usize, f64, usize)> = vec![(0, 0.0, 0); RELIABILITY_BINS];
+    for truth in &truths {
+        let (Some(&t), Some(guess)) = (index.get(&truth.class_id), predicted.get(&truth.frame_id)) else { continue };
+        let Some(&g) = index.get(&guess.class_id) else { continue };
+        examples += 1;
+        correct += usize::from(t == g);
+        cells[t][g].push(truth.frame_id.clone());
+        if let Some(p) = guess.probabilities.as_ref().filter(|p| p.len() == n) {
+            with_probabilities += 1;
+            let better = p.iter().filter(|&&x| x > p[t]).count();
+            in_top_k += usize::from(better < k);
+        }
+        let confidence = guess.confidence.unwrap_or(1.0).clamp(0.0, 1.0);
+        let bin = ((confidence * RELIABILITY_BINS as f64) as usize).min(RELIABILITY_BINS - 1);
+        bins[bin].0 += 1;
+        bins[bin].1 += confidence;
+        bins[bin].2 += usize::from(t == g);
+    }
+    let ratio = |a: usize, b: usize| (b > 0).then(|| a as f64 / b as f64);
+    let reports = (0..n)
+        .map(|c| {
+            let support: usize = cells[c].iter().map(Vec::len).sum();
+            let predicted: usize = cells.iter().map(|row| row[c].len()).sum();
+            let hits = cells[c][c].len();
+            let (precision, recall) = (ratio(hits, predicted), ratio(hits, support));
+            let f1 = precision.zip(recall).and_then(|(p, r)| (p + r > 0.0).then(|| 2.0 * p * r / (p + r)));
+            ClassReport { class: classes[c].name.clone(), support, precision, recall, f1 }
+        })
+        .collect();
+    let bins: Vec<ReliabilityBin> = bins
+        .into_iter()
+        .enumerate()
+        .map(|(b, (count, confidence_sum, hits))| ReliabilityBin {
+            lower: b as f64 / RELIABILITY_BINS as f64,
+            upper: (b + 1) as f64 / RELIABILITY_BINS as f64,
+            count,
+            mean_confidence: (count > 0).then(|| confidence_sum / count as f64),
+            accuracy: ratio(hits, count),
+        })
+        .collect();
+    let ece = bins
+        .iter()
+        .filter_map(|b| Some(b.count as f64 / examples.max(1) as f64 * (b.accuracy? - b.mean_confidence?).abs()))
+        .sum();
+    let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    Ok(ClassificationMetrics {
+        task: "classification",
+        inference_set: set.name.clone(),
+        version: dataset.version,
+        examples,
+        accuracy: ratio(correct, examples),
+        top_k: (with_probabilities > 0).then(|| TopK { k, accuracy: in_top_k as f64 / with_probabilities as f64 }),
+        classes: reports,
+        confusion: ClassificationConfusion {
+            rows: names.clone(),
+            columns: names,
+            cells: cells
+                .into_iter()
+                .map(|row| {
+                    row.into_iter().map(|frame_ids| ClassificationCell { count: frame_ids.len(), frame_ids }).collect()
+                })
+                .collect(),
+        },
+        calibration: Calibration { ece, bins },
+    })
+}
+
+/// Detection datasets: COCO mAP, per-class AP and PR curves, and the confusion matrix at the
+/// query's thresholds. Classification datasets: accuracy, top-k accuracy, the per-class report,
+/// the confusion matrix and calibration. Viewers may ask.
 pub fn metrics(
     services: &Services,
     user: &User,
     project: &str,
     dataset: &str,
     query: &MetricsQuery,
-) -> ServiceResult<Metrics> {
+) -> ServiceResult<ModelMetrics> {
     let (project, dataset) = access::dataset(&services.store, user, project, dataset, ProjectRole::Viewer)?;
     if !(0.0..=1.0).contains(&query.iou) || query.iou == 0.0 {
         return Err(ServiceError::invalid("iou", "iou must be in (0, 1]"));
@@ -531,6 +693,10 @@ pub fn metrics(
     }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
+    let truths = store.current_classifications(&dataset, None)?;
+    if !truths.is_empty() {
+        return Ok(ModelMetrics::Classification(classification_metrics(store, &project, &dataset, &set, truths)?));
+    }
     let d = load_detection(store, &project, &dataset, &set)?;
     let coco = coco_evaluate(&d.labels, &d.inferences, &d.classes, 100);
     let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, query.iou, query.confidence);
@@ -578,7 +744,8 @@ pub fn metrics(
                 .collect()
         })
         .collect();
-    Ok(Metrics {
+    Ok(ModelMetrics::Detection(Metrics {
+        task: "detection",
         inference_set: set.name,
         version: dataset.version,
         map: finite(coco.map),
@@ -586,7 +753,7 @@ pub fn metrics(
         recall_thresholds: coco.recall_thresholds.clone(),
         classes,
         confusion: Confusion { iou: query.iou, confidence: query.confidence, rows: axis.clone(), columns: axis, cells },
-    })
+    }))
 }
 
 /// COCO's -1 ("no ground truth") as none.

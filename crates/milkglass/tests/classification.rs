@@ -56,6 +56,30 @@ fn confident_learning_finds_flipped_labels_from_the_models_probabilities() {
     assert_eq!(first["kind"], "class_confusion");
     let i: usize = first["frame_id"].as_str().unwrap()[1..].parse().unwrap();
     assert_eq!(first["suggested_class"], names[i % 3], "the model's class is suggested");
+    // Classification metrics: accuracy, top-k, the class report, the confusion matrix with its
+    // frames, and calibration (every prediction says 0.9; 140 of 150 agree with their label).
+    let metrics: Value = server.get(&admin, &format!("{D}/insights/metrics?inference_set=m")).json().unwrap();
+    assert_eq!(metrics["task"], "classification");
+    assert_eq!(metrics["examples"], n);
+    let accuracy = metrics["accuracy"].as_f64().unwrap();
+    assert!((accuracy - 140.0 / 150.0).abs() < 1e-9, "{metrics}");
+    assert_eq!(metrics["top_k"], json!({"k": 3, "accuracy": 1.0}));
+    let ece = metrics["calibration"]["ece"].as_f64().unwrap();
+    assert!((ece - (140.0 / 150.0 - 0.9)).abs() < 1e-9, "{ece}");
+    let bin = &metrics["calibration"]["bins"][9];
+    assert_eq!(bin["count"], n);
+    // Flipped cats were labelled dog: the (dog, cat) cell holds exactly those frames.
+    let cell = &metrics["confusion"]["cells"][1][0];
+    let expected: Vec<String> = (0..n).filter(|i| i % 15 == 7 && i % 3 == 0).map(|i| format!("f{i:03}")).collect();
+    assert_eq!(cell["frame_ids"], json!(expected), "{cell}");
+    assert_eq!(cell["count"], expected.len());
+    let given_cat = (0..n).filter(|i| if i % 15 == 7 { (i % 3 + 1) % 3 == 0 } else { i % 3 == 0 }).count();
+    let cat = &metrics["classes"][0];
+    assert_eq!((cat["class"].as_str(), cat["support"].as_u64()), (Some("cat"), Some(given_cat as u64)), "{cat}");
+    // Every cat the model predicts is a true cat; the flipped birds labelled cat are its misses.
+    let recall = cat["recall"].as_f64().unwrap();
+    let true_cats = (0..n).filter(|i| i % 3 == 0 && i % 15 != 7).count();
+    assert!((recall - true_cats as f64 / given_cat as f64).abs() < 1e-9, "{cat}");
     // The frame shows the stored probabilities, in class-map order.
     let frame: Value = server.get(&admin, &format!("{D}/frames/f001")).json().unwrap();
     assert_eq!(frame["inferences"]["m"][0]["probabilities"], json!([0.05, 0.9, 0.05]));
