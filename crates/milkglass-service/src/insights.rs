@@ -32,6 +32,8 @@ pub struct IndexCache {
     maps: Mutex<HashMap<(VectorsKey, Layout), KeptMap>>,
     /// Each space's 10-NN graph (cosine), at the version it was built for.
     graphs: Mutex<HashMap<VectorsKey, (i64, Arc<KnnGraph>)>>,
+    /// The ranked label errors per inference set, at the version they were ranked for.
+    issues: Mutex<HashMap<SetKey, (i64, Arc<RankedIssues>)>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -51,6 +53,7 @@ impl IndexCache {
             max_cached_values,
             maps: Mutex::default(),
             graphs: Mutex::default(),
+            issues: Mutex::default(),
         }
     }
 
@@ -60,6 +63,25 @@ impl IndexCache {
         self.vectors.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0.0 != dataset.id);
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+        self.issues.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+    }
+
+    /// The ranked label errors of the dataset's version against `set`, ranked once by `rank`.
+    fn ranked_issues(
+        &self,
+        dataset: &DatasetInfo,
+        set: &InferenceSetInfo,
+        rank: impl FnOnce() -> ServiceResult<RankedIssues>,
+    ) -> ServiceResult<Arc<RankedIssues>> {
+        let key = (dataset.id, dataset.created_at.clone(), set.id, set.created_at.clone());
+        if let Some((version, ranked)) = self.issues.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *version == dataset.version
+        {
+            return Ok(ranked.clone());
+        }
+        let ranked = Arc::new(rank()?);
+        self.issues.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (dataset.version, ranked.clone()));
+        Ok(ranked)
     }
 
     /// The space's 10-NN graph at the version `data` was read at, built once and kept.
@@ -310,72 +332,91 @@ pub fn label_errors(
     }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
-    let truths = store.current_classifications(&dataset, None)?;
-    if !truths.is_empty() {
-        return classification_errors(store, &project, &dataset, &set, truths, query);
-    }
-    let detection = load_detection(store, &project, &dataset, &set)?;
-    let votes = label_votes(store, &dataset, &detection)?;
+    let ranked = services.indexes.ranked_issues(&dataset, &set, || {
+        let truths = store.current_classifications(&dataset, None)?;
+        if truths.is_empty() {
+            rank_detection(store, &project, &dataset, &set)
+        } else {
+            rank_classification(store, &project, &dataset, &set, truths)
+        }
+    })?;
+    // Dismissals change without a new version: applied to the kept ranking on every request.
+    let dismissed = store.dismissed_issues(&dataset)?;
+    let selected: Vec<&LabelIssue> = ranked
+        .issues
+        .iter()
+        .filter(|i| query.kind.is_none_or(|k| k == i.kind))
+        .filter(|i| !dismissed.contains(&issue_key(i.kind, i.label_id.as_deref(), i.inference_id.as_deref())))
+        .collect();
+    Ok(LabelErrors {
+        inference_set: set.name,
+        version: dataset.version,
+        used_embeddings: ranked.used_embeddings,
+        total: selected.len(),
+        issues: selected.into_iter().skip(query.offset).take(query.limit).cloned().collect(),
+        frames: ranked.frames.iter().take(query.limit).cloned().collect(),
+    })
+}
+
+/// Every likely label error of one dataset version against one inference set, ranked: what
+/// the queue pages through, made once per version.
+struct RankedIssues {
+    issues: Vec<LabelIssue>,
+    frames: Vec<FrameIssues>,
+    used_embeddings: bool,
+}
+
+fn rank_detection(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+) -> ServiceResult<RankedIssues> {
+    let detection = load_detection(store, project, dataset, set)?;
+    let votes = label_votes(store, dataset, &detection)?;
     let issues =
         detection_issues(&detection.labels, &detection.inferences, votes.as_deref(), &DetectionParams::default());
     let frames = frame_scores(&issues);
     let class = |id: Option<u32>| id.and_then(|c| detection.class_names.get(&c).cloned());
     let label_id = |n: Option<u32>| n.map(|n| detection.label_records[n as usize].label_id.clone());
     let inference_id = |n: Option<u32>| n.map(|n| detection.inference_records[n as usize].label_id.clone());
-    let dismissed = store.dismissed_issues(&dataset)?;
-    let selected: Vec<_> = issues
-        .iter()
-        .filter(|i| query.kind.is_none_or(|k| k == i.kind))
-        .filter(|i| {
-            !dismissed.contains(&issue_key(i.kind, label_id(i.label).as_deref(), inference_id(i.inference).as_deref()))
-        })
-        .collect();
-    let page = selected
-        .iter()
-        .skip(query.offset)
-        .take(query.limit)
-        .map(|i| LabelIssue {
-            kind: i.kind,
-            score: i.score,
-            frame_id: detection.frame_ids[i.frame as usize].clone(),
-            label_id: label_id(i.label),
-            label_class: class(i.label.map(|l| detection.labels[l as usize].class)),
-            inference_id: inference_id(i.inference),
-            other_label_id: label_id(i.other_label),
-            suggested_class: class(i.suggested_class),
-            iou: i.iou,
-        })
-        .collect();
-    let frame_page = frames
-        .iter()
-        .take(query.limit)
-        .map(|f| FrameIssues {
-            frame_id: detection.frame_ids[f.frame as usize].clone(),
-            score: f.score,
-            issues: f.issues,
-        })
-        .collect();
-    Ok(LabelErrors {
-        inference_set: set.name,
-        version: dataset.version,
+    Ok(RankedIssues {
+        issues: issues
+            .iter()
+            .map(|i| LabelIssue {
+                kind: i.kind,
+                score: i.score,
+                frame_id: detection.frame_ids[i.frame as usize].clone(),
+                label_id: label_id(i.label),
+                label_class: class(i.label.map(|l| detection.labels[l as usize].class)),
+                inference_id: inference_id(i.inference),
+                other_label_id: label_id(i.other_label),
+                suggested_class: class(i.suggested_class),
+                iou: i.iou,
+            })
+            .collect(),
+        frames: frames
+            .iter()
+            .map(|f| FrameIssues {
+                frame_id: detection.frame_ids[f.frame as usize].clone(),
+                score: f.score,
+                issues: f.issues,
+            })
+            .collect(),
         used_embeddings: votes.is_some(),
-        total: selected.len(),
-        issues: page,
-        frames: frame_page,
     })
 }
 
-/// Label errors of a classification dataset: confident learning (as Cleanlab does it) over the
+/// The label errors of a classification dataset: confident learning (as Cleanlab does it) over the
 /// inference set's class probabilities, or, where an inference gave only its top class and
 /// confidence, over that confidence with the rest spread evenly over the other classes.
-fn classification_errors(
+fn rank_classification(
     store: &Store,
     project: &ProjectInfo,
     dataset: &DatasetInfo,
     set: &InferenceSetInfo,
     truths: Vec<milkglass_store::ClassRecord>,
-    query: &LabelErrorQuery,
-) -> ServiceResult<LabelErrors> {
+) -> ServiceResult<RankedIssues> {
     let classes = &project.classes.0;
     let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect();
     let mut predicted: HashMap<String, milkglass_store::ClassRecord> = HashMap::new();
@@ -405,20 +446,9 @@ fn classification_errors(
     } else {
         milkglass_insight::label_errors::confident_learning(&given, &rows, classes.len()).issues
     };
-    let dismissed = store.dismissed_issues(dataset)?;
-    let selected: Vec<_> = found
-        .iter()
-        .filter(|_| query.kind.is_none_or(|k| k == IssueKind::ClassConfusion))
-        .filter(|i| {
-            let (truth, inference) = &examples[i.index as usize];
-            !dismissed.contains(&issue_key(IssueKind::ClassConfusion, Some(&truth.label_id), Some(inference)))
-        })
-        .collect();
     let name = |k: u32| classes.get(k as usize).map(|c| c.name.clone());
-    let issues = selected
+    let issues: Vec<LabelIssue> = found
         .iter()
-        .skip(query.offset)
-        .take(query.limit)
         .map(|i| {
             let (truth, inference) = &examples[i.index as usize];
             LabelIssue {
@@ -434,23 +464,9 @@ fn classification_errors(
             }
         })
         .collect();
-    let frames = selected
-        .iter()
-        .take(query.limit)
-        .map(|i| FrameIssues {
-            frame_id: examples[i.index as usize].0.frame_id.clone(),
-            score: f64::from(i.score),
-            issues: 1,
-        })
-        .collect();
-    Ok(LabelErrors {
-        inference_set: set.name.clone(),
-        version: dataset.version,
-        used_embeddings: false,
-        total: selected.len(),
-        issues,
-        frames,
-    })
+    let frames =
+        issues.iter().map(|i| FrameIssues { frame_id: i.frame_id.clone(), score: i.score, issues: 1 }).collect();
+    Ok(RankedIssues { issues, frames, used_embeddings: false })
 }
 
 #[derive(Debug)]
@@ -836,6 +852,9 @@ struct SpaceVectors {
     /// Where each id is in `ids`.
     positions: HashMap<String, u32>,
 }
+
+/// (dataset id, its creation time, inference set id, its creation time).
+type SetKey = (i64, String, i64, String);
 
 /// A packed map: the version it was computed at, its number of points, the f32 pairs.
 type KeptMap = (i64, usize, bytes::Bytes);

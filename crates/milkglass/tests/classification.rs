@@ -89,6 +89,15 @@ fn confident_learning_finds_flipped_labels_from_the_models_probabilities() {
     assert_eq!(server.post_json(&admin, &format!("{D}/insights/label_errors/dismiss"), &dismiss).status(), 200);
     let after: Value = server.get(&admin, &format!("{D}/insights/label_errors?inference_set=m")).json().unwrap();
     assert_eq!(after["total"].as_u64(), Some(flipped.len() as u64 - 1));
+    // The ranking is kept per version: fixing a label is a new version, ranked afresh.
+    let fixed = &flipped[flipped.len() - 1];
+    let i: usize = fixed[1..].parse().unwrap();
+    let label = json!({"label_id": format!("{fixed}_gt"), "frame_id": fixed, "class": names[i % 3],
+                       "geometry": {"kind": "classification"}});
+    assert_eq!(server.upload_lines(&admin, &format!("{D}/labels"), &[label]).status(), 200);
+    let fresh: Value = server.get(&admin, &format!("{D}/insights/label_errors?inference_set=m")).json().unwrap();
+    assert_eq!(fresh["total"].as_u64(), Some(flipped.len() as u64 - 2), "{fresh}");
+    assert!(fresh["issues"].as_array().unwrap().iter().all(|issue| issue["frame_id"] != fixed.as_str()));
 }
 
 #[test]
