@@ -34,6 +34,8 @@ pub struct IndexCache {
     graphs: Mutex<HashMap<VectorsKey, (i64, Arc<KnnGraph>)>>,
     /// The ranked label errors per inference set, at the version they were ranked for.
     issues: Mutex<HashMap<SetKey, (i64, Arc<RankedIssues>)>>,
+    /// Metrics per inference set and thresholds (IoU and confidence bits), at their version.
+    metrics: Mutex<HashMap<MetricsKey, (i64, Arc<ModelMetrics>)>>,
     /// Below this many vectors exact search is fast enough (a few ms) and always right. Tests
     /// lower it with `MILKGLASS_EXACT_SEARCH_LIMIT` to exercise the index on small data.
     exact_limit: usize,
@@ -54,6 +56,7 @@ impl IndexCache {
             maps: Mutex::default(),
             graphs: Mutex::default(),
             issues: Mutex::default(),
+            metrics: Mutex::default(),
         }
     }
 
@@ -64,6 +67,35 @@ impl IndexCache {
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0.0 != dataset.id);
         self.graphs.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
         self.issues.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != dataset.id);
+        self.metrics.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0.0 != dataset.id);
+    }
+
+    /// A version's metrics at one pair of thresholds, evaluated once by `evaluate`. Slider
+    /// positions are few; past `MAX_KEPT_METRICS` answers the oldest versions' go first.
+    fn metrics(
+        &self,
+        dataset: &DatasetInfo,
+        set: &InferenceSetInfo,
+        thresholds: (f64, f64),
+        evaluate: impl FnOnce() -> ServiceResult<ModelMetrics>,
+    ) -> ServiceResult<Arc<ModelMetrics>> {
+        let set_key = (dataset.id, dataset.created_at.clone(), set.id, set.created_at.clone());
+        let key = (set_key, thresholds.0.to_bits(), thresholds.1.to_bits());
+        if let Some((version, kept)) = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *version == dataset.version
+        {
+            return Ok(kept.clone());
+        }
+        let evaluated = Arc::new(evaluate()?);
+        let mut kept = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= MAX_KEPT_METRICS {
+            kept.retain(|_, (version, _)| *version == dataset.version);
+            if kept.len() >= MAX_KEPT_METRICS {
+                kept.clear();
+            }
+        }
+        kept.insert(key, (dataset.version, evaluated.clone()));
+        Ok(evaluated)
     }
 
     /// The ranked label errors of the dataset's version against `set`, ranked once by `rank`.
@@ -709,11 +741,25 @@ pub fn metrics(
     }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
-    let truths = store.current_classifications(&dataset, None)?;
+    let kept = services.indexes.metrics(&dataset, &set, (query.iou, query.confidence), || {
+        evaluate_metrics(store, &project, &dataset, &set, query)
+    })?;
+    Ok((*kept).clone())
+}
+
+/// The metrics of one version against one inference set, computed afresh.
+fn evaluate_metrics(
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+    query: &MetricsQuery,
+) -> ServiceResult<ModelMetrics> {
+    let truths = store.current_classifications(dataset, None)?;
     if !truths.is_empty() {
-        return Ok(ModelMetrics::Classification(classification_metrics(store, &project, &dataset, &set, truths)?));
+        return Ok(ModelMetrics::Classification(classification_metrics(store, project, dataset, set, truths)?));
     }
-    let d = load_detection(store, &project, &dataset, &set)?;
+    let d = load_detection(store, project, dataset, set)?;
     let coco = coco_evaluate(&d.labels, &d.inferences, &d.classes, 100);
     let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, query.iou, query.confidence);
     let name = |c: u32| d.class_names.get(&c).cloned().unwrap_or_else(|| c.to_string());
@@ -762,7 +808,7 @@ pub fn metrics(
         .collect();
     Ok(ModelMetrics::Detection(Metrics {
         task: "detection",
-        inference_set: set.name,
+        inference_set: set.name.clone(),
         version: dataset.version,
         map: finite(coco.map),
         map50: finite(coco.map50),
@@ -853,8 +899,14 @@ struct SpaceVectors {
     positions: HashMap<String, u32>,
 }
 
+/// Metrics answers kept at most (each a confusion matrix with its ids).
+const MAX_KEPT_METRICS: usize = 256;
+
 /// (dataset id, its creation time, inference set id, its creation time).
 type SetKey = (i64, String, i64, String);
+
+/// An inference set's key with the bits of the IoU and confidence thresholds.
+type MetricsKey = (SetKey, u64, u64);
 
 /// A packed map: the version it was computed at, its number of points, the f32 pairs.
 type KeptMap = (i64, usize, bytes::Bytes);
