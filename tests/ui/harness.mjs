@@ -110,7 +110,8 @@ export function chromiumPath() {
 }
 
 export async function launch() {
-  return chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox"] });
+  // WebGL2 (the map) runs on SwiftShader: there is no GPU on the test machines.
+  return chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"] });
 }
 
 /** A page that fails the test on console errors and CSP violations. */

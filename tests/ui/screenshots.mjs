@@ -1,4 +1,4 @@
-// Drives the app through each page of a fresh `milkglass demo` and writes 1280x800 PNGs to
+// Drives the app through each page and view of a fresh `milkglass demo` and writes 1280x800 PNGs to
 // docs/screenshots/ (run by scripts/screenshots.sh).
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
@@ -54,6 +54,51 @@ try {
   await page.waitForSelector(".settings");
   await page.fill("input[name=aws_endpoint]", "http://127.0.0.1:9000");
   await shot("07-settings");
+
+  // The insight views of the dataset page.
+  const ds = `${demo.url}/p/shapes/d/shapes`;
+  await page.goto(`${ds}?view=map`);
+  await page.waitForSelector("canvas.map-canvas[data-draws]");
+  await page.waitForSelector(".map-legend li.total");
+  await page.click("button[name=lasso]");
+  const box = await page.locator("canvas.map-canvas").boundingBox();
+  const [cx, cy] = [box.x + box.width * 0.42, box.y + box.height * 0.45];
+  await page.mouse.move(cx + 120, cy);
+  await page.mouse.down();
+  for (let k = 1; k <= 24; k++) await page.mouse.move(cx + 120 * Math.cos((k * Math.PI) / 12), cy + 90 * Math.sin((k * Math.PI) / 12));
+  await page.mouse.up();
+  await page.waitForSelector(".map-selection");
+  await page.click("button[name=lasso]"); // keep the tool; hover a point for the thumbnail card
+  await page.mouse.move(cx, cy);
+  await page.waitForTimeout(600);
+  await shot("08-map");
+
+  await page.goto(`${ds}?view=issues`);
+  await page.waitForSelector(".issue-row .crop img");
+  await page.keyboard.press("j");
+  await shot("09-issues");
+
+  await page.goto(`${ds}?view=metrics`);
+  await page.waitForSelector("button.cell");
+  await shot("10-metrics");
+
+  await demo.api("/api/projects/shapes/datasets/shapes/segments", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "night-misses", description: "missed detections on dark frames", item_kind: "frames", items: ["frame_0003", "frame_0010", "frame_0042"] }),
+  });
+  await demo.api("/api/projects/shapes/datasets/shapes/segments", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name: "square-vs-cross", state: "in_review", item_kind: "frames", items: ["frame_0225", "frame_0261"] }),
+  });
+  await page.goto(`${ds}?view=segments`);
+  await page.waitForSelector("tr[data-segment=night-misses]");
+  await shot("11-segments");
+
+  await page.goto(`${ds}?similar=frame_0007`);
+  await decoded();
+  await shot("12-similar");
 } finally {
   await browser.close();
   await demo.close();

@@ -19,9 +19,11 @@ interface Props {
   opts: OverlayOptions;
   onMove: (delta: -1 | 1) => void;
   onClose: () => void;
+  /** "Find similar": frames like this one, or crops like one of its labels. */
+  onSimilar?: (q: { frameId?: string; labelId?: string }) => void;
 }
 
-export function FrameView({ base, project, frameId, index, total, version, inferenceSet, opts, onMove, onClose }: Props) {
+export function FrameView({ base, project, frameId, index, total, version, inferenceSet, opts, onMove, onClose, onSimilar }: Props) {
   const dialog = useRef<HTMLDivElement>(null);
   const [hover, setHover] = useState<string | null>(null);
   const detail = useAsync(
@@ -56,6 +58,11 @@ export function FrameView({ base, project, frameId, index, total, version, infer
           <h2 class="fid">{frameId}</h2>
           {index != null && <span class="muted">{total != null ? `${fmt(index + 1)} of ${fmt(total)} in this filter` : `#${fmt(index + 1)}`}</span>}
           <span class="spacer" />
+          {onSimilar && (
+            <button type="button" name="find_similar" onClick={() => onSimilar({ frameId })} disabled={detail.data ? !detail.data.frame.has_embedding : true} title={detail.data && !detail.data.frame.has_embedding ? "this frame has no embedding" : "the 50 nearest frames by embedding, in the grid"}>
+              Find similar
+            </button>
+          )}
           <button type="button" onClick={onClose} aria-label="close" title="close (Esc)">
             ✕
           </button>
@@ -72,6 +79,7 @@ export function FrameView({ base, project, frameId, index, total, version, infer
             opts={opts}
             hover={hover}
             setHover={setHover}
+            onSimilarCrop={onSimilar ? (labelId) => onSimilar({ labelId }) : undefined}
           />
         )}
       </div>
@@ -79,7 +87,7 @@ export function FrameView({ base, project, frameId, index, total, version, infer
   );
 }
 
-function FrameBody({ f, sources, inferenceSet, opts, hover, setHover }: { f: FrameDetail; sources: Map<string, Source>; inferenceSet: string | null; opts: OverlayOptions; hover: string | null; setHover: (id: string | null) => void }) {
+function FrameBody({ f, sources, inferenceSet, opts, hover, setHover, onSimilarCrop }: { f: FrameDetail; sources: Map<string, Source>; inferenceSet: string | null; opts: OverlayOptions; hover: string | null; setHover: (id: string | null) => void; onSimilarCrop?: (labelId: string) => void }) {
   const chosen = inferenceSet ? (f.inferences[inferenceSet] ?? []) : [];
   const sourceOf = (u: string) => sources.get(u);
   return (
@@ -104,7 +112,7 @@ function FrameBody({ f, sources, inferenceSet, opts, hover, setHover }: { f: Fra
         ))}
       </div>
       <aside class="fv-side">
-        <LabelTable title={`Labels (${f.labels.length})`} labels={f.labels} classes={opts.classes} setHover={setHover} />
+        <LabelTable title={`Labels (${f.labels.length})`} labels={f.labels} classes={opts.classes} setHover={setHover} onSimilar={onSimilarCrop} />
         {Object.keys(f.inferences).length === 0 && <p class="muted">No inferences on this frame.</p>}
         {Object.entries(f.inferences).map(([set, ls]) => (
           <LabelTable key={set} title={`Inferences: ${set} (${ls.length})${set === inferenceSet ? " · drawn" : ""}`} labels={ls} classes={opts.classes} setHover={setHover} />
@@ -158,7 +166,7 @@ function describe(l: Label): string {
   }
 }
 
-function LabelTable({ title, labels, classes, setHover }: { title: string; labels: Label[]; classes: ClassMap; setHover: (id: string | null) => void }) {
+function LabelTable({ title, labels, classes, setHover, onSimilar }: { title: string; labels: Label[]; classes: ClassMap; setHover: (id: string | null) => void; onSimilar?: (labelId: string) => void }) {
   return (
     <>
       <h3>{title}</h3>
@@ -178,7 +186,14 @@ function LabelTable({ title, labels, classes, setHover }: { title: string; label
                 </td>
                 <td class="num">{l.confidence != null ? l.confidence.toFixed(2) : ""}</td>
                 <td>{describe(l)}</td>
-                <td class="attrs">{l.attributes != null ? JSON.stringify(l.attributes) : ""}</td>
+                <td class="attrs">
+                  {l.attributes != null ? JSON.stringify(l.attributes) : ""}
+                  {onSimilar && l.has_embedding && (
+                    <button type="button" class="link" onClick={() => onSimilar(l.label_id)} title="crops like this one, in the grid">
+                      similar
+                    </button>
+                  )}
+                </td>
               </tr>
             ))}
           </tbody>

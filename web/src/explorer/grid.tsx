@@ -22,13 +22,15 @@ interface Props {
   total: number;
   at: number;
   cursor: number;
+  /** Frame ids selected with `x`. */
+  selected: ReadonlySet<string>;
   opts: OverlayOptions;
   onOpen: (i: number) => void;
   onFirstVisible: (i: number) => void;
   apiRef: { current: GridApi | null };
 }
 
-export function Grid({ pager, total, at, cursor, opts, onOpen, onFirstVisible, apiRef }: Props) {
+export function Grid({ pager, total, at, cursor, selected, opts, onOpen, onFirstVisible, apiRef }: Props) {
   const ref = useRef<HTMLDivElement>(null);
   const [size, setSize] = useState({ w: 0, h: 0 });
   const [scrollTop, setScrollTop] = useState(0);
@@ -129,14 +131,17 @@ export function Grid({ pager, total, at, cursor, opts, onOpen, onFirstVisible, a
   const tiles = [];
   for (let i = from; i < to; i++) {
     const row = Math.floor(i / cols);
+    const f = pager.frame(i);
     tiles.push(
       <MemoTile
         key={i}
         index={i}
-        frame={pager.frame(i)}
+        frame={f}
         source={source}
         opts={opts}
         active={i === cursor}
+        selected={!!f && selected.has(f.frame_id)}
+        note={pager.note(i)}
         onOpen={open}
         x={GAP + (i % cols) * (tileW + GAP)}
         y={(row - base) * rowH}

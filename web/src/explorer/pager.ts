@@ -9,6 +9,7 @@
 import { signal } from "@preact/signals";
 import { api, ApiError, type Frame, type FramePage, type Project } from "../api";
 import { frameUrls, resolveSources, type Source } from "../raw/resolve";
+import type { FrameList } from "./lists";
 
 export const PAGE = 120;
 const KEEP_PAGES = 40; // about 4,800 frames in memory at most
@@ -39,7 +40,16 @@ export class Pager {
     /** The filter as API query parameters (class, meta, min_labels, ..., version, inference_set). */
     readonly filter: URLSearchParams,
     readonly project: Project,
-  ) {}
+    /** An explicit list of frames to show in its own order (a lasso, a search) instead of the filter's. */
+    readonly list: FrameList | null = null,
+  ) {
+    if (list) this.total.value = list.ids.length;
+  }
+
+  /** The caption a list gives the frame at `i` (a neighbour's distance). */
+  note(i: number): string | undefined {
+    return this.list?.notes?.[i];
+  }
 
   /** The length the grid lays out: the exact total, or what is known plus a page. */
   get length(): number | null {
@@ -109,9 +119,18 @@ export class Pager {
     try {
       const q = new URLSearchParams(this.filter);
       q.set("limit", String(PAGE));
-      q.set("offset", String(p * PAGE));
       q.set("labels", "true");
+      const ids = this.list?.ids.slice(p * PAGE, (p + 1) * PAGE);
+      if (ids) for (const id of new Set(ids)) q.append("id", id);
+      else q.set("offset", String(p * PAGE));
       const page = await api<FramePage>(`${this.base}/frames?${q}`, { signal: ctl.signal });
+      if (ids) {
+        // The listing answers in frame-id order; the list's order (nearest first...) is the one shown.
+        // A listed frame the server no longer has (deleted since) shows as a frame without sensors.
+        const byId = new Map(page.frames.map((f) => [f.frame_id, f]));
+        page.frames = ids.map((id) => byId.get(id) ?? { frame_id: id, timestamp: null, sensors: [], metadata: {}, label_count: 0, has_embedding: false, version: page.version });
+        page.next = (p + 1) * PAGE < this.list!.ids.length ? "more" : null;
+      }
       this.version.value = page.version;
       const end = p * PAGE + page.frames.length;
       // The last page tells the exact total before the count does.

@@ -30,6 +30,10 @@ interface Props {
   w: number;
   h: number;
   active: boolean;
+  /** In the grid's selection (`x`). */
+  selected: boolean;
+  /** A caption from the frame list (a neighbour's distance). */
+  note?: string;
   source: (url: string, index: number) => Source | undefined;
   opts: OverlayOptions;
   onOpen: (i: number) => void;
@@ -47,7 +51,7 @@ export class MemoTile extends Component<Props> {
   }
 }
 
-function Tile({ frame, index, x, y, w, h, active, source: sourceAt, opts, onOpen }: Props) {
+function Tile({ frame, index, x, y, w, h, active, selected, note, source: sourceAt, opts, onOpen }: Props) {
   const style = { transform: `translate(${x}px, ${y}px)`, width: `${w}px`, height: `${h}px` };
   const source = (url: string) => sourceAt(url, index);
   if (!frame) {
@@ -56,11 +60,12 @@ function Tile({ frame, index, x, y, w, h, active, source: sourceAt, opts, onOpen
   const s = primarySensor(frame);
   return (
     <div
-      class={"tile" + (active ? " active" : "")}
+      class={"tile" + (active ? " active" : "") + (selected ? " selected" : "")}
       style={style}
       id={`tile-${index}`}
       role="option"
       aria-selected={active}
+      data-selected={selected ? "true" : undefined}
       aria-label={`${frame.frame_id}, ${plural(frame.label_count, "label")}`}
       data-frame={frame.frame_id}
       onClick={() => onOpen(index)}
@@ -72,7 +77,12 @@ function Tile({ frame, index, x, y, w, h, active, source: sourceAt, opts, onOpen
         <span class="fid" title={frame.frame_id}>
           {frame.frame_id}
         </span>
-        <span class="muted">{plural(frame.label_count, "label")}</span>
+        {note != null ? (
+          <span class="note" title="distance">{note}</span>
+        ) : (
+          <span class="muted">{plural(frame.label_count, "label")}</span>
+        )}
+        {selected && <span class="sel-mark" aria-label="selected">✓</span>}
       </div>
     </div>
   );

@@ -7,8 +7,13 @@ const KEYS: [string[], string][] = [
   [["↓", "↑"], "next / previous row"],
   [["PageDown", "PageUp"], "four rows down / up"],
   [["Home", "End"], "first / last frame"],
-  [["Enter"], "open the frame"],
-  [["Esc"], "close the frame (or this list)"],
+  [["Enter"], "open the frame (or the issue's frame)"],
+  [["x"], "select / unselect the frame (grid)"],
+  [["s"], "add the selection (grid) or the issue's frame (issues) to a segment"],
+  [["n"], "not an issue (issues: it leaves the queue)"],
+  [["l", "p"], "lasso / pan tool (map; Shift-drag draws a box)"],
+  [["0"], "fit the map"],
+  [["Esc"], "close the frame (or this list); clear a selection"],
   [["?"], "show or hide this list"],
 ];
 
