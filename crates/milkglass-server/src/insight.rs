@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Path, Query};
-use crate::json::JsonBody;
+use crate::json::{BulkJsonBody, JsonBody};
 use crate::{AppState, blocking};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -198,7 +198,7 @@ async fn create_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, dataset)): Path<(String, String)>,
-    JsonBody(spec): JsonBody<SegmentSpec>,
+    BulkJsonBody(spec): BulkJsonBody<SegmentSpec>,
 ) -> ApiResult<Response> {
     let segment =
         blocking(move || datasets::create_segment(&state.services, &caller.0, &project, &dataset, &spec)).await?;
@@ -217,7 +217,7 @@ async fn update_segment(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, dataset, segment)): Path<(String, String, String)>,
-    JsonBody(patch): JsonBody<SegmentSpec>,
+    BulkJsonBody(patch): BulkJsonBody<SegmentSpec>,
 ) -> ApiResult<Json<Segment>> {
     let services = state.services;
     Ok(Json(

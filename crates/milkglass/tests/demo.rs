@@ -84,6 +84,16 @@ fn demo_serves_the_sample_data() {
         in_segment["frames"].as_array().unwrap().iter().map(|f| f["frame_id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["frame_0001", "frame_0005"]);
     assert_eq!(get(viewer, "/api/projects/shapes/datasets/shapes/frames?segment=none").status(), 404);
+    // A segment of a big selection (100k ids, beyond the 1 MiB limit of other JSON bodies) is saved.
+    let many: Vec<String> = (0..100_000).map(|i| format!("frame_{i:07}")).collect();
+    let big = serde_json::json!({"name": "lassoed", "item_kind": "frames", "items": many});
+    let saved = client
+        .post(format!("{base}/api/projects/shapes/datasets/shapes/segments"))
+        .bearer_auth(admin)
+        .json(&big)
+        .send()
+        .unwrap();
+    assert_eq!(saved.status(), 201);
     // The map's points carry how far the model agrees with the labels, frame by frame.
     let points: Value = get(
         viewer,
