@@ -164,13 +164,20 @@ impl IndexCache {
     /// frame vectors loaded, the PCA map, and the similarity index started when the space is
     /// large enough to need one.
     pub(crate) fn warm(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
+        // Another upload or a delete may have landed since: work only on the version that is
+        // current now, and start no index for it if it moved on while its vectors were read
+        // (rows read under a newer version would be kept as an older one's).
+        let dataset = store.dataset(&dataset.project, &dataset.name)?;
         if dataset.frame_embedding_dim.is_none() {
             return Ok(());
         }
-        self.map(store, dataset, Space::Frames, Layout::Pca)?;
-        let data = self.space_vectors(store, dataset, Space::Frames)?;
+        let data = self.space_vectors(store, &dataset, Space::Frames)?;
+        if store.dataset(&dataset.project, &dataset.name)?.version != dataset.version {
+            return Ok(());
+        }
+        self.map(store, &dataset, Space::Frames, Layout::Pca)?;
         if data.ids.len() > self.exact_limit {
-            ready_index(self, store, dataset, Space::Frames, Metric::Cosine, &data);
+            ready_index(self, store, &dataset, Space::Frames, Metric::Cosine, &data);
         }
         Ok(())
     }
@@ -187,7 +194,10 @@ impl IndexCache {
         }
         let loaded = Arc::new(space_vectors(store, dataset, space)?);
         let size = loaded.vectors.len() * loaded.vectors.dim();
-        if size <= self.max_cached_values {
+        // Kept only if no new version landed while the rows were read: they would be newer
+        // than the version they are filed under.
+        let unchanged = store.dataset(&dataset.project, &dataset.name).is_ok_and(|now| now.version == dataset.version);
+        if unchanged && size <= self.max_cached_values {
             let mut cached = self.vectors.lock().unwrap_or_else(|e| e.into_inner());
             cached.remove(&key);
             let held: usize = cached.values().map(|v| v.vectors.len() * v.vectors.dim()).sum();
