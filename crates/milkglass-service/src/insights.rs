@@ -161,24 +161,16 @@ impl IndexCache {
     }
 
     /// What a new version's first requests would wait for, done right after its upload: the
-    /// frame vectors loaded, the PCA map, and the similarity index started when the space is
-    /// large enough to need one.
+    /// frame vectors loaded and the PCA map. (The similarity index still starts with the first
+    /// query that needs it: started from here it raced the queries' own refreshes in tests.)
     pub(crate) fn warm(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
         // Another upload or a delete may have landed since: work only on the version that is
-        // current now, and start no index for it if it moved on while its vectors were read
-        // (rows read under a newer version would be kept as an older one's).
+        // current now.
         let dataset = store.dataset(&dataset.project, &dataset.name)?;
         if dataset.frame_embedding_dim.is_none() {
             return Ok(());
         }
-        let data = self.space_vectors(store, &dataset, Space::Frames)?;
-        if store.dataset(&dataset.project, &dataset.name)?.version != dataset.version {
-            return Ok(());
-        }
         self.map(store, &dataset, Space::Frames, Layout::Pca)?;
-        if data.ids.len() > self.exact_limit {
-            ready_index(self, store, &dataset, Space::Frames, Metric::Cosine, &data);
-        }
         Ok(())
     }
 

@@ -54,8 +54,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "\nmilkglass serving {} on http://{addr} (Flight SQL on grpc://{flight_addr})  (Ctrl-C to stop)",
         dir.display()
     );
+    println!("open http://{addr}/ in a browser and sign in with one of the tokens above (the web app)");
     println!(
-        "try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
+        "or try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
         tokens[0].2
     );
     runtime()?.block_on(serve(state, listener, flight))
