@@ -441,6 +441,42 @@ fn rank_detection(
     })
 }
 
+/// Each class id's position in the project's class map (the order probabilities come in).
+fn class_positions(project: &ProjectInfo) -> HashMap<i64, usize> {
+    project.classes.0.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect()
+}
+
+/// One set's classification inference per frame (the first by label id).
+fn predictions_by_frame(
+    store: &Store,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+) -> ServiceResult<HashMap<String, milkglass_store::ClassRecord>> {
+    let mut predicted = HashMap::new();
+    for p in store.current_classifications(dataset, Some(set))? {
+        predicted.entry(p.frame_id.clone()).or_insert(p);
+    }
+    Ok(predicted)
+}
+
+/// Each frame's most common ground-truth class; ties go to the smaller class id, so the
+/// answer is stable.
+fn frame_classes(boxes: &[BoxRecord]) -> HashMap<&str, i64> {
+    let mut counts: HashMap<&str, BTreeMap<i64, usize>> = HashMap::new();
+    for b in boxes {
+        if let Some(c) = b.class_id {
+            *counts.entry(b.frame_id.as_str()).or_default().entry(c).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|(frame, classes)| {
+            let top = classes.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))?;
+            Some((frame, top.0))
+        })
+        .collect()
+}
+
 /// The label errors of a classification dataset: confident learning (as Cleanlab does it) over the
 /// inference set's class probabilities, or, where an inference gave only its top class and
 /// confidence, over that confidence with the rest spread evenly over the other classes.
@@ -452,11 +488,8 @@ fn rank_classification(
     truths: Vec<milkglass_store::ClassRecord>,
 ) -> ServiceResult<RankedIssues> {
     let classes = &project.classes.0;
-    let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect();
-    let mut predicted: HashMap<String, milkglass_store::ClassRecord> = HashMap::new();
-    for p in store.current_classifications(dataset, Some(set))? {
-        predicted.entry(p.frame_id.clone()).or_insert(p);
-    }
+    let index = class_positions(project);
+    let predicted = predictions_by_frame(store, dataset, set)?;
     let (mut given, mut rows, mut examples) = (Vec::new(), Vec::new(), Vec::new());
     for truth in truths {
         let (Some(&class), Some(guess)) = (index.get(&truth.class_id), predicted.get(&truth.frame_id)) else {
@@ -649,11 +682,8 @@ fn classification_metrics(
 ) -> ServiceResult<ClassificationMetrics> {
     let classes = &project.classes.0;
     let n = classes.len();
-    let index: HashMap<i64, usize> = classes.iter().enumerate().map(|(i, c)| (i64::from(c.id), i)).collect();
-    let mut predicted: HashMap<String, milkglass_store::ClassRecord> = HashMap::new();
-    for p in store.current_classifications(dataset, Some(set))? {
-        predicted.entry(p.frame_id.clone()).or_insert(p);
-    }
+    let index = class_positions(project);
+    let predicted = predictions_by_frame(store, dataset, set)?;
     let mut cells: Vec<Vec<Vec<String>>> = vec![vec![Vec::new(); n]; n];
     let (mut examples, mut correct, mut in_top_k, mut with_probabilities) = (0usize, 0usize, 0usize, 0usize);
     let k = n.min(3);
@@ -1392,14 +1422,7 @@ pub fn map_ids(
             entry.1 += usize::from(matched.contains(b.label_id.as_str()));
         }
     }
-    // The most common class; ties go to the smaller class id, so the answer is stable.
-    let majority = |classes: &[i64]| -> Option<i64> {
-        let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
-        for c in classes {
-            *counts.entry(*c).or_default() += 1;
-        }
-        counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0))).map(|(c, _)| c)
-    };
+    let frame_class = frame_classes(&boxes);
     for attribute in attributes {
         let values = answer
             .ids
@@ -1408,7 +1431,7 @@ pub fn map_ids(
             .map(|(id, frame)| match attribute {
                 PointAttribute::Class => {
                     let class = match space {
-                        Space::Frames => per_frame.get(frame.as_str()).and_then(|c| majority(c)),
+                        Space::Frames => frame_class.get(frame.as_str()).copied(),
                         Space::Labels => label_class.get(id.as_str()).copied().flatten(),
                     };
                     class.and_then(|c| names.get(&c)).map_or(Value::Null, |n| Value::String(n.clone()))
@@ -1555,17 +1578,8 @@ pub fn neighbors(
                     data.ids.iter().map(|id| by_label.get(id.as_str()).copied().flatten().map(|c| c as u32)).collect()
                 }
                 Space::Frames => {
-                    // A frame's class is its most common label class (ties: the smaller id).
-                    let mut counts: HashMap<&str, BTreeMap<u32, usize>> = HashMap::new();
-                    for b in &boxes {
-                        if let Some(c) = b.class_id {
-                            *counts.entry(b.frame_id.as_str()).or_default().entry(c as u32).or_default() += 1;
-                        }
-                    }
-                    let majority = |m: &BTreeMap<u32, usize>| {
-                        m.iter().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0))).map(|(c, _)| *c)
-                    };
-                    data.ids.iter().map(|id| counts.get(id.as_str()).and_then(majority)).collect()
+                    let frame_class = frame_classes(&boxes);
+                    data.ids.iter().map(|id| frame_class.get(id.as_str()).map(|&c| c as u32)).collect()
                 }
             };
             let (points, _) = label_agreement(&graph, &classes);
