@@ -15,12 +15,13 @@ Scientist::
     mg = milkglass.connect("http://127.0.0.1:7700", token=SCIENTIST_TOKEN)
     rdf = mg.table("titanic")
     rdf.group_by("Pclass").agg(pl.col("Survived").mean()).collect()
+    mg.dataset("shapes").labels.group_by("class").agg(pl.len()).collect()
 
 Queries are compiled to SQL on the client and run on the server over Arrow Flight SQL, where the owner's
 policy decides before any result leaves.
 """
 
-from .client import Client, connect
+from .client import Client, RemoteDataset, connect
 from .errors import (ApiError, FlaggedQueryWarning, InvalidQuery, MilkglassError, QueryHeld, QueryRefused,
                      QueryRejected, UnsupportedExpression)
 from .lazy import RemoteGroupBy, RemoteLazyFrame
@@ -30,7 +31,7 @@ from .policy import (AtLeastNOf, Aggregation, FalseRule, Log, Policy, Reject, Re
 __version__ = "0.1.0"
 
 __all__ = [
-    "connect", "Client", "RemoteLazyFrame", "RemoteGroupBy",
+    "connect", "Client", "RemoteDataset", "RemoteLazyFrame", "RemoteGroupBy",
     "Policy", "Rule", "Aggregation", "UserId", "AtLeastNOf", "TrueRule", "FalseRule",
     "UnsafeHandling", "Log", "Reject", "Review",
     "MilkglassError", "ApiError", "InvalidQuery", "UnsupportedExpression", "QueryRefused", "QueryRejected",

@@ -155,7 +155,23 @@ class Client:
 
     def table(self, name: str) -> RemoteLazyFrame:
         """A lazy frame over a table you may query. Its columns come from the server's planner."""
-        source = quote(name)
+        return self._lazy(quote(name), name)
+
+    def dataset(self, name: str, *, version: Optional[int] = None, project: Optional[str] = None) -> "RemoteDataset":
+        """A dataset's tables (``frames``, ``labels``, ``inferences_<set>``) as lazy frames, for its project's
+        members and for scientists it was published to. ``version`` reads an earlier version; ``project`` tells
+        apart two datasets of one name."""
+        return RemoteDataset(self, name, version=version, project=project)
+
+    def dataset_tables(self) -> pl.DataFrame:
+        """Every dataset table you may query, with its SQL name, version, rows and units."""
+        tables = self._request("GET", "/api/dataset_tables")["tables"]
+        for t in tables:
+            t["columns"] = [c["name"] for c in t["columns"]]
+        return _frame(tables, ["sql_name", "project", "dataset", "table", "version", "rows", "units", "columns",
+                               "member"])
+
+    def _lazy(self, source: str, name: str) -> RemoteLazyFrame:
         columns = list(self._schema_of(f"SELECT * FROM {source}").names())
         return RemoteLazyFrame(self, _Plan(source=source, columns=tuple(columns), tables=(name,)))
 
@@ -320,3 +336,33 @@ def _frame(rows: List[Dict[str, Any]], columns: List[str]) -> pl.DataFrame:
 
 def _segment(name: str) -> str:
     return requests.utils.quote(name, safe="")
+
+
+class RemoteDataset:
+    """A dataset's tables on the server: ``ds.frames``, ``ds.labels``, ``ds.inferences("model_v1")``."""
+
+    def __init__(self, client: Client, name: str, *, version: Optional[int] = None, project: Optional[str] = None):
+        self._client = client
+        self.name = name
+        self.version = version
+        self.project = project
+
+    def table(self, table: str) -> RemoteLazyFrame:
+        """One of the dataset's tables as a lazy frame."""
+        schema = self.name if self.version is None else f"{self.name}@v{int(self.version)}"
+        parts = ([self.project] if self.project else []) + [schema, table]
+        return self._client._lazy(".".join(quote(p) for p in parts), f"{schema}.{table}")
+
+    @property
+    def frames(self) -> RemoteLazyFrame:
+        """One row per frame: id, timestamp, geo, sensor kinds and URLs, one column per metadata key."""
+        return self.table("frames")
+
+    @property
+    def labels(self) -> RemoteLazyFrame:
+        """One row per ground-truth label: class, kind, box geometry and area, attributes."""
+        return self.table("labels")
+
+    def inferences(self, inference_set: str) -> RemoteLazyFrame:
+        """One row per inference of a set, with its confidence and its best match among the labels."""
+        return self.table(f"inferences_{inference_set}")

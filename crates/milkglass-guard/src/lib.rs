@@ -23,7 +23,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::SessionState;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Projection};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Projection, TableScan};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Statement;
@@ -35,14 +35,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use track::{Hidden, Level, RowSet, SideCheck, Tracker};
 
+pub use arrow::datatypes::DataType;
 pub use coverage::{Coverage, closest};
+pub use datafusion::common::TableReference;
 
 /// Name of the row-id column every stored guarded table carries last. Callers never see it.
 pub const ROW_ID: &str = "__mg_row";
 
 /// A guarded table as the guard needs it.
 pub struct ProtectedTable {
+    /// The table's identity in decisions, audit entries and coverage: unique per query.
     pub name: String,
+    /// How SQL names it: `titanic`, or `shapes.labels` for a dataset's table.
+    pub reference: TableReference,
     pub policy: Policy,
     /// The table as callers see it: every column but [`ROW_ID`].
     pub visible: Arc<dyn TableProvider>,
@@ -50,6 +55,10 @@ pub struct ProtectedTable {
     pub internal: Arc<dyn TableProvider>,
     /// How many rows the table holds; their ids are `0..rows`.
     pub rows: u64,
+    /// Whether rows share ids: a dataset table's id is its row's unit (its frame, or its
+    /// frame's driver), so several rows carry one id, `rows` counts units, and every count
+    /// the guard takes of the table is of distinct ids.
+    pub shared_ids: bool,
 }
 
 /// Something the static analysis found that a policy may forbid.
@@ -195,6 +204,82 @@ pub async fn prepare(sql: &str, tables: Vec<ProtectedTable>) -> Result<Prepared,
     prepare_within(sql, tables, Limits::default()).await
 }
 
+/// The session's defaults, which a bare table name resolves under.
+const DEFAULT_CATALOG: &str = "datafusion";
+const DEFAULT_SCHEMA: &str = "public";
+
+/// The tables of one query, by identity and by the reference SQL resolves to.
+#[derive(Default)]
+pub(crate) struct Tables {
+    by_name: HashMap<String, ProtectedTable>,
+    /// Resolved (catalog, schema, table) to the table's name.
+    by_reference: HashMap<(String, String, String), String>,
+}
+
+fn resolved(reference: &TableReference) -> (String, String, String) {
+    let r = reference.clone().resolve(DEFAULT_CATALOG, DEFAULT_SCHEMA);
+    (r.catalog.to_string(), r.schema.to_string(), r.table.to_string())
+}
+
+impl Tables {
+    /// Two tables under one identity, or one SQL name for two tables, would let one
+    /// table's policy decide about the other: refused.
+    fn insert(&mut self, table: ProtectedTable) -> Result<(), GuardError> {
+        let key = resolved(&table.reference);
+        if self.by_name.contains_key(&table.name) || self.by_reference.contains_key(&key) {
+            return Err(GuardError::Invalid(format!(
+                "two tables you may read are both named {}; ask an admin to rename one",
+                table.reference
+            )));
+        }
+        self.by_reference.insert(key, table.name.clone());
+        self.by_name.insert(table.name.clone(), table);
+        Ok(())
+    }
+
+    /// The table a scan reads, by whatever spelling the query used (`t`, `public.t`,
+    /// `datafusion.public.t`). `None` for a scan of something that is not a guarded table;
+    /// the analyses treat such a scan as one they cannot check.
+    pub(crate) fn scanned(&self, scan: &TableScan) -> Option<(&str, &ProtectedTable)> {
+        let name = self.by_reference.get(&resolved(&scan.table_name))?;
+        self.by_name.get(name).map(|t| (name.as_str(), t))
+    }
+}
+
+/// Registers a table under its reference, creating its catalog and schema as needed.
+fn register(ctx: &SessionContext, table: &ProtectedTable) -> Result<(), GuardError> {
+    use datafusion::catalog::{MemoryCatalogProvider, MemorySchemaProvider};
+    let (catalog, schema, _) = resolved(&table.reference);
+    let invalid = |e: datafusion::error::DataFusionError| GuardError::Invalid(e.to_string());
+    let catalog_provider = match ctx.catalog(&catalog) {
+        Some(provider) => provider,
+        None => {
+            ctx.register_catalog(&catalog, Arc::new(MemoryCatalogProvider::new()));
+            ctx.catalog(&catalog).ok_or_else(|| GuardError::Invalid(format!("catalog {catalog} vanished")))?
+        }
+    };
+    if catalog_provider.schema(&schema).is_none() {
+        catalog_provider.register_schema(&schema, Arc::new(MemorySchemaProvider::new())).map_err(invalid)?;
+    }
+    ctx.register_table(table.reference.clone(), table.visible.clone()).map_err(invalid)?;
+    Ok(())
+}
+
+/// The tables a query names, as written, for a caller that provides tables on demand.
+pub fn referenced_tables(sql: &str) -> Result<Vec<TableReference>, GuardError> {
+    let statements = DFParser::parse_sql(sql).map_err(|e| GuardError::Invalid(clean_error(&e.to_string())))?;
+    let ctx = SessionContext::new_with_config(
+        SessionConfig::new().set_bool("datafusion.sql_parser.enable_ident_normalization", false),
+    );
+    let mut found = Vec::new();
+    for statement in &statements {
+        let references =
+            ctx.state().resolve_table_references(statement).map_err(|e| GuardError::Invalid(e.to_string()))?;
+        found.extend(references);
+    }
+    Ok(found)
+}
+
 /// [`prepare`], with the limits the query will run under.
 pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limits) -> Result<Prepared, GuardError> {
     check_single_select(sql)?;
@@ -212,7 +297,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
     // `COUNT(DISTINCT x)` stays one aggregate over individual rows, where the guard
     // counts the rows that enter it, instead of a GROUP BY x under a COUNT.
     ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
-    let mut by_name = HashMap::new();
+    let mut by_name = Tables::default();
     for table in tables {
         // Sanitized columns read as NULL from here on, for every plan and every handling.
         let table = ProtectedTable {
@@ -220,9 +305,8 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
             internal: NullingTable::wrap(table.internal, &table.policy.sanitized_columns),
             ..table
         };
-        ctx.register_table(table.name.as_str(), table.visible.clone())
-            .map_err(|e| GuardError::Invalid(e.to_string()))?;
-        by_name.insert(table.name.clone(), table);
+        register(&ctx, &table)?;
+        by_name.insert(table)?;
     }
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame =
@@ -251,9 +335,9 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
     let mut scans: Vec<String> = Vec::new();
     let _ = original.apply_with_subqueries(|node| {
         if let LogicalPlan::TableScan(scan) = node
-            && by_name.contains_key(scan.table_name.table())
+            && let Some((name, _)) = by_name.scanned(scan)
         {
-            scans.push(scan.table_name.table().to_string());
+            scans.push(name.to_string());
         }
         Ok(TreeNodeRecursion::Continue)
     });
@@ -279,7 +363,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
             (None, Vec::new())
         }
     };
-    let table_rows = by_name.iter().map(|(name, t)| (name.clone(), t.rows)).collect();
+    let table_rows = by_name.by_name.iter().map(|(name, t)| (name.clone(), t.rows)).collect();
     let mut tables = scans;
     tables.extend(occurrences.iter().cloned());
     tables.sort();

@@ -5,23 +5,23 @@
 //! up through each node's expressions finds every output that a sanitized column
 //! can reach, whatever it is renamed to or computed into.
 
-use crate::{Finding, ProtectedTable};
+use crate::{Finding, Tables};
 use datafusion::common::{Column, DFSchema};
 use datafusion::logical_expr::utils::grouping_set_to_exprlist;
 use datafusion::logical_expr::{Distinct, Expr, JoinType, LogicalPlan};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// A sanitized source: (table, column).
 pub(crate) type Source = (String, String);
 type Lineage = Vec<BTreeSet<Source>>;
 
 pub(crate) struct LineageAnalysis<'a> {
-    tables: &'a HashMap<String, ProtectedTable>,
+    tables: &'a Tables,
     pub findings: Vec<Finding>,
 }
 
 impl<'a> LineageAnalysis<'a> {
-    pub fn new(tables: &'a HashMap<String, ProtectedTable>) -> Self {
+    pub fn new(tables: &'a Tables) -> Self {
         LineageAnalysis { tables, findings: Vec::new() }
     }
 
@@ -43,8 +43,9 @@ impl<'a> LineageAnalysis<'a> {
     fn lineage_of(&mut self, plan: &LogicalPlan) -> Lineage {
         match plan {
             LogicalPlan::TableScan(scan) => {
-                let name = scan.table_name.table();
-                let Some(table) = self.tables.get(name) else {
+                let Some((name, table)) = self.tables.scanned(scan) else {
+                    // Something the guard does not hold: what it reads is unknown.
+                    self.findings.push(Finding::Unanalysable { reason: format!("a scan of {}", scan.table_name) });
                     return vec![BTreeSet::new(); plan.schema().fields().len()];
                 };
                 for filter in &scan.filters {

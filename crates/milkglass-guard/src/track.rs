@@ -24,7 +24,7 @@
 //! the rewrite does not understand is reported as unanalysable, and unanalysable means
 //! unsafe.
 
-use crate::{Finding, ProtectedTable, ROW_ID};
+use crate::{Finding, ROW_ID, Tables};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, ScalarValue};
@@ -116,7 +116,7 @@ impl Tracked {
 
 /// Walks a plan bottom-up, rewriting it to carry hidden columns and noting findings.
 pub(crate) struct Tracker<'a> {
-    tables: &'a HashMap<String, ProtectedTable>,
+    tables: &'a Tables,
     pub with_row_ids: bool,
     /// The guarded table of each occurrence, by occurrence number.
     pub occurrences: Vec<String>,
@@ -210,7 +210,7 @@ impl<'a> Tracker<'a> {
     /// `with_row_ids`: carry real row ids. Only a join can put one source row into two
     /// rows, and only row sets that are not the whole table need their ids recorded; in
     /// other plans a constant 1 counts the same and spares reading the id column.
-    pub fn new(tables: &'a HashMap<String, ProtectedTable>, with_row_ids: bool) -> Self {
+    pub fn new(tables: &'a Tables, with_row_ids: bool) -> Self {
         Tracker {
             tables,
             with_row_ids,
@@ -232,9 +232,9 @@ impl<'a> Tracker<'a> {
         let mut found = Vec::new();
         let _ = plan.apply_with_subqueries(|node| {
             if let LogicalPlan::TableScan(scan) = node
-                && self.tables.contains_key(scan.table_name.table())
+                && let Some((name, _)) = self.tables.scanned(scan)
             {
-                found.push(scan.table_name.table().to_string());
+                found.push(name.to_string());
             }
             Ok(TreeNodeRecursion::Continue)
         });
@@ -244,7 +244,7 @@ impl<'a> Tracker<'a> {
     pub fn track(&mut self, plan: &LogicalPlan) -> Result<Tracked, Unanalysable> {
         self.subqueries(plan)?;
         match plan {
-            LogicalPlan::TableScan(scan) => self.scan(scan, plan),
+            LogicalPlan::TableScan(scan) => self.scan(scan),
             LogicalPlan::Projection(p) => {
                 let input = self.track(&p.input)?;
                 self.projection(input, &p.expr, &p.schema)
@@ -375,10 +375,9 @@ impl<'a> Tracker<'a> {
         Ok(())
     }
 
-    fn scan(&mut self, scan: &TableScan, plan: &LogicalPlan) -> Result<Tracked, Unanalysable> {
-        let name = scan.table_name.table();
-        let Some(table) = self.tables.get(name) else {
-            return Ok(Tracked::plain(plan.clone()));
+    fn scan(&mut self, scan: &TableScan) -> Result<Tracked, Unanalysable> {
+        let Some((name, table)) = self.tables.scanned(scan) else {
+            return Err(format!("a scan of {}, which is not a table the guard holds", scan.table_name));
         };
         let occurrence = self.occurrences.len();
         self.occurrences.push(name.to_string());
@@ -390,7 +389,9 @@ impl<'a> Tracker<'a> {
             .iter()
             .map(|&i| internal_schema.index_of(visible.field(i).name()).map_err(|e| e.to_string()))
             .collect::<Result<Vec<usize>, _>>()?;
-        if self.with_row_ids {
+        // Shared ids are units, not rows: a constant would count rows, so the ids are read.
+        let with_ids = self.with_row_ids || table.shared_ids;
+        if with_ids {
             projection.push(internal_schema.index_of(ROW_ID).map_err(|e| e.to_string())?);
         }
         let source = provider_as_source(table.internal.clone());
@@ -402,7 +403,7 @@ impl<'a> Tracker<'a> {
             .map_err(|e| e.to_string())?;
         let hidden = Hidden {
             occurrence,
-            level: Level::Row { unique: true },
+            level: Level::Row { unique: !table.shared_ids },
             name: self.fresh("r"),
             what: "the group".into(),
             zero_ok: false,
@@ -411,7 +412,7 @@ impl<'a> Tracker<'a> {
             .iter()
             .map(|&i| Expr::Column(Column::new(Some(scan.table_name.clone()), visible.field(i).name())))
             .collect();
-        let row = if self.with_row_ids {
+        let row = if with_ids {
             Expr::Column(Column::new(Some(scan.table_name.clone()), ROW_ID))
         } else {
             lit(ScalarValue::Int64(Some(1)))

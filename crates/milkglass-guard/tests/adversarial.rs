@@ -3,6 +3,7 @@
 
 use arrow::array::{Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use milkglass_core::Policy;
@@ -34,10 +35,12 @@ async fn titanic(policy: &str) -> ProtectedTable {
         .collect();
     ProtectedTable {
         name: "titanic".into(),
+        reference: TableReference::bare("titanic"),
         policy: Policy::from_json(policy).unwrap(),
         visible: Arc::new(MemTable::try_new(schema, vec![batches]).unwrap()),
         internal: Arc::new(MemTable::try_new(internal_schema, vec![internal]).unwrap()),
         rows: next as u64,
+        shared_ids: false,
     }
 }
 

@@ -13,6 +13,7 @@
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use milkglass_core::Policy;
@@ -217,10 +218,12 @@ async fn titanic(rename: impl Fn(usize, &str) -> String) -> ProtectedTable {
     }
     ProtectedTable {
         name: "titanic".into(),
+        reference: TableReference::bare("titanic"),
         policy: Policy::from_json(POLICY).unwrap(),
         visible: Arc::new(MemTable::try_new(schema, vec![visible]).unwrap()),
         internal: Arc::new(MemTable::try_new(internal_schema, vec![internal]).unwrap()),
         rows: next as u64,
+        shared_ids: false,
     }
 }
 

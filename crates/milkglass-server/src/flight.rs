@@ -22,7 +22,7 @@ use arrow_flight::{
 };
 use base64::Engine;
 use futures::{Stream, TryStreamExt};
-use milkglass_service::{Answer, ErrorKind, GuardedTableInfo, ServiceError, User, query, tables};
+use milkglass_service::{Answer, ErrorKind, GuardedTableInfo, ServiceError, User, dataset_tables, query, tables};
 use prost::Message;
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -237,6 +237,11 @@ impl MilkglassFlightSql {
         }
     }
 
+    async fn dataset_tables(&self, user: &User) -> Result<Vec<dataset_tables::TableListing>, Status> {
+        let (services, user) = (self.state.services.clone(), user.clone());
+        blocking(move || dataset_tables::list(&services.store, &user, None)).await.map_err(status)
+    }
+
     async fn readable_tables(&self, user: &User) -> Result<Vec<GuardedTableInfo>, Status> {
         let (services, user) = (self.state.services.clone(), user.clone());
         blocking(move || tables::list(&services, &user)).await.map_err(status)
@@ -398,9 +403,17 @@ impl FlightSqlService for MilkglassFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.caller(&request).await?;
+        let user = self.caller(&request).await?;
         let mut builder = query.into_builder();
-        builder.append(CATALOG);
+        let mut catalogs: Vec<String> = vec![CATALOG.to_string()];
+        for table in self.dataset_tables(&user).await? {
+            catalogs.extend(table.catalog);
+        }
+        catalogs.sort();
+        catalogs.dedup();
+        for catalog in catalogs {
+            builder.append(catalog);
+        }
         one_batch(builder.build())
     }
 
@@ -419,9 +432,17 @@ impl FlightSqlService for MilkglassFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.caller(&request).await?;
+        let user = self.caller(&request).await?;
         let mut builder = query.into_builder();
-        builder.append(CATALOG, SCHEMA);
+        let mut schemas = vec![(CATALOG.to_string(), SCHEMA.to_string())];
+        for table in self.dataset_tables(&user).await? {
+            schemas.push((table.catalog.unwrap_or_else(|| CATALOG.to_string()), table.schema));
+        }
+        schemas.sort();
+        schemas.dedup();
+        for (catalog, schema) in schemas {
+            builder.append(catalog, schema);
+        }
         one_batch(builder.build())
     }
 
@@ -446,6 +467,18 @@ impl FlightSqlService for MilkglassFlightSql {
         for table in self.readable_tables(&user).await? {
             let (visible, _) = table.providers().map_err(|e| Status::internal(e.to_string()))?;
             builder.append(CATALOG, SCHEMA, &table.name, "TABLE", visible.schema().as_ref()).map_err(Status::from)?;
+        }
+        // Dataset tables under their dataset's schema (`shapes.labels`), without the row id.
+        for table in self.dataset_tables(&user).await? {
+            let fields: Vec<arrow::datatypes::Field> = table
+                .columns
+                .iter()
+                .map(|c| arrow::datatypes::Field::new(&c.name, c.arrow_type.clone(), true))
+                .collect();
+            let catalog = table.catalog.as_deref().unwrap_or(CATALOG);
+            builder
+                .append(catalog, &table.schema, &table.table, "TABLE", &Schema::new(fields))
+                .map_err(Status::from)?;
         }
         one_batch(builder.build())
     }

@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use milkglass_service::{Answer, GuardedTableInfo, Policy, ServiceError, TableFormat, access, query, reviews, tables};
+use milkglass_service::{
+    Answer, GuardedTableInfo, Policy, ServiceError, TableFormat, access, dataset_tables, query, reviews, tables,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -28,6 +30,65 @@ pub fn router() -> Router<AppState> {
         .route("/api/reviews/{id}/approve", post(approve))
         .route("/api/reviews/{id}/reject", post(reject))
         .route("/api/audit", get(audit_log))
+        .route("/api/dataset_tables", get(list_dataset_tables))
+        .route("/api/projects/{project}/datasets/{dataset}/tables", get(dataset_tables_of))
+        .route(
+            "/api/projects/{project}/datasets/{dataset}/publication",
+            get(get_publication).put(publish_dataset).delete(unpublish_dataset),
+        )
+}
+
+/// Every dataset table the caller may query: their projects' datasets and those published to them.
+async fn list_dataset_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let tables = blocking(move || dataset_tables::list(&state.services.store, &caller.0, None)).await?;
+    Ok(Json(json!({ "tables": tables })))
+}
+
+/// One dataset's tables, for a member or a reader of its publication.
+async fn dataset_tables_of(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let tables = blocking(move || {
+        let tables = dataset_tables::list(&state.services.store, &caller.0, Some((&project, &dataset)))?;
+        if tables.is_empty() {
+            // Neither a member nor a reader: the same answer as for a project that does not exist.
+            return Err(access::no_project_access(&project));
+        }
+        Ok(tables)
+    })
+    .await?;
+    Ok(Json(json!({ "tables": tables })))
+}
+
+async fn get_publication(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let publication =
+        blocking(move || dataset_tables::publication(&state.services, &caller.0, &project, &dataset)).await?;
+    Ok(Json(json!({ "publication": publication })))
+}
+
+async fn publish_dataset(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+    JsonBody(spec): JsonBody<dataset_tables::PublicationSpec>,
+) -> ApiResult<Json<Value>> {
+    let publication = dataset_tables::publish(&state.services, &caller.0, &project, &dataset, spec).await?;
+    Ok(Json(json!({ "publication": publication })))
+}
+
+async fn unpublish_dataset(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((project, dataset)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(move || dataset_tables::unpublish(&state.services, &caller.0, &project, &dataset)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

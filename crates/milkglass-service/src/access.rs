@@ -35,7 +35,7 @@ pub fn dataset(
 }
 
 /// The one refusal for a project the caller may not see, whether or not it exists.
-fn no_project_access(project: &str) -> ServiceError {
+pub fn no_project_access(project: &str) -> ServiceError {
     ServiceError::forbidden(format!("you have no access to a project {project:?}; ask its owner to add you"))
 }
 
@@ -93,7 +93,12 @@ pub fn may_review(store: &Store, user: &User, request: &ReviewRequest) -> Servic
     for (table, uid) in request.tables.iter().zip(&request.table_uids) {
         match store.guarded_table(table) {
             Ok(t) if t.uid == *uid && t.managed_by(user) => {}
-            Ok(_) | Err(StoreError::NotFound { .. }) => return Ok(false),
+            Ok(_) => return Ok(false),
+            // A dataset's table: its project's owners (and its publisher) decide.
+            Err(StoreError::NotFound { .. }) => match store.table_identity(table)? {
+                Some((now, owners)) if now == *uid && owners.contains(&user.name) => {}
+                _ => return Ok(false),
+            },
             Err(e) => return Err(e.into()),
         }
     }

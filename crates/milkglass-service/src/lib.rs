@@ -9,6 +9,7 @@
 //! notifications), so that two servers in one process never share any.
 
 pub mod access;
+pub mod dataset_tables;
 pub mod datasets;
 pub mod embedding;
 mod error;

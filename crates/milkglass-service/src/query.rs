@@ -30,32 +30,65 @@ pub enum Answer {
     },
 }
 
-/// Tables the user may query, as the guard needs them, with their policies and ids.
-async fn readable(services: &Services, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+/// Tables the user may read, as the guard needs them, with their policies and ids: every
+/// guarded table they may read, and the dataset tables `sql` names.
+async fn readable(services: &Services, user: &User, sql: &str) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+    let datasets = crate::dataset_tables::referenced(services, user, sql).await?;
     let user = user.clone();
-    on_store(services, move |store| readable_now(store, &user)).await
+    on_store(services, move |store| readable_now(store, &user, datasets)).await
 }
 
-fn readable_now(store: &milkglass_store::Store, user: &User) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
+fn readable_now(
+    store: &milkglass_store::Store,
+    user: &User,
+    datasets: Vec<crate::dataset_tables::DatasetTable>,
+) -> ServiceResult<(Vec<ProtectedTable>, Policies)> {
     let tables = access::readable_tables(store, user)?;
-    let mut protected = Vec::with_capacity(tables.len());
+    let mut protected = Vec::with_capacity(tables.len() + datasets.len());
     let mut policies = Policies::default();
     for table in tables {
         let (visible, internal) = table.providers()?;
         policies.by_name.insert(table.name.clone(), table.policy.clone());
-        policies.ids.insert(table.name.clone(), table.id);
+        policies.memory.insert(table.name.clone(), Memory::Table(table.id));
         policies.uids.insert(table.name.clone(), table.uid.clone());
         let rows = u64::try_from(table.rows).unwrap_or(0);
-        protected.push(ProtectedTable { name: table.name, policy: table.policy, visible, internal, rows });
+        let reference = milkglass_guard::TableReference::bare(table.name.as_str());
+        protected.push(ProtectedTable {
+            name: table.name,
+            reference,
+            policy: table.policy,
+            visible,
+            internal,
+            rows,
+            shared_ids: false,
+        });
+    }
+    for table in datasets {
+        let name = table.protected.name.clone();
+        policies.by_name.insert(name.clone(), table.protected.policy.clone());
+        policies.memory.insert(name.clone(), table.memory_key.map_or(Memory::None, Memory::Dataset));
+        policies.uids.insert(name, table.uid);
+        protected.push(table.protected);
     }
     Ok((protected, policies))
+}
+
+/// Where the memory of a table's released answers lives.
+#[derive(Debug, Clone)]
+enum Memory {
+    /// A guarded table's, by its catalog id.
+    Table(i64),
+    /// A dataset table snapshot's, by its key (dataset uid, version, unit, table).
+    Dataset(String),
+    /// Nothing to remember: members' open reads of their own datasets.
+    None,
 }
 
 /// The policies of the tables a query may read, by name, and the tables' identities.
 #[derive(Default)]
 struct Policies {
     by_name: HashMap<String, Policy>,
-    ids: HashMap<String, i64>,
+    memory: HashMap<String, Memory>,
     /// Each table's identity, for what is bound to the table itself (approvals).
     uids: HashMap<String, String>,
 }
@@ -65,8 +98,8 @@ struct Policies {
 /// fewer than the table's minimum; a released answer is remembered.
 struct Earlier {
     pool: String,
-    /// By table name: the table's id and the earlier sets.
-    sets: HashMap<String, (i64, Vec<Coverage>)>,
+    /// By table name: where the table's memory lives and the earlier sets.
+    sets: HashMap<String, (Memory, Vec<Coverage>)>,
 }
 
 impl Earlier {
@@ -77,25 +110,32 @@ impl Earlier {
         policies: &Policies,
         outcome: &mut Outcome,
     ) -> ServiceResult<Earlier> {
-        let mut ids = Vec::new();
+        let mut memories = Vec::new();
         for table in outcome.coverage.keys() {
             // A table the caller may not read is not in the query; fail closed all the same.
-            let id =
-                *policies.ids.get(table).ok_or_else(|| ServiceError::internal(format!("no id for table {table}")))?;
-            ids.push((table.clone(), id));
+            let memory = policies
+                .memory
+                .get(table)
+                .cloned()
+                .ok_or_else(|| ServiceError::internal(format!("no id for table {table}")))?;
+            memories.push((table.clone(), memory));
         }
         let user = user.clone();
         let earlier = on_store(services, move |store| {
             let pool = store.coverage_pool(&user)?;
             let mut sets = HashMap::new();
-            for (table, id) in ids {
-                let earlier = store
-                    .answered_coverage(&pool, id)?
+            for (table, memory) in memories {
+                let answered = match &memory {
+                    Memory::Table(id) => store.answered_coverage(&pool, *id)?,
+                    Memory::Dataset(key) => store.answered_dataset_coverage(&pool, key)?,
+                    Memory::None => Vec::new(),
+                };
+                let earlier = answered
                     .iter()
                     .map(|answer| Coverage::from_bytes(&answer.coverage))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(ServiceError::internal)?;
-                sets.insert(table, (id, earlier));
+                sets.insert(table, (memory, earlier));
             }
             Ok(Earlier { pool, sets })
         })
@@ -110,16 +150,20 @@ impl Earlier {
     async fn remember(&self, services: &Services, outcome: &Outcome, audit_id: i64) -> ServiceResult<()> {
         let mut new = Vec::new();
         for (table, coverage) in &outcome.coverage {
-            let Some((id, earlier)) = self.sets.get(table) else { continue };
-            if earlier.iter().any(|e| e.differs_by(coverage) == 0) {
+            let Some((memory, earlier)) = self.sets.get(table) else { continue };
+            if matches!(memory, Memory::None) || earlier.iter().any(|e| e.differs_by(coverage) == 0) {
                 continue;
             }
-            new.push((*id, i64::try_from(coverage.len()).unwrap_or(i64::MAX), coverage.to_bytes()));
+            new.push((memory.clone(), i64::try_from(coverage.len()).unwrap_or(i64::MAX), coverage.to_bytes()));
         }
         let pool = self.pool.clone();
         on_store(services, move |store| {
-            for (id, rows, bytes) in new {
-                store.remember_coverage(&pool, id, audit_id, rows, &bytes)?;
+            for (memory, rows, bytes) in new {
+                match memory {
+                    Memory::Table(id) => store.remember_coverage(&pool, id, audit_id, rows, &bytes)?,
+                    Memory::Dataset(key) => store.remember_dataset_coverage(&pool, &key, audit_id, rows, &bytes)?,
+                    Memory::None => {}
+                }
             }
             Ok(())
         })
@@ -214,7 +258,7 @@ async fn execute(
 /// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
 /// up to `wait` for the owner's decision.
 pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) -> ServiceResult<Answer> {
-    let (tables, policies) = readable(services, user).await?;
+    let (tables, policies) = readable(services, user, sql).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
     let prepared = match prepare_for(services, sql, tables).await {
         Ok(p) => p,
@@ -373,7 +417,7 @@ fn already_delivered(id: i64) -> ServiceError {
 /// Plans `sql` for `user` without running it: checks it and returns its result's schema
 /// (for prepared statements). Invalid SQL is audited like any query.
 pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> ServiceResult<arrow::datatypes::SchemaRef> {
-    let (tables, _) = readable(services, user).await?;
+    let (tables, _) = readable(services, user, sql).await?;
     match prepare_for(services, sql, tables).await {
         Ok(prepared) => Ok(prepared.output_schema()),
         Err(e) => {
@@ -401,7 +445,7 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
         "rejected" => Err(rejected(&request)),
         "delivered" => Err(already_delivered(id)),
         _ => {
-            let (tables, policies) = readable(services, user).await?;
+            let (tables, policies) = readable(services, user, &request.query).await?;
             // The approval was for those very tables: a table dropped and published again
             // under the name since then is another table, with another owner.
             let now: Vec<&str> =
@@ -472,7 +516,7 @@ pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str
     if on_store(services, move |store| Ok(store.guarded_table(&taken).is_ok())).await? {
         return Err(ServiceError::conflict(format!("a table named {name:?} already exists")));
     }
-    let (tables, policies) = readable(services, user).await?;
+    let (tables, policies) = readable(services, user, sql).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
     let prepared = prepare_for(services, sql, tables).await.map_err(ServiceError::from)?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };

@@ -108,7 +108,11 @@ impl Store {
                 .unwrap_or_else(|| GENESIS.to_string());
             let id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log", [], |r| r.get(0))?;
             let found = crate::guarded::table_identities(tx, &new.tables)?;
-            let (table_uids, table_owners) = found.into_iter().flatten().unzip();
+            let (mut table_uids, mut table_owners) = (Vec::new(), Vec::new());
+            for (uid, owners) in found.into_iter().flatten() {
+                table_uids.push(uid);
+                table_owners.extend(owners);
+            }
             let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new(), table_uids, table_owners };
             entry.hash = entry_hash(&prev, &entry);
             let e = &entry.entry;

@@ -46,6 +46,10 @@ pub struct DatasetInfo {
     pub version: i64,
     pub created_at: String,
     pub updated_at: String,
+    /// Never reused, unlike the id and the name: audit entries, review requests and the
+    /// memory of released answers about the dataset's tables are bound to it.
+    #[serde(skip)]
+    pub uid: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -118,7 +122,7 @@ fn project_from_row(r: &Row) -> rusqlite::Result<ProjectInfo> {
 
 const PROJECT_COLUMNS: &str = "id, name, access_mode, classes, metadata, created_at, updated_at, uid";
 const DATASET_COLUMNS: &str = "d.id, d.project_id, p.name, d.name, d.kind, d.metadata, d.frame_embedding_dim, \
-     d.label_embedding_dim, d.version, d.created_at, d.updated_at";
+     d.label_embedding_dim, d.version, d.created_at, d.updated_at, d.uid";
 
 fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetInfo> {
     Ok(DatasetInfo {
@@ -133,6 +137,7 @@ fn dataset_from_row(r: &Row) -> rusqlite::Result<DatasetInfo> {
         version: r.get(8)?,
         created_at: r.get(9)?,
         updated_at: r.get(10)?,
+        uid: r.get(11)?,
     })
 }
 
@@ -257,6 +262,7 @@ impl Store {
     /// given the same id (SQLite may reuse it) finds none of them.
     fn remove_dataset_files(&self, dataset_id: i64) {
         self.inner.embeddings.remove_dataset(dataset_id);
+        self.remove_snapshots(dataset_id);
         let dir = self.index_dir(dataset_id);
         if let Err(e) = std::fs::remove_dir_all(&dir)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -344,8 +350,8 @@ impl Store {
             }
             let at = now();
             tx.execute(
-                "INSERT INTO datasets (project_id, name, kind, metadata, frame_embedding_dim, label_embedding_dim, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                "INSERT INTO datasets (project_id, name, kind, metadata, frame_embedding_dim, label_embedding_dim, created_at, updated_at, uid)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, lower(hex(randomblob(16))))",
                 params![
                     project.id,
                     spec.name,
@@ -393,6 +399,7 @@ impl Store {
             let dataset = load_dataset(tx, project, name)?;
             delete_dataset_rows(tx, dataset.id)?;
             tx.execute("DELETE FROM datasets WHERE id = ?1", [dataset.id])?;
+            crate::publications::close_requests_about(tx, &dataset.uid, &format!("dataset {name:?} was deleted"))?;
             Ok(dataset.id)
         })?;
         self.remove_dataset_files(id);

@@ -54,12 +54,18 @@ impl GuardedTableInfo {
 
     /// DataFusion providers over the stored file: as callers see it, and with the row id.
     pub fn providers(&self) -> StoreResult<(Arc<dyn TableProvider>, Arc<dyn TableProvider>)> {
-        let internal = parquet_table(&self.file, None)?;
-        let schema = internal.schema();
-        let visible_fields: Vec<_> = schema.fields().iter().filter(|f| f.name() != ROW_ID).cloned().collect();
-        let visible = parquet_table(&self.file, Some(Arc::new(arrow::datatypes::Schema::new(visible_fields))))?;
-        Ok((visible, internal))
+        parquet_providers(&self.file)
     }
+}
+
+/// Providers over a Parquet file whose last column is [`ROW_ID`]: as callers see it
+/// (without the row id), and whole.
+pub(crate) fn parquet_providers(file: &Path) -> StoreResult<(Arc<dyn TableProvider>, Arc<dyn TableProvider>)> {
+    let internal = parquet_table(file, None)?;
+    let schema = internal.schema();
+    let visible_fields: Vec<_> = schema.fields().iter().filter(|f| f.name() != ROW_ID).cloned().collect();
+    let visible = parquet_table(file, Some(Arc::new(arrow::datatypes::Schema::new(visible_fields))))?;
+    Ok((visible, internal))
 }
 
 fn parquet_table(path: &Path, schema: Option<arrow::datatypes::SchemaRef>) -> StoreResult<Arc<dyn TableProvider>> {
@@ -250,12 +256,7 @@ impl Store {
                 .optional()?
                 .ok_or_else(|| StoreError::not_found(format!("table {name:?}")))?;
             tx.execute("DELETE FROM guarded_tables WHERE name = ?1", [name])?;
-            tx.execute(
-                "UPDATE review_requests SET state = 'rejected', decided_by = 'milkglass', decision_reason = ?1,
-                     decided_at = ?2
-                 WHERE state = 'pending' AND EXISTS (SELECT 1 FROM json_each(table_uids) WHERE value = ?3)",
-                params![format!("table {name:?} was dropped"), now(), uid],
-            )?;
+            crate::publications::close_requests_about(tx, &uid, &format!("table {name:?} was dropped"))?;
             Ok(file)
         })?;
         let _ = std::fs::remove_file(self.dir().join(file));
@@ -263,17 +264,25 @@ impl Store {
     }
 }
 
-/// The uid and owner of each named table as it is now (`None` for a name with no table).
+/// A table's uid and its owners (a dataset table has its project's owners).
+pub(crate) type TableIdentity = (String, Vec<String>);
+
+/// The identity of each named table as it is now (`None` for a name with no table): a
+/// guarded table's, or a dataset table's (`<project>/<dataset>/<table>`).
 pub(crate) fn table_identities(
     conn: &rusqlite::Connection,
     names: &[String],
-) -> StoreResult<Vec<Option<(String, String)>>> {
+) -> StoreResult<Vec<Option<TableIdentity>>> {
     let mut stmt = conn.prepare_cached(
         "SELECT t.uid, u.name FROM guarded_tables t JOIN users u ON u.id = t.owner_id WHERE t.name = ?1",
     )?;
     let mut found = Vec::with_capacity(names.len());
     for name in names {
-        found.push(stmt.query_row([name], |r| Ok((r.get(0)?, r.get(1)?))).optional()?);
+        let guarded = stmt.query_row([name], |r| Ok((r.get(0)?, vec![r.get(1)?]))).optional()?;
+        found.push(match guarded {
+            Some(identity) => Some(identity),
+            None => crate::publications::dataset_table_identity(conn, name)?,
+        });
     }
     Ok(found)
 }

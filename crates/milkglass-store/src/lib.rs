@@ -23,9 +23,10 @@ mod guarded;
 mod ingest;
 mod insight;
 mod migrations;
+mod publications;
 mod reviews;
 mod rows;
-mod tables;
+mod snapshot;
 mod users;
 
 pub use access::{FetchSettings, S3Settings};
@@ -37,9 +38,10 @@ pub use error::{StoreError, StoreResult};
 pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
 pub use insight::{BoxRecord, ClassRecord, FrameRecord, Segment, SegmentSpec};
+pub use publications::{DatasetPublication, dataset_table_name};
 pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
-pub use tables::{frames_schema, labels_schema};
+pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
 pub use users::{User, UserInfo};
 
 use db::Db;

@@ -261,6 +261,34 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE labels ADD COLUMN probabilities TEXT;
     "#,
+    // 10: datasets as guarded tables. A dataset's identity (never reused, as for projects); its
+    // publication to outside analysts under a policy, counted in frames or in the values of a
+    // metadata key (`unit`); and what released answers covered of its tables, per version.
+    r#"
+    ALTER TABLE datasets ADD COLUMN uid TEXT;
+    UPDATE datasets SET uid = lower(hex(randomblob(16)));
+    CREATE TABLE dataset_publications (
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL UNIQUE REFERENCES datasets(id) ON DELETE CASCADE,
+        owner_id INTEGER NOT NULL REFERENCES users(id),
+        policy TEXT NOT NULL,
+        readers TEXT,
+        unit TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE answered_dataset_coverage (
+        id INTEGER PRIMARY KEY,
+        pool TEXT NOT NULL,
+        -- The dataset's uid, version, unit and table: row ids mean units of that snapshot.
+        table_key TEXT NOT NULL,
+        audit_id INTEGER NOT NULL,
+        rows INTEGER NOT NULL,
+        coverage BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX answered_dataset_coverage_by_pool ON answered_dataset_coverage (pool, table_key);
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

@@ -77,8 +77,23 @@ fn a_label_id_cannot_belong_to_two_frames() {
     assert_eq!(store.dataset_status("p", "d").unwrap().frames, 1);
 }
 
+/// A snapshot's tables in a plain DataFusion session, by their names.
+fn session(snapshot: &milkglass_store::DatasetSnapshot) -> SessionContext {
+    let ctx = SessionContext::new();
+    for table in &snapshot.tables {
+        let (visible, _) = table.providers().unwrap();
+        ctx.register_table(table.name.as_str(), visible).unwrap();
+    }
+    ctx
+}
+
+async fn sql_text(ctx: &SessionContext, sql: &str) -> String {
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string()
+}
+
 #[tokio::test]
-async fn labels_and_frames_are_queryable_with_sql() {
+async fn a_snapshot_answers_sql_over_frames_labels_and_typed_metadata() {
     let (_dir, store, dataset) = setup();
     let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
     let frames: Vec<Frame> = (0..20_000)
@@ -91,22 +106,50 @@ async fn labels_and_frames_are_queryable_with_sql() {
     for chunk in frames.chunks(5000) {
         store.write_frames(&mut upload, chunk).unwrap();
     }
-    let ctx = SessionContext::new();
-    ctx.register_table("labels", store.labels_table(&dataset).unwrap()).unwrap();
-    ctx.register_table("frames", store.frames_table(&dataset).unwrap()).unwrap();
-    let batches = ctx
-        .sql("SELECT class, count(*) AS n FROM labels GROUP BY class ORDER BY class")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    assert!(text.contains("| cat   | 35000 |"), "{text}");
-    assert!(text.contains("| dog   | 5000  |"), "{text}");
-    let batches = ctx.sql("SELECT count(*) FROM frames WHERE label_count = 2").await.unwrap().collect().await.unwrap();
-    let text = arrow::util::pretty::pretty_format_batches(&batches).unwrap().to_string();
-    assert!(text.contains("20000"), "{text}");
+    store.finish_upload(&upload, None).unwrap();
+    let dataset = store.dataset("p", "d").unwrap();
+    let snapshot = store.dataset_snapshot(&dataset, dataset.version, None).unwrap();
+    let ctx = session(&snapshot);
+    let text =
+        sql_text(&ctx, "SELECT class, count(*) AS n, avg(area) AS a FROM labels GROUP BY class ORDER BY class").await;
+    assert!(text.contains("| cat   | 35000 | 12.0 |"), "{text}");
+    assert!(text.contains("| dog   | 5000  | 12.0 |"), "{text}");
+    // Metadata keys are typed columns: `n` is the frame id's length, an integer.
+    let text = sql_text(&ctx, "SELECT sum(n) AS s, count(*) AS c FROM frames WHERE label_count = 2").await;
+    assert!(text.contains("| 120000 | 20000 |"), "{text}");
+    let text = sql_text(&ctx, "SELECT sensor_kinds, urls[1] AS u FROM frames WHERE frame_id = 'f00003'").await;
+    assert!(text.contains("| image        | https://x.example/f00003.png |"), "{text}");
+    // Each table counts frames: 20000 units, whichever table.
+    assert!(snapshot.tables.iter().all(|t| t.units == 20_000), "{:?}", snapshot.tables);
+    // The second call reads the manifest instead of writing again.
+    let again = store.dataset_snapshot(&dataset, dataset.version, None).unwrap();
+    assert_eq!(again.tables[0].file(), snapshot.tables[0].file());
+}
+
+#[tokio::test]
+async fn each_version_has_its_own_snapshot_and_units_follow_a_metadata_key() {
+    let (_dir, store, dataset) = setup();
+    let mut upload = store.begin_upload(&dataset, UploadKind::Frames, None).unwrap();
+    let mut first: Vec<Frame> = (0..10).map(|i| frame(&format!("a{i}"), &[(&format!("a{i}l"), "cat")], None)).collect();
+    for (i, f) in first.iter_mut().enumerate() {
+        f.metadata.insert("driver".into(), milkglass_core::MetaValue::String(format!("d{}", i % 3)));
+    }
+    store.write_frames(&mut upload, &first).unwrap();
+    store.finish_upload(&upload, None).unwrap();
+    let mut upload = store.begin_upload(&store.dataset("p", "d").unwrap(), UploadKind::Frames, None).unwrap();
+    store.write_frames(&mut upload, &[frame("b0", &[("b0l", "dog")], None)]).unwrap();
+    store.finish_upload(&upload, None).unwrap();
+    let dataset = store.dataset("p", "d").unwrap();
+    assert_eq!(dataset.version, 2);
+    let v1 = store.dataset_snapshot(&dataset, 1, None).unwrap();
+    let v2 = store.dataset_snapshot(&dataset, 2, None).unwrap();
+    assert_eq!(sql_text(&session(&v1), "SELECT count(*) AS n FROM labels").await.matches("| 10 |").count(), 1);
+    assert_eq!(sql_text(&session(&v2), "SELECT count(*) AS n FROM labels").await.matches("| 11 |").count(), 1);
+    // Three drivers, and b0 (no driver) is one more unit.
+    let by_driver = store.dataset_snapshot(&dataset, 2, Some("driver")).unwrap();
+    assert!(by_driver.tables.iter().all(|t| t.units == 4), "{:?}", by_driver.tables);
+    let err = store.dataset_snapshot(&dataset, 3, None).unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(ref e) if e.field == "version"), "{err}");
 }
 
 #[test]

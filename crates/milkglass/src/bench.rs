@@ -61,6 +61,22 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// SQL over a dataset's labels through the service (snapshot, guard, decision, audit, as a
+    /// project member), against the same query in plain DataFusion over a Parquet copy of
+    /// the same rows; with the snapshot's cost, the store's ingest rate and one-frame reads.
+    DatasetSql {
+        /// Frames in the generated dataset.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: usize,
+        /// Boxes per frame.
+        #[arg(long, default_value_t = 5)]
+        boxes: usize,
+        /// Timed runs of each query (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
     /// What the differencing memory costs each answered query: filtered GROUP BYs over a
     /// generated table through the guard (which records the rows each answer covered),
     /// each compared with every earlier answer's set through the store, against the
@@ -82,6 +98,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
         BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
         BenchCommand::Differencing { rows, queries, dir } => differencing(rows, queries, &dir),
+        BenchCommand::DatasetSql { frames, boxes, runs, dir } => dataset_sql(frames, boxes, runs, &dir),
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
     }
 }
@@ -139,15 +156,18 @@ fn ingest(frames: usize, boxes: usize, dim: usize, dir: &Path) -> Result<()> {
 
 /// Random access after the ingest: one frame with its labels, straight from the store.
 fn frame_reads(store_dir: &Path, frames: usize) -> Result<()> {
-    const READS: usize = 10_000;
     let store = Store::open(store_dir)?;
-    let dataset = store.dataset("bench", "frames")?;
+    frame_reads_in(&store, &store.dataset("bench", "frames")?, frames)
+}
+
+fn frame_reads_in(store: &Store, dataset: &milkglass_store::DatasetInfo, frames: usize) -> Result<()> {
+    const READS: usize = 10_000;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut micros = Vec::with_capacity(READS);
     for _ in 0..READS {
         let id = format!("frame_{:08}", rng.random_range(0..frames));
         let start = Instant::now();
-        let frame = store.frame(&dataset, &id, None)?;
+        let frame = store.frame(dataset, &id, None)?;
         micros.push(start.elapsed().as_secs_f64() * 1e6);
         if frame.labels.is_empty() {
             bail!("frame {id} came back without its labels");
@@ -409,8 +429,15 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
 
             let start = Instant::now();
             let (visible, internal) = table.providers()?;
-            let protected =
-                ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal, rows: rows as u64 };
+            let protected = ProtectedTable {
+                name: "t".into(),
+                reference: "t".into(),
+                policy: policy.clone(),
+                visible,
+                internal,
+                rows: rows as u64,
+                shared_ids: false,
+            };
             let prepared = milkglass_guard::prepare(GUARD_SQL, vec![protected]).await?;
             let outcome = prepared.execute().await?;
             let decision = prepared.decide(Some(&outcome), &policies, "bench");
@@ -433,6 +460,165 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     println!("| DataFusion without the guard (reference) | {p:.3} |");
     println!("\nguarded / plain: {:.3}", g / p);
     Ok(())
+}
+
+const DATASET_SQL: &str = "SELECT class, COUNT(*) AS n, AVG(width * height) AS mean_area FROM labels GROUP BY class";
+
+fn dataset_sql(frames: usize, boxes: usize, runs: usize, dir: &Path) -> Result<()> {
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    use milkglass_core::{Frame, Geometry, Label, MetaValue, Sensor, SensorKind};
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    let store_dir = dir.join(format!("dataset-sql-{frames}x{boxes}"));
+    let fresh = !store_dir.exists();
+    let store = Store::open(&store_dir)?;
+    if fresh {
+        store.add_user("admin", Role::Admin)?;
+        let admin = store.user_by_name("admin")?;
+        let classes = ClassMap(
+            (0..CLASSES)
+                .map(|i| ClassEntry {
+                    id: i as u32,
+                    name: format!("class_{i}"),
+                    color: [0, 0, 0],
+                    train_name: None,
+                    category: None,
+                })
+                .collect(),
+        );
+        let spec = ProjectSpec {
+            name: "bench".into(),
+            classes,
+            access_mode: Default::default(),
+            metadata: Default::default(),
+        };
+        store.create_project(&spec, &admin)?;
+        let dataset = store.create_dataset("bench", &DatasetSpec { name: "frames".into(), ..Default::default() })?;
+        let bar = progress(frames, "writing frames through the store");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut upload = store.begin_upload(&dataset, milkglass_store::UploadKind::Frames, None)?;
+        let start = Instant::now();
+        let mut batch = Vec::with_capacity(INPUT_BATCH);
+        for i in 0..frames {
+            let frame_id = format!("frame_{i:08}");
+            let labels = (0..boxes)
+                .map(|b| Label {
+                    label_id: format!("{frame_id}_{b}"),
+                    frame_id: None,
+                    class: Some(format!("class_{}", rng.random_range(0..CLASSES))),
+                    sensor_id: None,
+                    geometry: Geometry::Box2d {
+                        top: rng.random_range(0.0..400.0),
+                        left: rng.random_range(0.0..600.0),
+                        width: rng.random_range(4.0..200.0),
+                        height: rng.random_range(4.0..200.0),
+                    },
+                    attributes: Default::default(),
+                    iscrowd: false,
+                    confidence: None,
+                    embedding: None,
+                    probabilities: None,
+                })
+                .collect();
+            batch.push(Frame {
+                timestamp: None,
+                sensors: vec![Sensor {
+                    sensor_id: "cam".into(),
+                    kind: SensorKind::Image,
+                    url: format!("https://img.example.com/{frame_id}.jpg"),
+                    width: None,
+                    height: None,
+                }],
+                metadata: [
+                    ("weather".to_string(), MetaValue::String(["sun", "rain", "fog"][i % 3].to_string())),
+                    ("speed".to_string(), MetaValue::Float(rng.random_range(0.0..40.0))),
+                ]
+                .into(),
+                geo: None,
+                labels: Some(labels),
+                embedding: None,
+                frame_id,
+            });
+            if batch.len() == INPUT_BATCH {
+                store.write_frames(&mut upload, &batch)?;
+                bar.inc(batch.len() as u64);
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            store.write_frames(&mut upload, &batch)?;
+        }
+        store.finish_upload(&upload, None)?;
+        bar.finish_and_clear();
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "store ingest (Store API, no HTTP): {frames} frames in {secs:.1} s, {:.0} frames/s",
+            frames as f64 / secs
+        );
+    }
+    let dataset = store.dataset("bench", "frames")?;
+    let admin = store.user_by_name("admin")?;
+    let services = milkglass_service::Services::new(store.clone(), Default::default())?;
+    let member_sql = DATASET_SQL.replace("FROM labels", "FROM frames.labels");
+    let runtime = crate::runtime()?;
+    let wait = std::time::Duration::ZERO;
+    let ask = |sql: &str| -> Result<usize> {
+        match runtime.block_on(milkglass_service::query::run(&services, &admin, sql, wait))? {
+            milkglass_service::Answer::Rows { batches, .. } => Ok(batches.iter().map(|b| b.num_rows()).sum()),
+            milkglass_service::Answer::Held { .. } => bail!("a member's query was held"),
+        }
+    };
+    // Timed from nothing: a snapshot of an earlier run would be read instead of written.
+    let _ = std::fs::remove_dir_all(store_dir.join("snapshots"));
+    let start = Instant::now();
+    let snapshot = store.dataset_snapshot(&dataset, dataset.version, None)?;
+    let snapshot_secs = start.elapsed().as_secs_f64();
+    let labels = snapshot.tables.iter().find(|t| t.name == "labels").context("no labels table")?;
+    // The reference: the same rows, copied by DataFusion into a Parquet file of their own.
+    let copy = dir.join(format!("dataset-sql-{frames}x{boxes}-labels.parquet"));
+    if !copy.exists() {
+        runtime.block_on(async {
+            let ctx = SessionContext::new();
+            ctx.register_parquet("snapshot", labels.file().to_string_lossy().as_ref(), ParquetReadOptions::default())
+                .await?;
+            let columns = labels.columns.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+            let frame = ctx.sql(&format!("SELECT {columns} FROM snapshot")).await?;
+            frame.write_parquet(copy.to_string_lossy().as_ref(), Default::default(), None).await?;
+            anyhow::Ok(())
+        })?;
+    }
+    let (mut ours, mut reference) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    for run in 0..=runs {
+        let start = Instant::now();
+        let rows = ask(&member_sql)?;
+        let our_secs = start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        let reference_rows = runtime.block_on(async {
+            let ctx = SessionContext::new();
+            ctx.register_parquet("labels", copy.to_string_lossy().as_ref(), ParquetReadOptions::default()).await?;
+            let batches = ctx.sql(DATASET_SQL).await?.collect().await?;
+            anyhow::Ok(batches.iter().map(|b| b.num_rows()).sum::<usize>())
+        })?;
+        let reference_secs = start.elapsed().as_secs_f64();
+        if rows != CLASSES || reference_rows != CLASSES {
+            bail!("expected {CLASSES} groups, got {rows} (milkglass) and {reference_rows} (reference)");
+        }
+        // The first run of each warms the page cache; it is not counted.
+        if run > 0 {
+            ours.push(our_secs);
+            reference.push(reference_secs);
+        }
+    }
+    let (m, r) = (median(&mut ours), median(&mut reference));
+    println!("query: {member_sql}");
+    println!("dataset: {frames} frames, {} labels; median of {runs} runs each\n", labels.rows);
+    println!("| system | median seconds |\n|---|---:|");
+    println!("| milkglass, POST /api/query's path (snapshot tables, guard, decision, audit) | {m:.3} |");
+    println!("| DataFusion over a Parquet copy of the same rows (reference) | {r:.3} |");
+    println!("\nmilkglass / reference: {:.2}", m / r);
+    println!("snapshot of the version (written once, after the upload or by the first query): {snapshot_secs:.1} s");
+    frame_reads_in(&store, &dataset, frames)
 }
 
 fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
@@ -466,8 +652,15 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
 
             let start = Instant::now();
             let (visible, internal) = table.providers()?;
-            let protected =
-                ProtectedTable { name: "t".into(), policy: policy.clone(), visible, internal, rows: rows as u64 };
+            let protected = ProtectedTable {
+                name: "t".into(),
+                reference: "t".into(),
+                policy: policy.clone(),
+                visible,
+                internal,
+                rows: rows as u64,
+                shared_ids: false,
+            };
             let prepared = milkglass_guard::prepare(&sql, vec![protected]).await?;
             let mut outcome = prepared.execute().await?;
             guarded.push(start.elapsed().as_secs_f64());

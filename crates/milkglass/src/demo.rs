@@ -3,7 +3,7 @@
 use crate::{DemoArgs, bind, check_not_foreign, open_store, runtime, serve};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use milkglass_core::{DatasetSpec, ProjectRole, ProjectSpec, Role};
+use milkglass_core::{DatasetSpec, Policy, ProjectRole, ProjectSpec, Role};
 use milkglass_sample::{DetectionConfig, TITANIC_CSV, detection_dataset, write_images};
 use milkglass_server::{AppState, ServerConfig};
 use milkglass_store::{Store, UploadKind};
@@ -126,6 +126,13 @@ fn load_shapes(
         bar.inc(chunk.len() as u64);
     }
     store.finish_upload(&upload, None)?;
+    // The dataset's tables for outside analysts: counts over at least 5 frames, never an id or a URL.
+    let policy = Policy::from_value(json!({
+        "safe_zone": {"aggregation": {"min_agg_size": 5}},
+        "unsafe_handling": "reject",
+        "sanitized_columns": ["frame_id", "urls", "label_id", "matched_label_id"],
+    }))?;
+    store.publish_dataset(&store.dataset("shapes", "shapes")?, &owner, &policy, None, None)?;
     bar.finish_with_message(format!(
         "loaded {} frames, {} inferences ({} injected label errors)",
         sample.frames.len(),

@@ -144,6 +144,7 @@ fn body_for(method: &str, path: &str) -> Value {
         "POST" if path == "/api/query" => json!({"sql": "SELECT COUNT(*) FROM t", "wait_seconds": 0}),
         "POST" if ends("/reject") => json!({"reason": "walked"}),
         "PUT" if path.contains("/members/") => json!({"role": "viewer"}),
+        "PUT" if ends("/publication") => json!({"policy": {"safe_zone": true}, "readers": ["vic"]}),
         "PUT" if ends("/policy") => {
             json!({"policy": {"safe_zone": {"aggregation": {"min_agg_size": 1000}}, "unsafe_handling": "review"}})
         }

@@ -147,6 +147,25 @@ impl Server {
         (server, admin)
     }
 
+    /// `milkglass demo` with `frames` sample frames in a fresh directory, and the tokens it saved.
+    pub fn demo(frames: &str) -> (Server, Value) {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut child = Command::new(BIN)
+            .args(["demo", "--data-dir", temp.path().to_str().unwrap(), "--http-addr", "127.0.0.1:0"])
+            .args(["--flight-addr", "127.0.0.1:0", "--frames", frames])
+            .env("MILKGLASS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start milkglass demo");
+        let (base, flight) = ready_addresses(&mut child);
+        let tokens = std::fs::read_to_string(temp.path().join("demo-tokens.json")).expect("demo-tokens.json");
+        let client = Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let dir = temp.path().to_path_buf();
+        let server = Server { child, base, flight, dir, _temp: Some(temp), client };
+        (server, serde_json::from_str(&tokens).expect("tokens JSON"))
+    }
+
     /// Starts a server on an existing data directory (the caller keeps the directory).
     pub fn start_on(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
