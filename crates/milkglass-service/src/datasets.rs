@@ -123,7 +123,16 @@ pub fn list_frames(
     filter: &FrameFilter,
 ) -> ServiceResult<FramePage> {
     access::project(&services.store, user, project, ProjectRole::Viewer)?;
-    Ok(services.store.list_frames(project, name, filter)?)
+    let store = &services.store;
+    if filter.version.is_none() {
+        let dataset = store.dataset(project, name)?;
+        if let Some(index) = services.frame_indexes.current(store, &dataset)
+            && let Some(page) = store.list_frames_indexed(project, name, filter, &index)?
+        {
+            return Ok(page);
+        }
+    }
+    Ok(store.list_frames(project, name, filter)?)
 }
 
 pub fn frame(

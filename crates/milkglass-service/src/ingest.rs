@@ -151,12 +151,13 @@ pub fn upload(
         batches: upload.batches,
     };
     if summary.version.is_some() {
-        // The new version's counts, map and SQL tables, made now in the background so that its
+        // The new version's counts, filter index, map and SQL tables, made now in the background so that its
         // first requests do not wait for them.
-        let (store, indexes) = (store.clone(), services.indexes.clone());
+        let (store, indexes, frame_indexes) = (store.clone(), services.indexes.clone(), services.frame_indexes.clone());
         let (project, name) = (target.project.to_string(), target.dataset.to_string());
         std::thread::spawn(move || {
             let warmed = store.dataset_status(&project, &name).map_err(ServiceError::from).and_then(|status| {
+                frame_indexes.start(&store, &status.dataset);
                 indexes.warm(&store, &status.dataset)?;
                 crate::dataset_tables::prepare(&store, &status.dataset)
             });

@@ -13,6 +13,7 @@ pub mod dataset_tables;
 pub mod datasets;
 pub mod embedding;
 mod error;
+mod frame_filters;
 pub mod ingest;
 pub mod insights;
 pub mod query;
@@ -98,6 +99,8 @@ pub struct Services {
     reviews_decided: Notify,
     /// Similarity indexes built for this server's datasets.
     indexes: Arc<insights::IndexCache>,
+    /// Frame filter indexes of the datasets' current versions.
+    frame_indexes: Arc<frame_filters::FrameIndexes>,
     /// The embedding model, loaded on first use.
     embedder: embedding::ModelSlot,
     /// The raw-data boundary: the fetcher, the hosted store, URL signatures.
@@ -124,6 +127,7 @@ impl Services {
             query_runtime: QueryRuntime::new()?,
             reviews_decided: Notify::new(),
             indexes: Arc::new(insights::IndexCache::new()),
+            frame_indexes: Arc::default(),
             embedder: embedding::ModelSlot::default(),
             raw: Arc::new(raw),
             store,

@@ -602,6 +602,14 @@ fn delete_dataset_rows(conn: &Connection, dataset_id: i64) -> StoreResult<()> {
     Ok(())
 }
 
+impl Store {
+    /// How many batches have been committed to the dataset, all uploads together: what
+    /// tells a version still being uploaded from a finished one.
+    pub fn committed_batches(&self, dataset: &DatasetInfo) -> StoreResult<i64> {
+        self.db().read(|conn| committed_batches(conn, dataset.id))
+    }
+}
+
 /// How many batches have been committed to a dataset, all uploads together.
 fn committed_batches(conn: &Connection, dataset_id: i64) -> StoreResult<i64> {
     Ok(conn

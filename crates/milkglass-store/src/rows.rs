@@ -137,6 +137,8 @@ pub struct FramePage {
     /// How many frames match the filter, when asked for (`count`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<i64>,
+    /// Whether the filter index of the version chose the page (else a scan of the rows did).
+    pub from_index: bool,
 }
 
 pub const MAX_PAGE: usize = 1000;
@@ -278,18 +280,13 @@ impl Store {
                 args.push(kind.as_str().to_string().into());
             }
             if let Some(class) = &filter.class {
-                let project = crate::catalog::load_project(conn, project)?;
-                let class_id = project
-                    .classes
-                    .by_name(class)
-                    .ok_or_else(|| StoreError::Invalid(Invalid::new("class", format!("unknown class {class:?}"))))?
-                    .id;
+                let class_id = class_id_of(conn, project, class)?;
                 conditions.push(format!(
                     "EXISTS (SELECT 1 FROM labels l WHERE l.dataset_id = f.dataset_id AND l.frame_id = f.frame_id
                              AND l.inference_set_id = 0 AND l.class_id = ? AND {})",
                     visible("l", filter.version)
                 ));
-                args.push(i64::from(class_id).into());
+                args.push(class_id.into());
             }
             for (i, p) in filter.metadata.iter().enumerate() {
                 let (condition, mut values) = metadata_condition(i, p)?;
@@ -297,14 +294,7 @@ impl Store {
                 args.append(&mut values);
             }
             if let Some(segment) = &filter.segment {
-                let items: String = conn
-                    .query_row(
-                        "SELECT items FROM segments WHERE dataset_id = ?1 AND name = ?2 AND item_kind = 'frames'",
-                        rusqlite::params![dataset.id, segment],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .ok_or_else(|| StoreError::not_found(format!("segment of frames {segment:?}")))?;
+                let items = segment_items(conn, &dataset, segment)?;
                 conditions.push("f.frame_id IN (SELECT value FROM json_each(?))".into());
                 args.push(items.into());
             }
@@ -342,9 +332,78 @@ impl Store {
             if filter.labels || set_id.is_some() {
                 attach_labels(conn, &dataset, filter, set_id, &mut frames)?;
             }
-            Ok(FramePage { frames, next, version: filter.version.unwrap_or(dataset.version), total })
+            Ok(FramePage { frames, next, version: filter.version.unwrap_or(dataset.version), total, from_index: false })
         })
     }
+}
+
+impl Store {
+    /// [`Store::list_frames`] answered from a frame index of the dataset's current version:
+    /// the index picks the page's ids and counts, the rows are read by id.
+    pub fn list_frames_indexed(
+        &self,
+        project: &str,
+        dataset: &str,
+        filter: &FrameFilter,
+        index: &crate::FrameIndex,
+    ) -> StoreResult<Option<FramePage>> {
+        let (dataset, class_id, segment) = self.db().read(|conn| {
+            let dataset = load_dataset(conn, project, dataset)?;
+            check_version(&dataset, filter.version)?;
+            let class_id = filter.class.as_ref().map(|c| class_id_of(conn, project, c)).transpose()?;
+            let segment = match &filter.segment {
+                Some(name) => Some(serde_json::from_str::<Vec<String>>(&segment_items(conn, &dataset, name)?)?),
+                None => None,
+            };
+            Ok((dataset, class_id, segment))
+        })?;
+        if filter.ids.len() > MAX_PAGE {
+            return Err(StoreError::invalid("id", format!("give at most {MAX_PAGE} frame ids")));
+        }
+        if index.dataset_uid != dataset.uid || index.version != dataset.version {
+            return Ok(None);
+        }
+        let Some(selection) = index.select(filter, class_id, segment.as_deref())? else { return Ok(None) };
+        let frames = if selection.ids.is_empty() {
+            Vec::new()
+        } else {
+            let by_id = FrameFilter {
+                ids: selection.ids,
+                limit: MAX_PAGE,
+                labels: filter.labels,
+                inference_set: filter.inference_set.clone(),
+                ..FrameFilter::default()
+            };
+            self.list_frames(project, &dataset.name, &by_id)?.frames
+        };
+        Ok(Some(FramePage {
+            frames,
+            next: selection.next,
+            version: index.version,
+            total: selection.total,
+            from_index: true,
+        }))
+    }
+}
+
+fn class_id_of(conn: &Connection, project: &str, class: &str) -> StoreResult<i64> {
+    let project = crate::catalog::load_project(conn, project)?;
+    let class = project
+        .classes
+        .by_name(class)
+        .ok_or_else(|| StoreError::Invalid(Invalid::new("class", format!("unknown class {class:?}"))))?;
+    Ok(i64::from(class.id))
+}
+
+/// A segment of frames' ids, as JSON text.
+fn segment_items(conn: &Connection, dataset: &DatasetInfo, segment: &str) -> StoreResult<String> {
+    conn.query_row(
+        "SELECT items FROM segments WHERE dataset_id = ?1 AND name = ?2 AND item_kind = 'frames'",
+        rusqlite::params![dataset.id, segment],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::not_found(format!("segment of frames {segment:?}")))
 }
 
 /// Attaches the page's ground-truth labels (when asked) and one inference set's outputs, in one
@@ -391,31 +450,37 @@ fn attach_labels(
 
 /// SQL for one metadata predicate. Keys are checked against the metadata key alphabet,
 /// and values are always bound, never spliced into the SQL.
-fn metadata_condition(i: usize, p: &MetaPredicate) -> StoreResult<(String, Vec<SqlValue>)> {
-    let field = format!("meta[{i}]");
-    if p.key.is_empty() || !p.key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+/// Refuses metadata keys outside the key alphabet (they are spliced into JSON paths).
+pub(crate) fn check_metadata_key(field: &str, key: &str) -> StoreResult<()> {
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(StoreError::invalid(field, "metadata keys use letters, digits and '_'"));
     }
+    Ok(())
+}
+
+/// A predicate's operand as SQLite compares it.
+pub(crate) fn operand_cell(field: &str, v: &serde_json::Value) -> StoreResult<SqlValue> {
+    Ok(match v {
+        serde_json::Value::String(s) => SqlValue::Text(s.clone()),
+        serde_json::Value::Bool(b) => SqlValue::Integer(*b as i64),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => SqlValue::Integer(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::Object(o) if o.len() == 1 && o.get("timestamp").is_some_and(|t| t.is_string()) => {
+            SqlValue::Text(o["timestamp"].as_str().unwrap_or_default().to_string())
+        }
+        _ => {
+            return Err(StoreError::invalid(field, "compare with a string, number, bool or {\"timestamp\": ...}"));
+        }
+    })
+}
+
+fn metadata_condition(i: usize, p: &MetaPredicate) -> StoreResult<(String, Vec<SqlValue>)> {
+    let field = format!("meta[{i}]");
+    check_metadata_key(&field, &p.key)?;
     let path = SqlValue::Text(format!("$.{}", p.key));
-    let operand = |v: &serde_json::Value| -> StoreResult<SqlValue> {
-        Ok(match v {
-            serde_json::Value::String(s) => SqlValue::Text(s.clone()),
-            serde_json::Value::Bool(b) => SqlValue::Integer(*b as i64),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(i) => SqlValue::Integer(i),
-                None => SqlValue::Real(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            serde_json::Value::Object(o) if o.len() == 1 && o.get("timestamp").is_some_and(|t| t.is_string()) => {
-                SqlValue::Text(o["timestamp"].as_str().unwrap_or_default().to_string())
-            }
-            _ => {
-                return Err(StoreError::invalid(
-                    field.clone(),
-                    "compare with a string, number, bool or {\"timestamp\": ...}",
-                ));
-            }
-        })
-    };
+    let operand = |v: &serde_json::Value| operand_cell(&field, v);
     // Timestamps are stored as {"timestamp": "<canonical text>"}, and the canonical text
     // sorts chronologically; an operand that reads as a timestamp is put in the same form.
     let timestamp_operand = match &p.value {

@@ -259,3 +259,42 @@ fn a_held_dataset_query_is_decided_by_the_projects_owner() {
     let released: Value = server.get(&scientist, &format!("/api/query/requests/{id}")).json().unwrap();
     assert_eq!(released["rows"].as_array().unwrap().len(), 2, "{released}");
 }
+
+#[test]
+fn a_filtered_frame_listing_comes_from_the_versions_index_once_built_and_matches_the_scan() {
+    let (server, admin) = Server::start(&[]);
+    server.project_with_dataset(&admin, "p", "d");
+    let frames: Vec<Value> = (0..200).map(|i| driven_frame(i, 7)).collect();
+    assert_eq!(server.upload_lines(&admin, "/api/projects/p/datasets/d/frames", &frames).status(), 200);
+    let filters = [
+        "meta=weather:eq:fog&count=true",
+        "meta=driver_id:ne:driver3&class=dog&count=true&limit=7&offset=4",
+        "meta=speed:ge:6&min_labels=2&count=true&after=f050",
+        "meta=weather:eq:nothing&count=true",
+    ];
+    let list = |query: &str| -> Value {
+        server.get(&admin, &format!("/api/projects/p/datasets/d/frames?{query}")).json().unwrap()
+    };
+    // The index is built in the background after the upload; until then the scan answers.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !list(filters[0])["from_index"].as_bool().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the index was never built");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for query in filters {
+        let indexed = list(query);
+        // Naming the version reads the rows themselves.
+        let scanned = list(&format!("{query}&version=1"));
+        assert_eq!(indexed["from_index"], true, "{query}");
+        assert_eq!(scanned["from_index"], false, "{query}");
+        assert_eq!(indexed["frames"], scanned["frames"], "{query}");
+        assert_eq!(indexed["total"], scanned["total"], "{query}");
+        assert_eq!(indexed["next"], scanned["next"], "{query}");
+    }
+    assert_eq!(list(filters[3])["total"], 0);
+    // A new version: the old index no longer answers, and the listing is right at once.
+    let more: Vec<Value> = (200..210).map(|i| driven_frame(i, 7)).collect();
+    assert_eq!(server.upload_lines(&admin, "/api/projects/p/datasets/d/frames", &more).status(), 200);
+    let all = list("count=true&limit=1");
+    assert_eq!(all["total"], 210, "{all}");
+}
