@@ -77,6 +77,23 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// Every dataset route many times against a real server process on the `bench ingest`
+    /// store (made first when missing): p50/p99 per route, what the first request of each
+    /// waits for, how long after the start the similarity index answers, and the server's
+    /// peak memory.
+    Api {
+        /// Frames in the dataset (`bench ingest --frames`).
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: usize,
+        /// Timed requests per route.
+        #[arg(long, default_value_t = 100)]
+        requests: usize,
+        /// How long to wait for the similarity index before giving up on timing it, in seconds.
+        #[arg(long, default_value_t = 1200)]
+        index_wait: u64,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
     /// What the differencing memory costs each answered query: filtered GROUP BYs over a
     /// generated table through the guard (which records the rows each answer covered),
     /// each compared with every earlier answer's set through the store, against the
@@ -99,6 +116,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
         BenchCommand::Differencing { rows, queries, dir } => differencing(rows, queries, &dir),
         BenchCommand::DatasetSql { frames, boxes, runs, dir } => dataset_sql(frames, boxes, runs, &dir),
+        BenchCommand::Api { frames, requests, index_wait, dir } => api(frames, requests, index_wait, &dir),
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
     }
 }
@@ -619,6 +637,190 @@ fn dataset_sql(frames: usize, boxes: usize, runs: usize, dir: &Path) -> Result<(
     println!("\nmilkglass / reference: {:.2}", m / r);
     println!("snapshot of the version (written once, after the upload or by the first query): {snapshot_secs:.1} s");
     frame_reads_in(&store, &dataset, frames)
+}
+
+/// A `milkglass serve` process on the bench store, for `bench api`.
+struct BenchServer {
+    child: std::process::Child,
+    base: String,
+    token: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl BenchServer {
+    fn start(store_dir: &Path) -> Result<BenchServer> {
+        use std::io::BufRead;
+        let token = {
+            let store = Store::open(store_dir)?;
+            store.add_user(&format!("api-bench-{}", rand::random::<u32>()), Role::Admin)?
+        };
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--data-dir", &store_dir.to_string_lossy(), "--http-addr", "127.0.0.1:0"])
+            .args(["--flight-addr", "127.0.0.1:0"])
+            .env("MILKGLASS_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let mut reader = std::io::BufReader::new(child.stdout.take().context("server stdout")?);
+        let mut line = String::new();
+        let base = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                bail!("the server exited before serving");
+            }
+            if let Some(addr) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+                break addr.to_string();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build()?;
+        Ok(BenchServer { child, base, token, client })
+    }
+
+    /// One request: seconds, bytes of the body and the body when it is JSON.
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(f64, usize, serde_json::Value)> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let start = Instant::now();
+        let response = request.send()?;
+        let status = response.status();
+        let json =
+            response.headers().get("content-type").is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+        let bytes = response.bytes()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !status.is_success() {
+            bail!("{path}: {status} {}", String::from_utf8_lossy(&bytes));
+        }
+        let value = if json { serde_json::from_slice(&bytes)? } else { serde_json::Value::Null };
+        Ok((secs, bytes.len(), value))
+    }
+
+    fn peak_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()> {
+    use reqwest::Method;
+    use serde_json::json;
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    let store_dir = dir.join("store");
+    let present = Store::open(&store_dir)
+        .and_then(|s| s.dataset_status("bench", "frames"))
+        .is_ok_and(|status| status.frames as usize == frames);
+    if !present {
+        ingest(frames, 5, 256, dir)?;
+    }
+    let started = Instant::now();
+    let server = BenchServer::start(&store_dir)?;
+    let ds = "/api/projects/bench/datasets/frames";
+    println!("\nserver up after {:.1} s on {}", started.elapsed().as_secs_f64(), server.base);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut rows: Vec<String> = Vec::new();
+    let mut report = |route: &str, first: Option<f64>, mut times: Vec<f64>, bytes: usize| {
+        times.sort_by(f64::total_cmp);
+        let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1000.0;
+        let first = first.map_or("".to_string(), |f| format!("{:.0}", f * 1000.0));
+        rows.push(format!("| {route} | {first} | {:.1} | {:.1} | {:.1} |", at(0.5), at(0.99), bytes as f64 / 1024.0));
+    };
+    let mut timed = |route: &str, path: &dyn Fn(&mut rand::rngs::StdRng) -> String| -> Result<()> {
+        let (first, bytes, _) = server.call(Method::GET, &path(&mut rng), None)?;
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            times.push(server.call(Method::GET, &path(&mut rng), None)?.0);
+        }
+        report(route, Some(first), times, bytes);
+        Ok(())
+    };
+    timed("GET status", &|_| format!("{ds}/status"))?;
+    timed("GET one frame", &|r| format!("{ds}/frames/frame_{:08}", r.random_range(0..frames)))?;
+    // Filtered pages: the first listing starts the version's filter index; wait for it.
+    let start = Instant::now();
+    loop {
+        let (_, _, page) = server.call(Method::GET, &format!("{ds}/frames?meta=split:eq:val&limit=1"), None)?;
+        if page["from_index"] == true {
+            break;
+        }
+        if start.elapsed().as_secs() > 600 {
+            bail!("the filter index was not ready after 10 minutes");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let index_secs = start.elapsed().as_secs_f64();
+    timed("GET frames page, no filter", &|_| format!("{ds}/frames?limit=50"))?;
+    timed("GET frames page at a random offset", &|r| {
+        format!("{ds}/frames?limit=50&offset={}", r.random_range(0..frames))
+    })?;
+    timed("GET frames, meta equality + count", &|_| format!("{ds}/frames?meta=split:eq:val&count=true&limit=50"))?;
+    timed("GET frames, class + count", &|r| {
+        format!("{ds}/frames?class=c{}&count=true&limit=50", r.random_range(0..CLASSES))
+    })?;
+    timed("GET frames, range + class + label count + count", &|_| {
+        format!("{ds}/frames?meta=speed:gt:29.5&class=c1&min_labels=5&count=true&limit=50")
+    })?;
+    timed("GET frames, matches nothing + count", &|_| {
+        format!("{ds}/frames?meta=split:eq:nothing&count=true&limit=50")
+    })?;
+    timed("GET map (PCA, f32 pairs)", &|_| format!("{ds}/insights/map?space=frames"))?;
+    timed("GET map/ids", &|_| format!("{ds}/insights/map/ids?space=frames"))?;
+    // Similarity: the first query starts the index build; it answers exactly meanwhile.
+    let similar =
+        |r: &mut rand::rngs::StdRng| json!({"frame_id": format!("frame_{:08}", r.random_range(0..frames)), "k": 10});
+    let start = Instant::now();
+    let mut exact = Vec::new();
+    let index_ready = loop {
+        let (secs, _, answer) =
+            server.call(Method::POST, &format!("{ds}/insights/similar"), Some(&similar(&mut rng)))?;
+        if answer["method"] == "hnsw" {
+            break Some(start.elapsed().as_secs_f64());
+        }
+        exact.push(secs);
+        // Up to 20,000 vectors milkglass always searches exactly; no index is built.
+        if start.elapsed().as_secs() > index_wait || (frames <= 20_000 && exact.len() >= requests) {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    };
+    if !exact.is_empty() {
+        report("POST similar, exact (while the index builds)", None, exact, 0);
+    }
+    if index_ready.is_some() {
+        let mut times = Vec::with_capacity(requests);
+        for _ in 0..requests {
+            let body = similar(&mut rng);
+            times.push(server.call(Method::POST, &format!("{ds}/insights/similar"), Some(&body))?.0);
+        }
+        report("POST similar (HNSW index)", None, times, 0);
+    }
+    println!("\n{frames} frames, {requests} timed requests per route after one untimed first request (ms):\n");
+    println!("| route | first | p50 | p99 | response KiB |\n|---|---:|---:|---:|---:|");
+    for row in &rows {
+        println!("{row}");
+    }
+    println!("\nfilter index ready {index_secs:.1} s after the first filtered listing");
+    match index_ready {
+        Some(secs) => println!("similarity index answering {secs:.0} s after the first similar query"),
+        None => println!("similarity index not ready after {index_wait} s"),
+    }
+    println!("server peak memory: {}", fmt_peak(server.peak_bytes()));
+    Ok(())
 }
 
 fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
