@@ -110,9 +110,41 @@ pub fn delete_dataset(services: &Services, user: &User, project: &str, name: &st
     Ok(())
 }
 
-pub fn status(services: &Services, user: &User, project: &str, name: &str) -> ServiceResult<DatasetStatus> {
+/// A dataset's counts, uploads and jobs, and where the preparation of its current version
+/// for interactive use stands.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusAnswer {
+    #[serde(flatten)]
+    pub status: DatasetStatus,
+    pub preparation: Preparation,
+}
+
+/// What the background work after an upload has made ready for the current version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Preparation {
+    /// The filter index frame listings are answered from.
+    pub filter_index: Preparing,
+    /// The similarity index of frame embeddings (cosine); `none` also below the size where
+    /// search is exact anyway.
+    pub similarity_index: Preparing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preparing {
+    None,
+    Building,
+    Ready,
+}
+
+pub fn status(services: &Services, user: &User, project: &str, name: &str) -> ServiceResult<StatusAnswer> {
     access::project(&services.store, user, project, ProjectRole::Viewer)?;
-    Ok(services.store.dataset_status(project, name)?)
+    let status = services.store.dataset_status(project, name)?;
+    let preparation = Preparation {
+        filter_index: services.frame_indexes.state(&services.store, &status.dataset),
+        similarity_index: services.indexes.similarity_state(&status.dataset),
+    };
+    Ok(StatusAnswer { status, preparation })
 }
 
 pub fn list_frames(

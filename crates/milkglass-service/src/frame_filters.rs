@@ -33,6 +33,19 @@ impl FrameIndexes {
         }
     }
 
+    /// Where the index of the dataset's current version stands.
+    pub(crate) fn state(&self, store: &Store, dataset: &DatasetInfo) -> crate::datasets::Preparing {
+        let batches = store.committed_batches(dataset).unwrap_or(-1);
+        let ready = self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(&dataset.id).cloned();
+        if ready.is_some_and(|index| fresh(&index, dataset, batches)) {
+            crate::datasets::Preparing::Ready
+        } else if self.building.lock().unwrap_or_else(|e| e.into_inner()).contains(&dataset.id) {
+            crate::datasets::Preparing::Building
+        } else {
+            crate::datasets::Preparing::None
+        }
+    }
+
     /// Starts a build in the background unless one runs for the dataset.
     pub(crate) fn start(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) {
         if !self.building.lock().unwrap_or_else(|e| e.into_inner()).insert(dataset.id) {

@@ -161,8 +161,8 @@ impl IndexCache {
     }
 
     /// What a new version's first requests would wait for, done right after its upload: the
-    /// frame vectors loaded and the PCA map. (The similarity index still starts with the first
-    /// query that needs it: started from here it raced the queries' own refreshes in tests.)
+    /// frame vectors loaded, the PCA map, and the similarity index of the default metric
+    /// started (through the one slot its queries use, so one build runs at a time).
     pub(crate) fn warm(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
         // Another upload or a delete may have landed since: work only on the version that is
         // current now.
@@ -171,6 +171,10 @@ impl IndexCache {
             return Ok(());
         }
         self.map(store, &dataset, Space::Frames, Layout::Pca)?;
+        let data = self.space_vectors(store, &dataset, Space::Frames)?;
+        if data.ids.len() > self.exact_limit && data.version == dataset.version {
+            ready_index(self, store, &dataset, Space::Frames, default_metric(), &data);
+        }
         Ok(())
     }
 
@@ -199,6 +203,16 @@ impl IndexCache {
             cached.insert(key, loaded.clone());
         }
         Ok(loaded)
+    }
+
+    /// Where the default similarity index of the dataset's current version stands.
+    pub(crate) fn similarity_state(&self, dataset: &DatasetInfo) -> crate::datasets::Preparing {
+        let key = (dataset.id, dataset.created_at.clone(), space_name(Space::Frames), default_metric().name());
+        match self.slots().get(&key) {
+            Some((Some(built), _)) if built.version == dataset.version => crate::datasets::Preparing::Ready,
+            Some((_, true)) => crate::datasets::Preparing::Building,
+            _ => crate::datasets::Preparing::None,
+        }
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IndexKey, IndexSlot>> {

@@ -298,3 +298,38 @@ fn a_filtered_frame_listing_comes_from_the_versions_index_once_built_and_matches
     let all = list("count=true&limit=1");
     assert_eq!(all["total"], 210, "{all}");
 }
+
+#[test]
+fn an_upload_prepares_the_filter_and_similarity_indexes_without_any_query_asking() {
+    let (server, admin) = Server::start_with_env(&[], &[("MILKGLASS_EXACT_SEARCH_LIMIT", "50")]);
+    server.project_with_dataset(&admin, "p", "d");
+    let frames: Vec<Value> = (0..300)
+        .map(|i| {
+            let mut frame = driven_frame(i, 5);
+            let angle = i as f64 * 0.37;
+            frame["embedding"] = json!([angle.cos(), angle.sin(), (i % 7) as f64 / 7.0, 1.0]);
+            frame
+        })
+        .collect();
+    assert_eq!(server.upload_lines(&admin, "/api/projects/p/datasets/d/frames", &frames).status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let status: Value = server.get(&admin, "/api/projects/p/datasets/d/status").json().unwrap();
+        let preparation = &status["preparation"];
+        if preparation["filter_index"] == "ready" && preparation["similarity_index"] == "ready" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not prepared: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // The first query of each kind is answered from its index.
+    let similar: Value = server
+        .post_json(&admin, "/api/projects/p/datasets/d/insights/similar", &json!({"frame_id": "f007", "k": 5}))
+        .json()
+        .unwrap();
+    assert_eq!(similar["method"], "hnsw", "{similar}");
+    let page: Value =
+        server.get(&admin, "/api/projects/p/datasets/d/frames?meta=weather:eq:fog&count=true").json().unwrap();
+    assert_eq!(page["from_index"], true);
+    assert_eq!(page["total"], 60);
+}

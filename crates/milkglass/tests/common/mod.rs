@@ -139,10 +139,15 @@ pub fn ready_addresses(child: &mut Child) -> (String, String) {
 impl Server {
     /// A fresh data directory with an admin, then the server on it.
     pub fn start(extra: &[&str]) -> (Server, String) {
+        Server::start_with_env(extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables for the server.
+    pub fn start_with_env(extra: &[&str], envs: &[(&str, &str)]) -> (Server, String) {
         let temp = tempfile::tempdir().expect("temp dir");
         let dir = temp.path().to_path_buf();
         let admin = add_user(&dir, "admin", "admin");
-        let mut server = Server::start_on(&dir, extra);
+        let mut server = Server::start_on_with_env(&dir, extra, envs);
         server._temp = Some(temp);
         (server, admin)
     }
@@ -168,6 +173,10 @@ impl Server {
 
     /// Starts a server on an existing data directory (the caller keeps the directory).
     pub fn start_on(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on_with_env(dir, extra, &[])
+    }
+
+    fn start_on_with_env(dir: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -180,6 +189,7 @@ impl Server {
             ])
             .args(extra)
             .env("MILKGLASS_LOG", "warn")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
