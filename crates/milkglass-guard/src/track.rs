@@ -85,7 +85,7 @@ pub(crate) struct Tracked {
 }
 
 impl Tracked {
-    fn plain(plan: LogicalPlan) -> Self {
+    pub(crate) fn plain(plan: LogicalPlan) -> Self {
         Tracked { plan, hidden: Vec::new(), selectors: Vec::new(), depends: HashMap::new(), taints: HashMap::new() }
     }
 

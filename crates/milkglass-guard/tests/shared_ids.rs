@@ -139,3 +139,28 @@ async fn many_rows_of_one_unit_never_pass_for_many_people() {
         assert!(matches!(decision, Decision::Unsafe { .. }), "{sql}: {decision:?}");
     }
 }
+
+#[tokio::test]
+async fn an_open_table_runs_uncounted_but_a_thresholded_one_beside_it_still_decides() {
+    let data = rows(60, 3, 9);
+    let mut open = table(&data, 3, 2);
+    open.policy = Policy::from_json(r#"{"safe_zone": true, "unsafe_handling": "log"}"#).unwrap();
+    let policies = HashMap::from([(open.name.clone(), open.policy.clone())]);
+    let prepared = prepare("SELECT class, x FROM d.labels", vec![open]).await.unwrap();
+    let outcome = prepared.execute().await.unwrap();
+    assert_eq!(outcome.rows, 60);
+    assert_eq!(prepared.decide(Some(&outcome), &policies, "victor"), Decision::Safe);
+
+    // The same rows under a minimum, read in one query with the open table: the minimum holds.
+    let mut open = table(&data, 3, 2);
+    open.policy = Policy::from_json(r#"{"safe_zone": true, "unsafe_handling": "log"}"#).unwrap();
+    let mut guarded = table(&data, 3, 2);
+    guarded.name = "p/e/labels".into();
+    guarded.reference = TableReference::partial("e", "labels");
+    let policies =
+        HashMap::from([(open.name.clone(), open.policy.clone()), (guarded.name.clone(), guarded.policy.clone())]);
+    let sql = "SELECT l.class, e.x FROM d.labels l JOIN e.labels e ON l.x = e.x";
+    let prepared = prepare(sql, vec![open, guarded]).await.unwrap();
+    let outcome = prepared.execute().await.unwrap();
+    assert!(matches!(prepared.decide(Some(&outcome), &policies, "victor"), Decision::Unsafe { .. }));
+}

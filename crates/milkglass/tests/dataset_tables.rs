@@ -333,3 +333,60 @@ fn an_upload_prepares_the_filter_and_similarity_indexes_without_any_query_asking
     assert_eq!(page["from_index"], true);
     assert_eq!(page["total"], 60);
 }
+
+#[test]
+fn map_points_come_as_arrow_with_the_same_ids_and_attributes_as_json() {
+    use arrow::array::{Array, AsArray};
+    let (server, tokens) = Server::demo("40");
+    let viewer = tokens["victor"]["token"].as_str().unwrap();
+    let path = "/api/projects/shapes/datasets/shapes/insights/map/ids?space=frames\
+                &attributes=class,label_count,meta.split,agreement&inference_set=detector_v1";
+    let json: Value = server.get(viewer, path).json().unwrap();
+    let response = server
+        .request(Method::GET, viewer, path)
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let bytes = response.bytes().unwrap();
+    let batches: Vec<_> = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes.to_vec()), None)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(batches.len(), 1);
+    let batch = &batches[0];
+    let ids: Vec<&str> = batch.column(0).as_string::<i32>().iter().map(Option::unwrap).collect();
+    let expected: Vec<&str> = json["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(ids, expected);
+    assert_eq!(ids.len(), 40);
+    let attributes = json["attributes"].as_object().unwrap();
+    assert_eq!(batch.num_columns(), 1 + attributes.len());
+    for (name, values) in attributes {
+        let column = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+        let as_json: Vec<Value> = (0..column.len())
+            .map(|i| {
+                if column.is_null(i) {
+                    return Value::Null;
+                }
+                match column.data_type() {
+                    arrow::datatypes::DataType::Float64 => {
+                        json!(column.as_primitive::<arrow::datatypes::Float64Type>().value(i))
+                    }
+                    arrow::datatypes::DataType::Boolean => json!(column.as_boolean().value(i)),
+                    _ => {
+                        let dictionary = column.as_dictionary::<arrow::datatypes::Int32Type>();
+                        let keys = dictionary.keys();
+                        json!(dictionary.values().as_string::<i32>().value(keys.value(i) as usize))
+                    }
+                }
+            })
+            .collect();
+        let expected: Vec<Value> = values
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| if v.is_number() { json!(v.as_f64().unwrap()) } else { v.clone() })
+            .collect();
+        assert_eq!(as_json, expected, "{name}");
+    }
+}
