@@ -16,7 +16,7 @@
 use crate::{ServiceError, ServiceResult, Services, access, on_store};
 use milkglass_core::{Policy, ProjectRole, Role, Rule, UnsafeHandling};
 use milkglass_guard::{ProtectedTable, TableReference};
-use milkglass_store::{DatasetInfo, DatasetPublication, DatasetSnapshot, Store, User, dataset_table_name};
+use milkglass_store::{CoverageOf, DatasetInfo, DatasetPublication, DatasetSnapshot, Store, User, dataset_table_name};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -82,7 +82,7 @@ pub struct DatasetTable {
     /// The dataset's uid (what audit entries and review requests bind to).
     pub uid: String,
     /// Where the memory of released answers lives; `None` for members' open reads.
-    pub memory_key: Option<String>,
+    pub memory: Option<CoverageOf>,
 }
 
 /// Splits `shapes@v3` into the dataset name and the version; `None` for a malformed version,
@@ -135,8 +135,9 @@ pub async fn referenced(services: &Services, user: &User, sql: &str) -> ServiceR
             let Some(found) = snapshot.tables.iter().find(|t| t.name == table) else { continue };
             let (visible, internal) = found.providers()?;
             let identity = dataset_table_name(&dataset.project, &dataset.name, version, table);
-            let memory_key = (!readable.open)
-                .then(|| format!("{}@v{at}/{}/{table}", dataset.uid, readable.unit.as_deref().unwrap_or("frames")));
+            let unit = readable.unit.as_deref().unwrap_or("frames");
+            let memory =
+                (!readable.open).then(|| CoverageOf::DatasetTable(format!("{}@v{at}/{unit}/{table}", dataset.uid)));
             tables.push(DatasetTable {
                 protected: ProtectedTable {
                     name: identity,
@@ -148,7 +149,7 @@ pub async fn referenced(services: &Services, user: &User, sql: &str) -> ServiceR
                     shared_ids: true,
                 },
                 uid: dataset.uid.clone(),
-                memory_key,
+                memory,
             });
         }
         Ok(tables)

@@ -6,7 +6,7 @@ use crate::{ErrorKind, ServiceError, ServiceResult, Services, access, on_store};
 use arrow::array::RecordBatch;
 use milkglass_core::{Policy, UnsafeHandling};
 use milkglass_guard::{Coverage, Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
-use milkglass_store::{GuardedTableInfo, NewAuditEntry, User};
+use milkglass_store::{CoverageOf, GuardedTableInfo, NewAuditEntry, User};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ fn readable_now(
     for table in tables {
         let (visible, internal) = table.providers()?;
         policies.by_name.insert(table.name.clone(), table.policy.clone());
-        policies.memory.insert(table.name.clone(), Memory::Table(table.id));
+        policies.memory.insert(table.name.clone(), Some(CoverageOf::Table(table.id)));
         policies.uids.insert(table.name.clone(), table.uid.clone());
         let rows = u64::try_from(table.rows).unwrap_or(0);
         let reference = milkglass_guard::TableReference::bare(table.name.as_str());
@@ -66,29 +66,20 @@ fn readable_now(
     for table in datasets {
         let name = table.protected.name.clone();
         policies.by_name.insert(name.clone(), table.protected.policy.clone());
-        policies.memory.insert(name.clone(), table.memory_key.map_or(Memory::None, Memory::Dataset));
+        policies.memory.insert(name.clone(), table.memory);
         policies.uids.insert(name, table.uid);
         protected.push(table.protected);
     }
     Ok((protected, policies))
 }
 
-/// Where the memory of a table's released answers lives.
-#[derive(Debug, Clone)]
-enum Memory {
-    /// A guarded table's, by its catalog id.
-    Table(i64),
-    /// A dataset table snapshot's, by its key (dataset uid, version, unit, table).
-    Dataset(String),
-    /// Nothing to remember: members' open reads of their own datasets.
-    None,
-}
-
 /// The policies of the tables a query may read, by name, and the tables' identities.
 #[derive(Default)]
 struct Policies {
     by_name: HashMap<String, Policy>,
-    memory: HashMap<String, Memory>,
+    /// Where each table's memory of released answers lives; `None`: nothing to remember
+    /// (members' open reads of their own datasets).
+    memory: HashMap<String, Option<CoverageOf>>,
     /// Each table's identity, for what is bound to the table itself (approvals).
     uids: HashMap<String, String>,
 }
@@ -99,7 +90,7 @@ struct Policies {
 struct Earlier {
     pool: String,
     /// By table name: where the table's memory lives and the earlier sets.
-    sets: HashMap<String, (Memory, Vec<Coverage>)>,
+    sets: HashMap<String, (Option<CoverageOf>, Vec<Coverage>)>,
 }
 
 impl Earlier {
@@ -126,9 +117,8 @@ impl Earlier {
             let mut sets = HashMap::new();
             for (table, memory) in memories {
                 let answered = match &memory {
-                    Memory::Table(id) => store.answered_coverage(&pool, *id)?,
-                    Memory::Dataset(key) => store.answered_dataset_coverage(&pool, key)?,
-                    Memory::None => Vec::new(),
+                    Some(of) => store.answered_coverage(&pool, of)?,
+                    None => Vec::new(),
                 };
                 let earlier = answered
                     .iter()
@@ -150,8 +140,8 @@ impl Earlier {
     async fn remember(&self, services: &Services, outcome: &Outcome, audit_id: i64) -> ServiceResult<()> {
         let mut new = Vec::new();
         for (table, coverage) in &outcome.coverage {
-            let Some((memory, earlier)) = self.sets.get(table) else { continue };
-            if matches!(memory, Memory::None) || earlier.iter().any(|e| e.differs_by(coverage) == 0) {
+            let Some((Some(memory), earlier)) = self.sets.get(table) else { continue };
+            if earlier.iter().any(|e| e.differs_by(coverage) == 0) {
                 continue;
             }
             new.push((memory.clone(), i64::try_from(coverage.len()).unwrap_or(i64::MAX), coverage.to_bytes()));
@@ -159,11 +149,7 @@ impl Earlier {
         let pool = self.pool.clone();
         on_store(services, move |store| {
             for (memory, rows, bytes) in new {
-                match memory {
-                    Memory::Table(id) => store.remember_coverage(&pool, id, audit_id, rows, &bytes)?,
-                    Memory::Dataset(key) => store.remember_dataset_coverage(&pool, &key, audit_id, rows, &bytes)?,
-                    Memory::None => {}
-                }
+                store.remember_coverage(&pool, &memory, audit_id, rows, &bytes)?;
             }
             Ok(())
         })

@@ -7,6 +7,26 @@ use crate::{Store, StoreError, StoreResult, User, now};
 use milkglass_core::check_name;
 use rusqlite::{OptionalExtension, params};
 
+/// Whose answers a memory holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoverageOf {
+    /// A guarded table's, by its catalog id (the memory goes with the table).
+    Table(i64),
+    /// A dataset table snapshot's, by its key (dataset uid, version, unit, table): row ids
+    /// are that snapshot's units.
+    DatasetTable(String),
+}
+
+impl CoverageOf {
+    /// The memory's table, its key column and the key.
+    fn place(&self) -> (&'static str, &'static str, rusqlite::types::Value) {
+        match self {
+            CoverageOf::Table(id) => ("answered_coverage", "table_id", (*id).into()),
+            CoverageOf::DatasetTable(key) => ("answered_dataset_coverage", "table_key", key.clone().into()),
+        }
+    }
+}
+
 /// One earlier answer's coverage of a table.
 #[derive(Debug, Clone)]
 pub struct AnsweredCoverage {
@@ -45,13 +65,14 @@ impl Store {
         })
     }
 
-    /// Earlier answers' coverage of table `table_id` in `pool`.
-    pub fn answered_coverage(&self, pool: &str, table_id: i64) -> StoreResult<Vec<AnsweredCoverage>> {
+    /// Earlier answers' coverage of a table in `pool`, oldest first.
+    pub fn answered_coverage(&self, pool: &str, of: &CoverageOf) -> StoreResult<Vec<AnsweredCoverage>> {
+        let (table, column, key) = of.place();
         self.db().read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT audit_id, rows, coverage FROM answered_coverage WHERE pool = ?1 AND table_id = ?2 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![pool, table_id], |r| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT audit_id, rows, coverage FROM {table} WHERE pool = ?1 AND {column} = ?2 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map(params![pool, key], |r| {
                 Ok(AnsweredCoverage { audit_id: r.get(0)?, rows: r.get(1)?, coverage: r.get(2)? })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -62,16 +83,19 @@ impl Store {
     pub fn remember_coverage(
         &self,
         pool: &str,
-        table_id: i64,
+        of: &CoverageOf,
         audit_id: i64,
         rows: i64,
         coverage: &[u8],
     ) -> StoreResult<()> {
+        let (table, column, key) = of.place();
         self.db().write(|tx| {
             tx.execute(
-                "INSERT INTO answered_coverage (pool, table_id, audit_id, rows, coverage, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![pool, table_id, audit_id, rows, coverage, now()],
+                &format!(
+                    "INSERT INTO {table} (pool, {column}, audit_id, rows, coverage, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ),
+                params![pool, key, audit_id, rows, coverage, now()],
             )?;
             Ok(())
         })

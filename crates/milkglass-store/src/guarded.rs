@@ -42,9 +42,7 @@ pub struct GuardedTableInfo {
 impl GuardedTableInfo {
     /// Whether `user` may query the table (owners and admins always may).
     pub fn readable_by(&self, user: &User) -> bool {
-        user.role == Role::Admin
-            || self.owner == user.name
-            || (user.role == Role::Scientist && self.readers.as_ref().is_none_or(|r| r.contains(&user.name)))
+        user.role == Role::Admin || self.owner == user.name || among_readers(self.readers.as_deref(), user)
     }
 
     /// Whether `user` may replace, drop or re-police the table.
@@ -56,6 +54,11 @@ impl GuardedTableInfo {
     pub fn providers(&self) -> StoreResult<(Arc<dyn TableProvider>, Arc<dyn TableProvider>)> {
         parquet_providers(&self.file)
     }
+}
+
+/// Whether `user` is a scientist a publication's `readers` admit (`None`: every scientist).
+pub(crate) fn among_readers(readers: Option<&[String]>, user: &User) -> bool {
+    user.role == Role::Scientist && readers.is_none_or(|r| r.contains(&user.name))
 }
 
 /// Providers over a Parquet file whose last column is [`ROW_ID`]: as callers see it

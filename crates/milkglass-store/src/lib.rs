@@ -31,7 +31,7 @@ mod snapshot;
 mod users;
 
 pub use access::{FetchSettings, S3Settings};
-pub use answered::AnsweredCoverage;
+pub use answered::{AnsweredCoverage, CoverageOf};
 pub use audit::{AuditEntry, NewAuditEntry};
 pub use catalog::{DatasetInfo, DatasetPatch, DatasetStatus, InferenceSetInfo, ProjectInfo, ProjectPatch, UploadInfo};
 pub use embeddings::{EmbeddingFile, Space};

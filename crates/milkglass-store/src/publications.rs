@@ -31,7 +31,7 @@ pub struct DatasetPublication {
 impl DatasetPublication {
     /// Whether a scientist is among the readers (owners and members read through the project).
     pub fn readable_by(&self, user: &User) -> bool {
-        user.role == milkglass_core::Role::Scientist && self.readers.as_ref().is_none_or(|r| r.contains(&user.name))
+        crate::guarded::among_readers(self.readers.as_deref(), user)
     }
 }
 
@@ -132,37 +132,6 @@ impl Store {
                 return Err(StoreError::not_found(format!("a publication of dataset {:?}", dataset.name)));
             }
             close_requests_about(tx, &dataset.uid, &format!("dataset {:?} was unpublished", dataset.name))
-        })
-    }
-
-    /// What released answers of `pool` covered of a dataset table snapshot (`key`).
-    pub fn answered_dataset_coverage(&self, pool: &str, key: &str) -> StoreResult<Vec<crate::AnsweredCoverage>> {
-        self.db().read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT audit_id, rows, coverage FROM answered_dataset_coverage WHERE pool = ?1 AND table_key = ?2 ORDER BY id",
-            )?;
-            let rows = stmt.query_map(params![pool, key], |r| {
-                Ok(crate::AnsweredCoverage { audit_id: r.get(0)?, rows: r.get(1)?, coverage: r.get(2)? })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-    }
-
-    pub fn remember_dataset_coverage(
-        &self,
-        pool: &str,
-        key: &str,
-        audit_id: i64,
-        rows: i64,
-        coverage: &[u8],
-    ) -> StoreResult<()> {
-        self.db().write(|tx| {
-            tx.execute(
-                "INSERT INTO answered_dataset_coverage (pool, table_key, audit_id, rows, coverage, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![pool, key, audit_id, rows, coverage, now()],
-            )?;
-            Ok(())
         })
     }
 }

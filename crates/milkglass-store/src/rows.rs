@@ -155,7 +155,7 @@ fn check_version(dataset: &DatasetInfo, version: Option<i64>) -> StoreResult<()>
 }
 
 /// SQL for "this revision is visible at the requested version". `?v` is bound by the caller.
-fn visible(alias: &str, version: Option<i64>) -> String {
+pub(crate) fn visible(alias: &str, version: Option<i64>) -> String {
     match version {
         None => format!("{alias}.valid_to IS NULL"),
         Some(v) => format!("{alias}.valid_from <= {v} AND ({alias}.valid_to IS NULL OR {alias}.valid_to > {v})"),

@@ -15,6 +15,7 @@
 //! are one unit together: that is the stricter count.
 
 use crate::guarded::parquet_providers;
+use crate::rows::visible;
 use crate::{DatasetInfo, ROW_ID, Store, StoreError, StoreResult};
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, ListBuilder, RecordBatch, StringBuilder,
@@ -232,11 +233,6 @@ fn read_manifest(dir: &Path, dataset: &DatasetInfo) -> StoreResult<Option<Datase
     Ok(Some(snapshot))
 }
 
-/// SQL for "this revision is visible at `version`".
-fn visible_at(alias: &str, version: i64) -> String {
-    format!("{alias}.valid_from <= {version} AND ({alias}.valid_to IS NULL OR {alias}.valid_to > {version})")
-}
-
 /// What a first pass over the frames finds: each frame's unit, and the metadata columns.
 struct FrameFacts {
     unit_of_frame: HashMap<String, u32>,
@@ -247,7 +243,7 @@ struct FrameFacts {
 fn frame_facts(conn: &Connection, dataset_id: i64, version: i64, unit: Option<&str>) -> StoreResult<FrameFacts> {
     let mut stmt = conn.prepare(&format!(
         "SELECT f.frame_id, f.metadata FROM frames f WHERE f.dataset_id = ?1 AND {} ORDER BY f.frame_id",
-        visible_at("f", version)
+        visible("f", Some(version))
     ))?;
     let mut cursor = stmt.query([dataset_id])?;
     let mut meta: BTreeMap<String, (String, MetaType)> = BTreeMap::new();
@@ -384,7 +380,7 @@ fn write_frames(
     let mut stmt = conn.prepare(&format!(
         "SELECT f.frame_id, f.timestamp, f.geo_lat, f.geo_lon, f.sensors, f.label_count, f.metadata
          FROM frames f WHERE f.dataset_id = ?1 AND {} ORDER BY f.frame_id",
-        visible_at("f", version)
+        visible("f", Some(version))
     ))?;
     let mut cursor = stmt.query([dataset_id])?;
     let keys: Vec<(&String, MetaType)> = facts.meta.iter().map(|(k, (_, t))| (k, *t)).collect();
@@ -563,7 +559,7 @@ fn write_labels(
         "SELECT l.frame_id, l.label_id, l.class_id, l.top, l.\"left\", l.width, l.height, l.kind, l.sensor_id,
                 l.iscrowd, l.attributes, l.confidence
          FROM labels l WHERE l.dataset_id = ?1 AND l.inference_set_id = ?2 AND {} ORDER BY l.frame_id, l.label_id",
-        visible_at("l", version)
+        visible("l", Some(version))
     );
     let mut stmt = conn.prepare(&query)?;
     let mut cursor = stmt.query(params![dataset_id, inference_set.map_or(0, |s| s.0)])?;
@@ -571,7 +567,7 @@ fn write_labels(
         "SELECT l.frame_id, l.label_id, l.class_id, l.top, l.\"left\", l.width, l.height
          FROM labels l WHERE l.dataset_id = ?1 AND l.inference_set_id = 0 AND l.kind = 'box2d' AND {}
          ORDER BY l.frame_id, l.label_id",
-        visible_at("l", version)
+        visible("l", Some(version))
     ))?;
     let mut truth = match inference_set {
         Some(_) => Some(TruthByFrame { rows: truth_stmt.query([dataset_id])?, pending: None }),

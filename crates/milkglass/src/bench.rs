@@ -425,9 +425,27 @@ const GUARD_SQL: &str = "SELECT k, COUNT(*) AS n, AVG(v) AS mean_v, SUM(w) AS to
 
 /// The guard's overhead: the same GROUP BY over the same Parquet file, once through
 /// the guard (plan rewrite, hidden counts, decision) and once on plain DataFusion.
+/// The generated guarded table as the guard takes it, named `t`.
+fn protected_bench_table(
+    table: &milkglass_store::GuardedTableInfo,
+    policy: &milkglass_core::Policy,
+    rows: usize,
+) -> Result<milkglass_guard::ProtectedTable> {
+    let (visible, internal) = table.providers()?;
+    Ok(milkglass_guard::ProtectedTable {
+        name: "t".into(),
+        reference: "t".into(),
+        policy: policy.clone(),
+        visible,
+        internal,
+        rows: rows as u64,
+        shared_ids: false,
+    })
+}
+
 fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
-    use milkglass_guard::{Decision, ProtectedTable};
+    use milkglass_guard::Decision;
     let (_store, table) = guard_bench_table(&dir.join("guard-store"), rows, groups)?;
     let policy = table.policy.clone();
     let runtime = crate::runtime()?;
@@ -446,16 +464,7 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
             let plain_rows: usize = batches.iter().map(|b| b.num_rows()).sum();
 
             let start = Instant::now();
-            let (visible, internal) = table.providers()?;
-            let protected = ProtectedTable {
-                name: "t".into(),
-                reference: "t".into(),
-                policy: policy.clone(),
-                visible,
-                internal,
-                rows: rows as u64,
-                shared_ids: false,
-            };
+            let protected = protected_bench_table(&table, &policy, rows)?;
             let prepared = milkglass_guard::prepare(GUARD_SQL, vec![protected]).await?;
             let outcome = prepared.execute().await?;
             let decision = prepared.decide(Some(&outcome), &policies, "bench");
@@ -849,7 +858,7 @@ fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()
 
 fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
-    use milkglass_guard::{Coverage, Decision, ProtectedTable};
+    use milkglass_guard::{Coverage, Decision};
     let groups = 100;
     let (store, table) = guard_bench_table(&dir.join("differencing-store"), rows, groups)?;
     let policy = table.policy.clone();
@@ -877,16 +886,7 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
             plain.push(start.elapsed().as_secs_f64());
 
             let start = Instant::now();
-            let (visible, internal) = table.providers()?;
-            let protected = ProtectedTable {
-                name: "t".into(),
-                reference: "t".into(),
-                policy: policy.clone(),
-                visible,
-                internal,
-                rows: rows as u64,
-                shared_ids: false,
-            };
+            let protected = protected_bench_table(&table, &policy, rows)?;
             let prepared = milkglass_guard::prepare(&sql, vec![protected]).await?;
             let mut outcome = prepared.execute().await?;
             guarded.push(start.elapsed().as_secs_f64());
@@ -895,7 +895,7 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
             // remember this one.
             let start = Instant::now();
             let earlier = store
-                .answered_coverage(&pool, table.id)?
+                .answered_coverage(&pool, &milkglass_store::CoverageOf::Table(table.id))?
                 .iter()
                 .map(|a| Coverage::from_bytes(&a.coverage))
                 .collect::<Result<Vec<_>, _>>()
@@ -904,7 +904,13 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
             let decision = prepared.decide(Some(&outcome), &policies, "sam");
             let coverage = outcome.coverage.get("t").ok_or_else(|| anyhow::anyhow!("no coverage recorded"))?;
             let serialized = coverage.to_bytes();
-            store.remember_coverage(&pool, table.id, 0, coverage.len() as i64, &serialized)?;
+            store.remember_coverage(
+                &pool,
+                &milkglass_store::CoverageOf::Table(table.id),
+                0,
+                coverage.len() as i64,
+                &serialized,
+            )?;
             memory.push(start.elapsed().as_secs_f64());
             bytes.push(serialized.len());
             if decision != Decision::Safe || outcome.rows != expected {
