@@ -229,6 +229,17 @@ fn only_readers_see_a_publication_and_it_ends_when_withdrawn() {
     let r =
         server.request(Method::PUT, &scientist, "/api/projects/p/datasets/d/publication").json(&bad).send().unwrap();
     expect_error(r, 403);
+    let put = |body: &Value| {
+        server.request(Method::PUT, &owner, "/api/projects/p/datasets/d/publication").json(body).send().unwrap()
+    };
+    let unknown_unit = json!({"policy": {"safe_zone": true}, "unit": "no_such_key"});
+    assert_eq!(expect_error(put(&unknown_unit), 400)["field"], "unit");
+    let owner_as_reader = json!({"policy": {"safe_zone": true}, "readers": ["olivia"]});
+    assert_eq!(expect_error(put(&owner_as_reader), 400)["field"], "readers[0]");
+    // None of the refused changes took: the publication is the one made first.
+    let publication: Value = server.get(&owner, "/api/projects/p/datasets/d/publication").json().unwrap();
+    assert_eq!(publication["publication"]["unit"], "driver_id", "{publication}");
+    assert_eq!(publication["publication"]["readers"], json!(["sam"]));
     let r = server.request(Method::DELETE, &owner, "/api/projects/p/datasets/d/publication").send().unwrap();
     assert_eq!(r.status(), 204);
     expect_error(query(&server, &scientist, sql), 400);
