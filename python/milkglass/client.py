@@ -339,7 +339,8 @@ def _segment(name: str) -> str:
 
 
 class RemoteDataset:
-    """A dataset's tables on the server: ``ds.frames``, ``ds.labels``, ``ds.inferences("model_v1")``."""
+    """A dataset's tables on the server: ``ds.frames``, ``ds.labels``, ``ds.inferences("model_v1")``, and its
+    insight scores: ``ds.frame_scores``, ``ds.label_scores``, ``ds.issues("model_v1")``."""
 
     def __init__(self, client: Client, name: str, *, version: Optional[int] = None, project: Optional[str] = None):
         self._client = client
@@ -366,3 +367,19 @@ class RemoteDataset:
     def inferences(self, inference_set: str) -> RemoteLazyFrame:
         """One row per inference of a set, with its confidence and its best match among the labels."""
         return self.table(f"inferences_{inference_set}")
+
+    @property
+    def frame_scores(self) -> RemoteLazyFrame:
+        """One row per frame: ``uniqueness`` (0 to 1) and ``outlier_score`` (robust z) over its embedding's
+        10 nearest neighbours; NULL where the frame has no embedding."""
+        return self.table("frame_scores")
+
+    @property
+    def label_scores(self) -> RemoteLazyFrame:
+        """One row per label: ``uniqueness`` and ``outlier_score`` over the label (crop) embeddings."""
+        return self.table("label_scores")
+
+    def issues(self, inference_set: str) -> RemoteLazyFrame:
+        """The likely label errors against an inference set: ``kind``, ``score``, the label, inference and
+        suggested class, as the label-error queue ranks them."""
+        return self.table(f"issues_{inference_set}")

@@ -92,3 +92,29 @@ def test_the_sdks_lazy_labels_equal_polars_over_an_export(demo):
         scientist.dataset("shapes").labels.select("label_id", "class").collect()
     listed = scientist.dataset_tables()
     assert "shapes.labels" in listed["sql_name"].to_list()
+
+
+def test_the_insight_score_tables_through_the_sdk_and_adbc(demo):
+    member = milkglass.connect(demo["http"], demo["tokens"]["victor"])
+    shapes = member.dataset("shapes")
+    by_kind = shapes.issues("detector_v1").group_by("kind").agg(pl.len().alias("n")).sort("kind").collect()
+    queue = member._request("GET", "/api/projects/shapes/datasets/shapes/insights/label_errors",
+                            params={"inference_set": "detector_v1", "limit": 10000})
+    expected = {}
+    for issue in queue["issues"]:
+        expected[issue["kind"]] = expected.get(issue["kind"], 0) + 1
+    assert dict(zip(by_kind["kind"].to_list(), by_kind["n"].to_list())) == expected
+    rarest = shapes.frame_scores.sort("uniqueness", descending=True).head(3).collect()
+    assert rarest["uniqueness"].to_list()[0] == 1.0, rarest
+    with adbc(demo, "victor") as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT COUNT(*) AS n FROM shapes.frame_scores WHERE outlier_score > 3")
+        outliers = cursor.fetch_arrow_table().to_pylist()[0]["n"]
+    route = member._request("GET", "/api/projects/shapes/datasets/shapes/insights/neighbors",
+                            params={"kind": "outliers", "min_score": 3, "limit": 1})
+    assert outliers == route["total"]
+    # The scientist gets the aggregate, never which frame.
+    scientist = milkglass.connect(demo["http"], demo["tokens"]["sam"])
+    mean = scientist.dataset("shapes").frame_scores.select(pl.col("uniqueness").mean()).collect()
+    assert abs(mean["uniqueness"][0] - shapes.frame_scores.select(pl.col("uniqueness").mean()).collect()["uniqueness"][0]) < 1e-9
+    with pytest.raises(QueryRefused):
+        scientist.dataset("shapes").frame_scores.sort("uniqueness", descending=True).head(1).select("frame_id").collect()

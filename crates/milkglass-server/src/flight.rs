@@ -239,7 +239,7 @@ impl MilkglassFlightSql {
 
     async fn dataset_tables(&self, user: &User) -> Result<Vec<dataset_tables::TableListing>, Status> {
         let (services, user) = (self.state.services.clone(), user.clone());
-        blocking(move || dataset_tables::list(&services.store, &user, None)).await.map_err(status)
+        blocking(move || dataset_tables::list(&services, &user, None)).await.map_err(status)
     }
 
     async fn readable_tables(&self, user: &User) -> Result<Vec<GuardedTableInfo>, Status> {

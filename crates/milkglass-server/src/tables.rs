@@ -40,7 +40,7 @@ pub fn router() -> Router<AppState> {
 
 /// Every dataset table the caller may query: their projects' datasets and those published to them.
 async fn list_dataset_tables(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    let tables = blocking(move || dataset_tables::list(&state.services.store, &caller.0, None)).await?;
+    let tables = blocking(move || dataset_tables::list(&state.services, &caller.0, None)).await?;
     Ok(Json(json!({ "tables": tables })))
 }
 
@@ -51,7 +51,7 @@ async fn dataset_tables_of(
     Path((project, dataset)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let tables = blocking(move || {
-        let tables = dataset_tables::list(&state.services.store, &caller.0, Some((&project, &dataset)))?;
+        let tables = dataset_tables::list(&state.services, &caller.0, Some((&project, &dataset)))?;
         if tables.is_empty() {
             // Neither a member nor a reader: the same answer as for a project that does not exist.
             return Err(access::no_project_access(&project));

@@ -8,15 +8,22 @@
 //!   policy: minimum aggregation counted in frames or in a metadata key's values (the
 //!   snapshot's row ids are those units), sanitized columns, log/reject/review.
 //!
+//! Tables: `frames`, `labels`, `inferences_<set>`, and the insight scores `frame_scores`,
+//! `label_scores` and `issues_<set>` (see milkglass-store's `scores`).
+//!
 //! SQL names: `<dataset>.<table>` (`shapes.labels`, `shapes.inferences_model_v1`), and
 //! `"<dataset>@v<N>".<table>` for version N. Where two datasets the caller may read share
 //! a name, `<project>.<dataset>.<table>` tells them apart. Each table's identity in
 //! decisions and logs is `<project>/<dataset>[@v<N>]/<table>`.
 
+use crate::insights::IndexCache;
 use crate::{ServiceError, ServiceResult, Services, access, on_store};
 use milkglass_core::{Policy, ProjectRole, Role, Rule, UnsafeHandling};
 use milkglass_guard::{ProtectedTable, TableReference};
-use milkglass_store::{CoverageOf, DatasetInfo, DatasetPublication, DatasetSnapshot, Store, User, dataset_table_name};
+use milkglass_store::{
+    CoverageOf, DatasetInfo, DatasetPublication, DatasetSnapshot, SnapshotTable, Store, User, dataset_table_name,
+    is_score_table,
+};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -85,6 +92,37 @@ pub struct DatasetTable {
     pub memory: Option<CoverageOf>,
 }
 
+/// Up to this many frames, a version's score tables are made right after its upload and on
+/// a listing (the exact 10-NN graph takes seconds); past it, on the first query naming one.
+const EAGER_SCORE_FRAMES: u64 = 20_000;
+
+/// The snapshot's insight-score tables (`frame_scores`, `label_scores`, `issues_<set>`): read
+/// when written before, else computed from the insights and written. Scores are computed for
+/// the dataset's current version only; an earlier version has them if they were made while it
+/// was current. Blocking.
+fn score_tables(
+    indexes: &IndexCache,
+    store: &Store,
+    dataset: &DatasetInfo,
+    snapshot: &DatasetSnapshot,
+) -> ServiceResult<Vec<SnapshotTable>> {
+    if let Some(tables) = store.snapshot_scores(snapshot)? {
+        return Ok(tables);
+    }
+    if snapshot.version != dataset.version {
+        return Err(ServiceError::invalid(
+            "sql",
+            format!(
+                "insight scores of version {} were not kept (they are made for the current version, {}); \
+                 query the current version's score tables",
+                snapshot.version, dataset.version
+            ),
+        ));
+    }
+    let scores = crate::insights::insight_scores(indexes, store, dataset)?;
+    Ok(store.write_snapshot_scores(snapshot, &scores)?)
+}
+
 /// Splits `shapes@v3` into the dataset name and the version; `None` for a malformed version,
 /// which then names no dataset table (the planner says it does not exist).
 fn schema_version(schema: &str) -> Option<(&str, Option<i64>)> {
@@ -103,10 +141,11 @@ pub async fn referenced(services: &Services, user: &User, sql: &str) -> ServiceR
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let user = user.clone();
+    let (user, indexes) = (user.clone(), services.indexes.clone());
     on_store(services, move |store| {
         let readable = readable_datasets(store, &user)?;
         let mut snapshots: HashMap<(i64, i64), DatasetSnapshot> = HashMap::new();
+        let mut scores: HashMap<(i64, i64), Vec<SnapshotTable>> = HashMap::new();
         let mut tables = Vec::new();
         for reference in wanted {
             let (project, schema, table) = match &reference {
@@ -132,7 +171,20 @@ pub async fn referenced(services: &Services, user: &User, sql: &str) -> ServiceR
                     e.insert(store.dataset_snapshot(dataset, at, readable.unit.as_deref())?)
                 }
             };
-            let Some(found) = snapshot.tables.iter().find(|t| t.name == table) else { continue };
+            let found = match snapshot.tables.iter().find(|t| t.name == table) {
+                Some(found) => found,
+                None if is_score_table(table) => {
+                    let tables = match scores.entry(key) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            e.insert(score_tables(&indexes, store, dataset, snapshot)?)
+                        }
+                    };
+                    let Some(found) = tables.iter().find(|t| t.name == table) else { continue };
+                    found
+                }
+                None => continue,
+            };
             let (visible, internal) = found.providers()?;
             let identity = dataset_table_name(&dataset.project, &dataset.name, version, table);
             let unit = readable.unit.as_deref().unwrap_or("frames");
@@ -157,14 +209,31 @@ pub async fn referenced(services: &Services, user: &User, sql: &str) -> ServiceR
     .await
 }
 
+/// The snapshot's score tables where they exist or are cheap to make now (see
+/// [`EAGER_SCORE_FRAMES`]); empty where they wait for a query. Blocking.
+fn eager_score_tables(
+    indexes: &IndexCache,
+    store: &Store,
+    dataset: &DatasetInfo,
+    snapshot: &DatasetSnapshot,
+) -> ServiceResult<Vec<SnapshotTable>> {
+    let frames = snapshot.tables.iter().find(|t| t.name == "frames").map_or(0, |t| t.rows);
+    if snapshot.version == dataset.version && frames <= EAGER_SCORE_FRAMES {
+        return score_tables(indexes, store, dataset, snapshot);
+    }
+    Ok(store.snapshot_scores(snapshot)?.unwrap_or_default())
+}
+
 /// Writes the current version's tables ahead of its first query: counted in frames (members)
-/// and in the publication's unit, if it names one. Blocking.
-pub(crate) fn prepare(store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
+/// and in the publication's unit, if it names one, with their score tables. Blocking.
+pub(crate) fn prepare(indexes: &IndexCache, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
     // Another upload may have landed since: work on the version that is current now.
     let dataset = store.dataset(&dataset.project, &dataset.name)?;
-    store.dataset_snapshot(&dataset, dataset.version, None)?;
+    let snapshot = store.dataset_snapshot(&dataset, dataset.version, None)?;
+    eager_score_tables(indexes, store, &dataset, &snapshot)?;
     if let Some(unit) = store.dataset_publication(&dataset)?.and_then(|p| p.unit) {
-        store.dataset_snapshot(&dataset, dataset.version, Some(&unit))?;
+        let snapshot = store.dataset_snapshot(&dataset, dataset.version, Some(&unit))?;
+        eager_score_tables(indexes, store, &dataset, &snapshot)?;
     }
     Ok(())
 }
@@ -208,8 +277,10 @@ fn sql_ident(name: &str) -> String {
 }
 
 /// The current tables of every dataset the caller may query (or of one, with `only`),
-/// with their columns. Takes each current snapshot that does not exist yet. Blocking.
-pub fn list(store: &Store, user: &User, only: Option<(&str, &str)>) -> ServiceResult<Vec<TableListing>> {
+/// with their columns. Takes each current snapshot that does not exist yet; score tables are
+/// listed once made (at once for versions of up to 20,000 frames). Blocking.
+pub fn list(services: &Services, user: &User, only: Option<(&str, &str)>) -> ServiceResult<Vec<TableListing>> {
+    let store = &services.store;
     let mut listings = Vec::new();
     for readable in readable_datasets(store, user)? {
         let dataset = &readable.dataset;
@@ -217,7 +288,8 @@ pub fn list(store: &Store, user: &User, only: Option<(&str, &str)>) -> ServiceRe
             continue;
         }
         let snapshot = store.dataset_snapshot(dataset, dataset.version, readable.unit.as_deref())?;
-        for table in &snapshot.tables {
+        let scores = eager_score_tables(&services.indexes, store, dataset, &snapshot)?;
+        for table in snapshot.tables.iter().chain(&scores) {
             let (visible, _) = table.providers()?;
             let columns = visible
                 .schema()
@@ -297,9 +369,14 @@ pub async fn publish(
             }
         }
         let snapshot = store.dataset_snapshot(&dataset, dataset.version, None)?;
-        let columns: Vec<&String> = snapshot.tables.iter().flat_map(|t| &t.columns).collect();
+        let columns: Vec<&str> = snapshot
+            .tables
+            .iter()
+            .flat_map(|t| t.columns.iter().map(String::as_str))
+            .chain(milkglass_store::SCORE_COLUMNS)
+            .collect();
         for (i, column) in policy.sanitized_columns.iter().enumerate() {
-            if !columns.contains(&column) {
+            if !columns.contains(&column.as_str()) {
                 return Err(ServiceError::invalid(
                     format!("policy.sanitized_columns[{i}]"),
                     format!("no table of dataset {name:?} has a column {column:?}"),

@@ -159,7 +159,7 @@ pub fn upload(
             let warmed = store.dataset_status(&project, &name).map_err(ServiceError::from).and_then(|status| {
                 frame_indexes.start(&store, &status.dataset);
                 indexes.warm(&store, &status.dataset)?;
-                crate::dataset_tables::prepare(&store, &status.dataset)
+                crate::dataset_tables::prepare(&indexes, &store, &status.dataset)
             });
             if let Err(e) = warmed {
                 tracing::debug!("preparing {project}/{name} after an upload: {e}");

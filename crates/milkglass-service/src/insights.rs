@@ -380,14 +380,7 @@ pub fn label_errors(
     }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
-    let ranked = services.indexes.ranked_issues(&dataset, &set, || {
-        let truths = store.current_classifications(&dataset, None)?;
-        if truths.is_empty() {
-            rank_detection(store, &project, &dataset, &set)
-        } else {
-            rank_classification(store, &project, &dataset, &set, truths)
-        }
-    })?;
+    let ranked = ranked_issues(&services.indexes, store, &project, &dataset, &set)?;
     // Dismissals change without a new version: applied to the kept ranking on every request.
     let dismissed = store.dismissed_issues(&dataset)?;
     let selected: Vec<&LabelIssue> = ranked
@@ -403,6 +396,25 @@ pub fn label_errors(
         total: selected.len(),
         issues: selected.into_iter().skip(query.offset).take(query.limit).cloned().collect(),
         frames: ranked.frames.iter().take(query.limit).cloned().collect(),
+    })
+}
+
+/// The label errors of the dataset's version against `set`, ranked once per version: by
+/// confident learning where the ground truth is classifications, else by box matching.
+fn ranked_issues(
+    indexes: &IndexCache,
+    store: &Store,
+    project: &ProjectInfo,
+    dataset: &DatasetInfo,
+    set: &InferenceSetInfo,
+) -> ServiceResult<Arc<RankedIssues>> {
+    indexes.ranked_issues(dataset, set, || {
+        let truths = store.current_classifications(dataset, None)?;
+        if truths.is_empty() {
+            rank_detection(store, project, dataset, set)
+        } else {
+            rank_classification(store, project, dataset, set, truths)
+        }
     })
 }
 
@@ -1615,6 +1627,71 @@ pub fn neighbors(
         total: ranked.len(),
         items: ranked.into_iter().skip(query.offset).take(query.limit).collect(),
     })
+}
+
+/// Uniqueness and outlier score of every point of a space with embeddings, over the same
+/// kept 10-NN graph the neighbour analytics rank by.
+fn point_scores(
+    indexes: &IndexCache,
+    store: &Store,
+    dataset: &DatasetInfo,
+    space: Space,
+) -> ServiceResult<Vec<milkglass_store::PointScore>> {
+    let data = indexes.space_vectors(store, dataset, space)?;
+    if data.ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let graph = indexes.graph(dataset, space, &data);
+    let uniqueness = milkglass_insight::neighbors::uniqueness(&graph);
+    let mut outliers: Vec<Option<f64>> = vec![None; data.ids.len()];
+    for o in milkglass_insight::neighbors::outliers(&graph, f32::NEG_INFINITY) {
+        outliers[o.id as usize] = Some(f64::from(o.score));
+    }
+    Ok(data
+        .ids
+        .iter()
+        .zip(uniqueness)
+        .zip(outliers)
+        .map(|((id, u), o)| milkglass_store::PointScore { id: id.clone(), uniqueness: f64::from(u), outlier_score: o })
+        .collect())
+}
+
+/// Every insight score of the dataset's current version, for its score tables: the neighbour
+/// scores of both spaces (where they have embeddings) and each inference set's ranked label
+/// errors, dismissed or not (dismissals are the queue's, and change without a new version).
+pub(crate) fn insight_scores(
+    indexes: &IndexCache,
+    store: &Store,
+    dataset: &DatasetInfo,
+) -> ServiceResult<milkglass_store::InsightScores> {
+    let project = store.project(&dataset.project)?;
+    let mut scores = milkglass_store::InsightScores::default();
+    if dataset.frame_embedding_dim.is_some() {
+        scores.frames = point_scores(indexes, store, dataset, Space::Frames)?;
+    }
+    if dataset.label_embedding_dim.is_some() {
+        scores.labels = point_scores(indexes, store, dataset, Space::Labels)?;
+    }
+    for set in store.list_inference_sets(dataset)? {
+        let ranked = ranked_issues(indexes, store, &project, dataset, &set)?;
+        let issues = ranked
+            .issues
+            .iter()
+            .map(|i| milkglass_store::IssueScore {
+                frame_id: i.frame_id.clone(),
+                kind: i.kind.name().to_string(),
+                score: i.score,
+                label_id: i.label_id.clone(),
+                label_class: i.label_class.clone(),
+                inference_id: i.inference_id.clone(),
+                other_label_id: i.other_label_id.clone(),
+                suggested_class: i.suggested_class.clone(),
+                iou: i.iou,
+            })
+            .collect();
+        scores.issues.push((set.name.clone(), issues));
+    }
+    Ok(scores)
 }
 
 /// How a label-error issue is remembered as "not an issue": its kind and the ids of its label and

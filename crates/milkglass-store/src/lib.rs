@@ -27,6 +27,7 @@ mod migrations;
 mod publications;
 mod reviews;
 mod rows;
+mod scores;
 mod snapshot;
 mod users;
 
@@ -43,6 +44,7 @@ pub use insight::{BoxRecord, ClassRecord, FrameRecord, Segment, SegmentSpec};
 pub use publications::{DatasetPublication, dataset_table_name};
 pub use reviews::ReviewRequest;
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
+pub use scores::{InsightScores, IssueScore, PointScore, SCORE_COLUMNS, is_score_table};
 pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
 pub use users::{User, UserInfo};
 

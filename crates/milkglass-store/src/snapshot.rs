@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-const BATCH_ROWS: usize = 16_384;
+pub(crate) const BATCH_ROWS: usize = 16_384;
 
 /// An inference is a true positive when it overlaps a ground-truth box of its class by at
 /// least this IoU (the project default the label-error ranking matches at, too).
@@ -61,6 +61,10 @@ impl SnapshotTable {
         self.dir.join(&self.file)
     }
 
+    pub(crate) fn set_dir(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+    }
+
     /// DataFusion providers over the file: as callers see it, and with the row id.
     pub fn providers(&self) -> StoreResult<(Arc<dyn TableProvider>, Arc<dyn TableProvider>)> {
         parquet_providers(&self.file())
@@ -76,6 +80,8 @@ pub struct DatasetSnapshot {
     /// The dataset this was taken of (ids are reused; uids are not).
     dataset_uid: String,
     pub tables: Vec<SnapshotTable>,
+    #[serde(skip)]
+    pub(crate) dir: PathBuf,
 }
 
 /// A metadata key's column type, widened as values are seen.
@@ -194,7 +200,8 @@ impl Store {
         let written = write_snapshot(conn, dataset, version, unit, &staging);
         let snapshot = match written {
             Ok(tables) => {
-                DatasetSnapshot { version, unit: unit.map(str::to_string), dataset_uid: dataset.uid.clone(), tables }
+                let (unit, dataset_uid) = (unit.map(str::to_string), dataset.uid.clone());
+                DatasetSnapshot { version, unit, dataset_uid, tables, dir: PathBuf::new() }
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&staging);
@@ -230,6 +237,7 @@ fn read_manifest(dir: &Path, dataset: &DatasetInfo) -> StoreResult<Option<Datase
     for table in &mut snapshot.tables {
         table.dir = dir.to_path_buf();
     }
+    snapshot.dir = dir.to_path_buf();
     Ok(Some(snapshot))
 }
 
@@ -294,12 +302,12 @@ fn frame_facts(conn: &Connection, dataset_id: i64, version: i64, unit: Option<&s
     Ok(FrameFacts { unit_of_frame, units, meta })
 }
 
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
 /// Writes batches to one Parquet file of the snapshot.
-struct TableWriter {
+pub(crate) struct TableWriter {
     name: String,
     file: String,
     writer: ArrowWriter<std::fs::File>,
@@ -308,7 +316,7 @@ struct TableWriter {
 }
 
 impl TableWriter {
-    fn create(dir: &Path, name: &str, fields: Vec<Field>) -> StoreResult<TableWriter> {
+    pub(crate) fn create(dir: &Path, name: &str, fields: Vec<Field>) -> StoreResult<TableWriter> {
         let mut fields = fields;
         fields.push(Field::new(ROW_ID, DataType::Int64, false));
         let schema = Arc::new(Schema::new(fields));
@@ -319,13 +327,13 @@ impl TableWriter {
         Ok(TableWriter { name: name.to_string(), file, writer, schema, rows: 0 })
     }
 
-    fn write(&mut self, columns: Vec<ArrayRef>) -> StoreResult<()> {
+    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> StoreResult<()> {
         let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(corrupt)?;
         self.rows += batch.num_rows() as u64;
         self.writer.write(&batch).map_err(corrupt)
     }
 
-    fn finish(self, units: u64, dir: &Path) -> StoreResult<SnapshotTable> {
+    pub(crate) fn finish(self, units: u64, dir: &Path) -> StoreResult<SnapshotTable> {
         let columns = self.schema.fields().iter().map(|f| f.name().clone()).filter(|n| n != ROW_ID).collect();
         let writer = self.writer;
         writer.close().map_err(corrupt)?;

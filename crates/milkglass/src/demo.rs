@@ -130,7 +130,7 @@ fn load_shapes(
     let policy = Policy::from_value(json!({
         "safe_zone": {"aggregation": {"min_agg_size": 5}},
         "unsafe_handling": "reject",
-        "sanitized_columns": ["frame_id", "urls", "label_id", "matched_label_id"],
+        "sanitized_columns": ["frame_id", "urls", "label_id", "matched_label_id", "inference_id", "other_label_id"],
     }))?;
     store.publish_dataset(&store.dataset("shapes", "shapes")?, &owner, &policy, None, None)?;
     bar.finish_with_message(format!(

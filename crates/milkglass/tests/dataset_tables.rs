@@ -84,7 +84,17 @@ fn members_query_the_demo_dataset_and_the_counts_equal_the_apis() {
     let listing: Value = server.get(viewer, "/api/projects/shapes/datasets/shapes/tables").json().unwrap();
     let names: Vec<&str> =
         listing["tables"].as_array().unwrap().iter().map(|t| t["sql_name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["shapes.frames", "shapes.labels", "shapes.inferences_detector_v1"]);
+    assert_eq!(
+        names,
+        [
+            "shapes.frames",
+            "shapes.labels",
+            "shapes.inferences_detector_v1",
+            "shapes.frame_scores",
+            "shapes.label_scores",
+            "shapes.issues_detector_v1"
+        ]
+    );
 }
 
 #[test]
@@ -189,6 +199,12 @@ fn an_outside_analyst_gets_class_counts_but_never_ids_urls_or_a_sanitized_key() 
             assert_eq!(status, 403, "{sql}: {body}");
         }
     }
+    // The score tables are counted in drivers too: every frame is scored, and a filter that
+    // matches none of them (they share one embedding, so none is unscored) is refused.
+    assert_eq!(count(&server, &scientist, "SELECT COUNT(*) AS n FROM d.frame_scores"), 40);
+    assert_eq!(count(&server, &scientist, "SELECT COUNT(uniqueness) AS n FROM d.frame_scores"), 40);
+    let none = query(&server, &scientist, "SELECT COUNT(*) AS n FROM d.frame_scores WHERE uniqueness IS NULL");
+    expect_error(none, 403);
     // Counted in drivers, not frames: the foggy frames are 10 frames of one driver.
     let fog = query(&server, &scientist, "SELECT COUNT(*) AS n FROM d.frames WHERE weather = 'fog'");
     let error = expect_error(fog, 403);
@@ -400,4 +416,90 @@ fn map_points_come_as_arrow_with_the_same_ids_and_attributes_as_json() {
             .collect();
         assert_eq!(as_json, expected, "{name}");
     }
+}
+
+#[test]
+fn insight_scores_are_tables_equal_to_the_insight_routes_and_guarded_for_analysts() {
+    let (server, tokens) = Server::demo("60");
+    let viewer = tokens["victor"]["token"].as_str().unwrap();
+    let base = "/api/projects/shapes/datasets/shapes";
+    // Listed beside the other tables, with their columns.
+    let listed: Value = server.get(viewer, &format!("{base}/tables")).json().unwrap();
+    let names: Vec<&str> = listed["tables"].as_array().unwrap().iter().map(|t| t["table"].as_str().unwrap()).collect();
+    for table in ["frame_scores", "label_scores", "issues_detector_v1"] {
+        assert!(names.contains(&table), "{table} not in {names:?}");
+    }
+    // One score row per frame, each frame with an embedding scored.
+    let frames = count(&server, viewer, "SELECT COUNT(*) AS n FROM shapes.frames");
+    assert_eq!(count(&server, viewer, "SELECT COUNT(*) AS n FROM shapes.frame_scores"), frames);
+    assert_eq!(count(&server, viewer, "SELECT COUNT(uniqueness) AS n FROM shapes.frame_scores"), frames);
+    assert_eq!(
+        count(&server, viewer, "SELECT COUNT(*) AS n FROM shapes.label_scores"),
+        count(&server, viewer, "SELECT COUNT(*) AS n FROM shapes.labels")
+    );
+    // The issues table holds what the label-error queue ranks: the same counts per kind and
+    // the same top issue.
+    let queue: Value = server
+        .get(viewer, &format!("{base}/insights/label_errors?inference_set=detector_v1&limit=10000"))
+        .json()
+        .unwrap();
+    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
+    for issue in queue["issues"].as_array().unwrap_or_else(|| panic!("{queue}")) {
+        *expected.entry(issue["kind"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    assert!(!expected.is_empty(), "the demo injects label errors: {queue}");
+    let by_kind: BTreeMap<String, i64> =
+        rows(&server, viewer, "SELECT kind, COUNT(*) AS n FROM shapes.issues_detector_v1 GROUP BY kind")
+            .iter()
+            .map(|r| (r["kind"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap()))
+            .collect();
+    assert_eq!(by_kind, expected);
+    let top = &rows(
+        &server,
+        viewer,
+        "SELECT frame_id, label_id, inference_id, score FROM shapes.issues_detector_v1 ORDER BY score DESC, frame_id LIMIT 1",
+    )[0];
+    let first = &queue["issues"][0];
+    assert_eq!(top["score"].as_f64().unwrap(), first["score"].as_f64().unwrap(), "{top} vs {first}");
+    // The most isolated frame by SQL is the neighbour route's first outlier.
+    let outliers: Value =
+        server.get(viewer, &format!("{base}/insights/neighbors?kind=outliers&min_score=-1000&limit=1")).json().unwrap();
+    let isolated =
+        &rows(&server, viewer, "SELECT frame_id FROM shapes.frame_scores ORDER BY outlier_score DESC LIMIT 1")[0];
+    assert_eq!(isolated["frame_id"], outliers["items"][0]["frame_id"], "{outliers}");
+    // Scores join the frames they describe, for members.
+    let joined = count(
+        &server,
+        viewer,
+        "SELECT COUNT(*) AS n FROM shapes.frame_scores s JOIN shapes.frames f ON s.frame_id = f.frame_id",
+    );
+    assert_eq!(joined, frames);
+
+    // An outside analyst reads the published scores as aggregates over at least 5 frames ...
+    let sam = tokens["sam"]["token"].as_str().unwrap();
+    let response = query(&server, sam, "SELECT COUNT(*) AS n, AVG(uniqueness) AS u FROM shapes.frame_scores");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().unwrap();
+    assert_eq!(answer["rows"][0]["n"].as_i64().unwrap(), frames, "{answer}");
+    // ... and never which frame, label or inference an issue or a score is about.
+    let attacks = [
+        "SELECT frame_id FROM shapes.frame_scores ORDER BY outlier_score DESC LIMIT 1",
+        "SELECT frame_id, COUNT(*) AS n FROM shapes.issues_detector_v1 GROUP BY frame_id",
+        "SELECT inference_id, COUNT(*) AS n FROM shapes.issues_detector_v1 GROUP BY inference_id",
+        "SELECT other_label_id, COUNT(*) AS n FROM shapes.issues_detector_v1 GROUP BY other_label_id",
+        "SELECT COUNT(*) AS n FROM shapes.label_scores WHERE label_id LIKE 'a%'",
+        "SELECT MAX(uniqueness) AS u FROM shapes.frame_scores s JOIN shapes.frames f ON s.frame_id = f.frame_id",
+        "SELECT score FROM shapes.issues_detector_v1",
+    ];
+    for sql in attacks {
+        let response = query(&server, sam, sql);
+        let status = response.status().as_u16();
+        assert_eq!(status, 403, "{sql}: {}", response.text().unwrap());
+    }
+    // Small groups of issues are refused: the threshold counts frames here as everywhere.
+    let top_score = top["score"].as_f64().unwrap();
+    let rare =
+        query(&server, sam, &format!("SELECT COUNT(*) AS n FROM shapes.issues_detector_v1 WHERE score >= {top_score}"));
+    let error = expect_error(rare, 403);
+    assert!(error["message"].as_str().unwrap().contains("at least 5"), "{error}");
 }
