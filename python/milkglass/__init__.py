@@ -25,7 +25,7 @@ from .client import Client, RemoteDataset, connect
 from .errors import (ApiError, FlaggedQueryWarning, InvalidQuery, MilkglassError, QueryHeld, QueryRefused,
                      QueryRejected, UnsupportedExpression)
 from .lazy import RemoteGroupBy, RemoteLazyFrame
-from .policy import (AtLeastNOf, Aggregation, FalseRule, Log, Policy, Reject, Review, Rule, TrueRule,
+from .policy import (DP, AtLeastNOf, Aggregation, FalseRule, Log, Policy, Reject, Review, Rule, TrueRule,
                      UnsafeHandling, UserId)
 
 __version__ = "0.1.0"

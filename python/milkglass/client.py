@@ -153,6 +153,13 @@ class Client:
             t["policy"] = json.dumps(t.get("policy"))
         return _frame(tables, ["name", "owner", "rows", "columns", "readers", "policy", "created_at", "updated_at"])
 
+    def budget(self) -> pl.DataFrame:
+        """Your privacy budget on every differentially private table you may read: what it is, what you spent,
+        what is left."""
+        budgets = self._request("GET", "/api/budget")["budgets"]
+        return _frame(budgets, ["table", "per", "epsilon", "delta", "query_epsilon", "epsilon_spent",
+                                "delta_spent", "queries", "epsilon_left", "delta_left"])
+
     def table(self, name: str) -> RemoteLazyFrame:
         """A lazy frame over a table you may query. Its columns come from the server's planner."""
         return self._lazy(quote(name), name)

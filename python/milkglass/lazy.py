@@ -123,6 +123,12 @@ class RemoteLazyFrame:
     def schema(self) -> pl.Schema:
         return self.collect_schema()
 
+    def explain_privacy(self) -> pl.DataFrame:
+        """What this query would cost on a differentially private table, before running it: epsilon and delta,
+        each output column's 95% error bound, the group size below which groups are likely suppressed, and the
+        budget left. Runs nothing and spends nothing."""
+        return self._client.sql("EXPLAIN PRIVACY " + self.sql())
+
     def collect(self, *, wait: bool = True, timeout: Optional[float] = None) -> pl.DataFrame:
         """Runs the query under the owner's policy and returns the result.
 

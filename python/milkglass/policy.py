@@ -11,7 +11,7 @@ Rules combine: ``a & b`` is ``AtLeastNOf(2, [a, b])`` and ``a | b`` is ``AtLeast
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 class Rule:
@@ -116,6 +116,43 @@ class Review(UnsafeHandling):
 
 
 @dataclass(frozen=True)
+class DP:
+    """Differential privacy for a table: every answer is noisy and charged to the analyst's budget.
+
+    ``epsilon`` and ``delta`` are each analyst's (``per="analyst"``) or each pool's (``per="group"``) total
+    budget; ``query_epsilon`` what one query spends (default a tenth); ``bounds`` clamp the columns SUM and
+    AVG may read (``{"Age": (0, 100)}``); ``public_keys`` declare group-key values that may be released as
+    they are. See docs/PRIVACY.md.
+    """
+
+    epsilon: float
+    delta: float = 1e-6
+    query_epsilon: Optional[float] = None
+    per: str = "analyst"
+    table_epsilon: Optional[float] = None
+    max_rows_per_unit: int = 1
+    max_groups_per_unit: int = 1
+    bounds: Optional[Dict[str, Tuple[float, float]]] = None
+    public_keys: Optional[Dict[str, Sequence[Any]]] = None
+
+    def to_json(self, privacy_unit: Optional[str]) -> dict:
+        out: Dict[str, Any] = {"epsilon": self.epsilon, "delta": self.delta, "per": self.per,
+                               "max_rows_per_unit": self.max_rows_per_unit,
+                               "max_groups_per_unit": self.max_groups_per_unit}
+        if self.query_epsilon is not None:
+            out["query_epsilon"] = self.query_epsilon
+        if self.table_epsilon is not None:
+            out["table_epsilon"] = self.table_epsilon
+        if privacy_unit is not None:
+            out["privacy_unit"] = privacy_unit
+        if self.bounds:
+            out["bounds"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.bounds.items()}
+        if self.public_keys:
+            out["public_keys"] = {k: list(v) for k, v in self.public_keys.items()}
+        return out
+
+
+@dataclass(frozen=True)
 class Policy:
     """A table's policy.
 
@@ -127,6 +164,8 @@ class Policy:
     unsafe_handling: UnsafeHandling = field(default_factory=Reject)
     savable: bool = False
     allow_extremes: bool = False
+    dp: Optional[DP] = None
+    privacy_unit: Optional[str] = None
 
     def to_json(self, sanitized_columns: Sequence[str] = ()) -> dict:
         """The server's JSON form, with the columns that must never be revealed."""
@@ -141,4 +180,5 @@ class Policy:
             "sanitized_columns": columns,
             "savable": self.savable,
             "allow_extremes": self.allow_extremes,
+            **({"dp": self.dp.to_json(self.privacy_unit)} if self.dp is not None else {}),
         }

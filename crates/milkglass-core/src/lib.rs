@@ -19,7 +19,7 @@ pub use frame::{BucketScheme, DataUrl, Frame, Geo, Sensor, SensorKind, check_dat
 pub use label::{ClassRef, Geometry, Keypoint, Label, LabelKind, MaskInstance, Probabilities};
 pub use metadata::{MetaValue, Metadata, format_timestamp, metadata_from_json, parse_timestamp};
 pub use name::check_name;
-pub use policy::{Aggregation, AtLeast, Policy, Rule, UnsafeHandling};
+pub use policy::{Aggregation, AtLeast, DpPer, DpPolicy, Policy, Rule, UnsafeHandling};
 pub use project::{AccessMode, ClassEntry, ClassMap, DatasetKind, DatasetSpec, ProjectSpec};
 pub use role::{ProjectRole, Role};
 

@@ -28,6 +28,124 @@ pub struct Policy {
     /// Whether aggregates that return one individual's value (min, max, first_value, ...) are allowed.
     #[serde(default)]
     pub allow_extremes: bool,
+    /// Differential privacy: every query reading the table is answered with noise, charged
+    /// to the analyst's budget (see docs/PRIVACY.md). The safe zone's thresholds then do
+    /// not apply; sanitized columns still do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpPolicy>,
+}
+
+/// The owner's differential-privacy settings for one table:
+///
+/// ```json
+/// {"epsilon": 4.0, "delta": 1e-6, "query_epsilon": 0.5, "privacy_unit": "PassengerId",
+///  "max_rows_per_unit": 1, "max_groups_per_unit": 1,
+///  "bounds": {"Age": [0, 100], "Fare": [0, 600]}, "public_keys": {"Sex": ["female", "male"]}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpPolicy {
+    /// Each analyst's total budget on this table.
+    pub epsilon: f64,
+    /// Each analyst's total delta (spent only by grouping over keys that are not public).
+    #[serde(default = "default_delta")]
+    pub delta: f64,
+    /// Whose budget `epsilon` is: each analyst's (`analyst`), or each pool's, shared by the
+    /// analysts an admin put in one pool because they may pool results (`group`).
+    #[serde(default)]
+    pub per: DpPer,
+    /// All analysts together may spend at most this (against collusion); absent: no cap.
+    #[serde(default)]
+    pub table_epsilon: Option<f64>,
+    /// What one query costs; default a tenth of `epsilon`.
+    #[serde(default)]
+    pub query_epsilon: Option<f64>,
+    /// The column that identifies a person; absent: each row is its own person.
+    #[serde(default)]
+    pub privacy_unit: Option<String>,
+    /// Rows of one person counted in one group; more are cut.
+    #[serde(default = "one")]
+    pub max_rows_per_unit: u32,
+    /// Groups one person may appear in; more are cut.
+    #[serde(default = "one")]
+    pub max_groups_per_unit: u32,
+    /// Clamping bounds of the numeric columns SUM and AVG may read; a column without
+    /// bounds cannot be summed.
+    #[serde(default)]
+    pub bounds: std::collections::BTreeMap<String, [f64; 2]>,
+    /// Group keys whose values the owner declares public: grouping by them releases every
+    /// declared value (no partition selection, no delta).
+    #[serde(default)]
+    pub public_keys: std::collections::BTreeMap<String, Vec<serde_json::Value>>,
+}
+
+/// Who a DP budget belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DpPer {
+    #[default]
+    Analyst,
+    Group,
+}
+
+fn default_delta() -> f64 {
+    1e-6
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl DpPolicy {
+    /// The epsilon one query spends.
+    pub fn per_query_epsilon(&self) -> f64 {
+        self.query_epsilon.unwrap_or(self.epsilon / 10.0)
+    }
+
+    /// The delta one query that selects groups spends.
+    pub fn per_query_delta(&self) -> f64 {
+        self.delta * self.per_query_epsilon() / self.epsilon
+    }
+
+    fn check(&self) -> InvalidResult<()> {
+        let positive = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(Invalid::new(format!("policy.dp.{field}"), "must be a positive number"))
+            }
+        };
+        positive("epsilon", self.epsilon)?;
+        if !(self.delta > 0.0 && self.delta < 1e-3) {
+            return Err(Invalid::new("policy.dp.delta", "must be above 0 and below 0.001"));
+        }
+        if let Some(cap) = self.table_epsilon {
+            positive("table_epsilon", cap)?;
+        }
+        if let Some(q) = self.query_epsilon {
+            positive("query_epsilon", q)?;
+            if q > self.epsilon {
+                return Err(Invalid::new("policy.dp.query_epsilon", "must not exceed the budget, epsilon"));
+            }
+        }
+        if self.max_rows_per_unit == 0 || self.max_rows_per_unit > 1_000_000 {
+            return Err(Invalid::new("policy.dp.max_rows_per_unit", "must be between 1 and 1000000"));
+        }
+        if self.max_groups_per_unit == 0 || self.max_groups_per_unit > 10_000 {
+            return Err(Invalid::new("policy.dp.max_groups_per_unit", "must be between 1 and 10000"));
+        }
+        for (column, [lo, hi]) in &self.bounds {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(Invalid::new(format!("policy.dp.bounds.{column}"), "must be [low, high] with low < high"));
+            }
+        }
+        for (column, values) in &self.public_keys {
+            if values.is_empty() || values.len() > 100_000 {
+                return Err(Invalid::new(format!("policy.dp.public_keys.{column}"), "must list 1 to 100000 values"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When a query is in the safe zone. Rules combine with `at_least`.
@@ -97,6 +215,9 @@ impl Policy {
             if column.is_empty() {
                 return Err(Invalid::new(format!("policy.sanitized_columns[{i}]"), "must not be empty"));
             }
+        }
+        if let Some(dp) = &policy.dp {
+            dp.check()?;
         }
         Ok(policy)
     }

@@ -10,6 +10,7 @@
 //! unsafe.
 
 mod coverage;
+pub mod dp;
 mod lineage;
 mod no_errors;
 mod sanitize;
@@ -93,6 +94,9 @@ pub enum GuardError {
     /// The query ran into a resource limit and was stopped; the message says which.
     #[error("{0}")]
     Stopped(String),
+    /// Refused from the plan alone (differential privacy's query shapes).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What one query may use. The server bounds how many run at once; each one is
@@ -136,6 +140,9 @@ pub struct Prepared {
     pub tables: Vec<String>,
     /// The result's column names.
     pub columns: Vec<String>,
+    /// Set when the query reads a table with a differential-privacy policy: how the DP mode
+    /// answers it, or why it cannot. Such a query is never answered any other way.
+    pub dp: Option<Result<dp::DpQuery, String>>,
 }
 
 /// A query's result, held back until the decision.
@@ -298,7 +305,19 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
     // counts the rows that enter it, instead of a GROUP BY x under a COUNT.
     ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
     let mut by_name = Tables::default();
+    let mut dp_tables: HashMap<String, dp::DpTable> = HashMap::new();
     for table in tables {
+        if let Some(policy) = &table.policy.dp {
+            dp_tables.insert(
+                table.name.clone(),
+                dp::DpTable {
+                    reference: table.reference.clone(),
+                    policy: policy.clone(),
+                    sanitized: table.policy.sanitized_columns.clone(),
+                    internal: table.internal.clone(),
+                },
+            );
+        }
         // Sanitized columns read as NULL from here on, for every plan and every handling.
         let table = ProtectedTable {
             visible: NullingTable::wrap(table.visible, &table.policy.sanitized_columns),
@@ -368,6 +387,21 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
             (None, Vec::new())
         }
     };
+    // A DP table decides the whole query: it is answered by the DP mode or not at all.
+    let dp = match scans.iter().find(|t| dp_tables.contains_key(*t)) {
+        None => None,
+        Some(name) => {
+            let sanitized_use = findings.iter().any(|f| !matches!(f, Finding::Unanalysable { .. }));
+            Some(if sanitized_use {
+                Err(format!(
+                    "Refused under differential privacy: the query uses a sanitized column or a function that singles rows out ({})",
+                    findings.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join("; ")
+                ))
+            } else {
+                dp::analyse(&plan, name, &dp_tables[name]).map_err(|e| e.to_string())
+            })
+        }
+    };
     let table_rows = by_name.by_name.iter().map(|(name, t)| (name.clone(), t.rows)).collect();
     let mut tables = scans;
     tables.extend(occurrences.iter().cloned());
@@ -393,6 +427,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
         masked,
         tables,
         columns,
+        dp,
     })
 }
 
@@ -521,6 +556,19 @@ impl Prepared {
         })
     }
 
+    /// Runs a DP query's contributions and releases its noisy core answer, within the
+    /// query's time limit.
+    pub async fn dp_measure(&self, query: &dp::DpQuery) -> Result<RecordBatch, GuardError> {
+        let limit = self.limits.time;
+        match tokio::time::timeout(limit, query.measure(&self.state)).await {
+            Ok(result) => result,
+            Err(_) => Err(GuardError::Stopped(format!(
+                "the query ran longer than {} s and was stopped; narrow it and try again",
+                limit.as_secs()
+            ))),
+        }
+    }
+
     async fn collect(&self, plan: &LogicalPlan) -> Result<Vec<RecordBatch>, GuardError> {
         // The plan is already optimized (the rewrite starts from the optimized plan and
         // keeps its shape), so it goes straight to the physical planner.
@@ -628,6 +676,9 @@ impl Prepared {
 
     /// The result's schema as callers receive it (sanitized outputs become nullable).
     pub fn output_schema(&self) -> arrow::datatypes::SchemaRef {
+        if let Some(Ok(query)) = &self.dp {
+            return query.output_schema();
+        }
         let fields: Vec<arrow::datatypes::Field> = self
             .original
             .schema()

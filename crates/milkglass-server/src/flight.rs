@@ -187,7 +187,7 @@ impl MilkglassFlightSql {
     ) -> Result<FlightInfo, Status> {
         let answer = query::run(&self.state.services, user, sql, wait).await.map_err(status)?;
         let (batches, columns, flagged, masked, audit_id) = match answer {
-            Answer::Rows { batches, columns, flagged, masked, audit_id } => {
+            Answer::Rows { batches, columns, flagged, masked, audit_id, .. } => {
                 (batches, columns, flagged, masked, audit_id)
             }
             Answer::Held { request_id, reason } => {

@@ -30,12 +30,19 @@ pub fn router() -> Router<AppState> {
         .route("/api/reviews/{id}/approve", post(approve))
         .route("/api/reviews/{id}/reject", post(reject))
         .route("/api/audit", get(audit_log))
+        .route("/api/budget", get(budget))
         .route("/api/dataset_tables", get(list_dataset_tables))
         .route("/api/projects/{project}/datasets/{dataset}/tables", get(dataset_tables_of))
         .route(
             "/api/projects/{project}/datasets/{dataset}/publication",
             get(get_publication).put(publish_dataset).delete(unpublish_dataset),
         )
+}
+
+/// The caller's privacy budget on every differentially private table they may read.
+async fn budget(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let budgets = blocking(move || milkglass_service::dp::budgets(&state.services.store, &caller.0)).await?;
+    Ok(Json(json!({ "budgets": budgets })))
 }
 
 /// Every dataset table the caller may query: their projects' datasets and those published to them.
@@ -295,7 +302,7 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             })),
         )
             .into_response()),
-        Answer::Rows { batches, columns, flagged, masked, audit_id } if arrow => {
+        Answer::Rows { batches, columns, flagged, masked, audit_id, privacy } if arrow => {
             let schema = batches
                 .first()
                 .map(|b| b.schema())
@@ -317,6 +324,9 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             if let Some(flag) = flagged.and_then(|f| HeaderValue::from_str(&f.replace(['\r', '\n'], " ")).ok()) {
                 h.insert("milkglass-flagged", flag);
             }
+            if let Some(note) = privacy.and_then(|p| HeaderValue::from_str(&p.replace(['\r', '\n'], " ")).ok()) {
+                h.insert("milkglass-privacy", note);
+            }
             if !masked.is_empty()
                 && let Ok(v) = HeaderValue::from_str(&masked.join(","))
             {
@@ -324,7 +334,7 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
             }
             Ok(response)
         }
-        Answer::Rows { batches, columns, flagged, masked, audit_id } => {
+        Answer::Rows { batches, columns, flagged, masked, audit_id, privacy } => {
             // Explicit nulls: a sanitized column shows as null rather than vanishing.
             let mut writer = arrow::json::WriterBuilder::new()
                 .with_explicit_nulls(true)
@@ -340,7 +350,7 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
                 serde_json::from_slice(&bytes).map_err(ApiError::internal)?
             };
             let count = batches.iter().map(|b| b.num_rows()).sum::<usize>();
-            Ok(Json(json!({
+            let mut body = json!({
                 "columns": columns,
                 "rows": rows,
                 "row_count": count,
@@ -348,8 +358,20 @@ fn respond(answer: Answer, headers: &HeaderMap) -> ApiResult<Response> {
                 "warning": flagged,
                 "masked_columns": masked,
                 "audit_id": audit_id,
-            }))
-            .into_response())
+            });
+            if let Some(note) = privacy {
+                // Each number's 95% error bound, from its field's metadata.
+                let mut ci95 = serde_json::Map::new();
+                if let Some(batch) = batches.first() {
+                    for field in batch.schema().fields() {
+                        if let Some(v) = field.metadata().get("milkglass.dp.ci95").and_then(|v| v.parse::<f64>().ok()) {
+                            ci95.insert(field.name().clone(), json!(v));
+                        }
+                    }
+                }
+                body["privacy"] = json!({ "note": note, "ci95": ci95 });
+            }
+            Ok(Json(body).into_response())
         }
     }
 }

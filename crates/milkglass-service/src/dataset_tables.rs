@@ -49,6 +49,7 @@ fn members_policy() -> Policy {
         sanitized_columns: Vec::new(),
         savable: false,
         allow_extremes: true,
+        dp: None,
     }
 }
 

@@ -145,6 +145,7 @@ impl From<GuardError> for ServiceError {
             // The detail may quote data: it goes to the audit log, never to the caller.
             e @ GuardError::Execution(_) => ServiceError::new(ErrorKind::Invalid, "query_failed", e.to_string()),
             GuardError::Stopped(m) => ServiceError::new(ErrorKind::Stopped, "query_stopped", m),
+            GuardError::Refused(m) => ServiceError::new(ErrorKind::Refused, "refused", m),
         }
     }
 }

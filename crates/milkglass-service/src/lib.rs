@@ -11,6 +11,7 @@
 pub mod access;
 pub mod dataset_tables;
 pub mod datasets;
+pub mod dp;
 pub mod embedding;
 mod error;
 mod frame_filters;

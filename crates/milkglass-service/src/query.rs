@@ -23,6 +23,9 @@ pub enum Answer {
         flagged: Option<String>,
         masked: Vec<String>,
         audit_id: i64,
+        /// Under differential privacy: what was spent and what is left (each number's 95%
+        /// error bound is in its field's metadata, `milkglass.dp.ci95`).
+        privacy: Option<String>,
     },
     Held {
         request_id: i64,
@@ -157,7 +160,7 @@ impl Earlier {
     }
 }
 
-async fn audit(services: &Services, entry: NewAuditEntry) -> ServiceResult<i64> {
+pub(crate) async fn audit(services: &Services, entry: NewAuditEntry) -> ServiceResult<i64> {
     on_store(services, move |store| Ok(store.audit(entry)?.id)).await
 }
 
@@ -187,7 +190,7 @@ impl QueryGate {
         }
     }
 
-    fn admit(&self, user: &User) -> ServiceResult<QueryPermit> {
+    pub(crate) fn admit(&self, user: &User) -> ServiceResult<QueryPermit> {
         let user_gate = {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
             users.entry(user.name.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.per_user))).clone()
@@ -218,6 +221,10 @@ async fn execute(
     prepared: &Arc<Prepared>,
     base: &NewAuditEntry,
 ) -> ServiceResult<Outcome> {
+    // Fail closed: a query over a DP table is never answered without its noise.
+    if prepared.dp.is_some() {
+        return Err(ServiceError::internal("a query over a differentially private table ran outside the DP mode"));
+    }
     let permit = services.query_gate.admit(user)?;
     let running = prepared.clone();
     // The place at the gate goes with the query, even if the caller stops waiting.
@@ -244,6 +251,9 @@ async fn execute(
 /// Runs `sql` for `user` under the policies of the tables it reads. A held query waits
 /// up to `wait` for the owner's decision.
 pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) -> ServiceResult<Answer> {
+    if let Some(inner) = crate::dp::explained(sql) {
+        return explain_privacy(services, user, sql, inner).await;
+    }
     let (tables, policies) = readable(services, user, sql).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
     let prepared = match prepare_for(services, sql, tables).await {
@@ -254,6 +264,13 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
         }
     };
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
+    // A table with a DP policy decides the whole query: noised and charged, or refused.
+    if let Some(dp) = &prepared.dp {
+        return match dp {
+            Ok(query) => crate::dp::answer(services, user, &prepared, dp_target(&policies, query)?, base).await,
+            Err(why) => Err(refuse_dp(services, why, base).await?),
+        };
+    }
     // A query the plan alone makes unsafe does not run unless its result is released
     // anyway (log handling): its errors and timing then cannot depend on the data.
     let before = prepared.decide_before_running(&policies.by_name, &user.name);
@@ -279,6 +296,7 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
         flagged,
         masked: prepared.masked_columns(),
         audit_id,
+        privacy: None,
     };
     match decision {
         Decision::Safe => {
@@ -387,6 +405,47 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
     }
 }
 
+/// The DP policy and identity of the table a DP query reads.
+fn dp_target(policies: &Policies, query: &milkglass_guard::dp::DpQuery) -> ServiceResult<crate::dp::DpTarget> {
+    let policy = policies.by_name.get(&query.table).and_then(|p| p.dp.clone());
+    let uid = policies.uids.get(&query.table).cloned();
+    match (policy, uid) {
+        (Some(policy), Some(uid)) => Ok(crate::dp::DpTarget { policy, uid }),
+        _ => Err(ServiceError::internal(format!("no DP policy for table {}", query.table))),
+    }
+}
+
+/// Audits a DP refusal and returns the error to answer with.
+async fn refuse_dp(services: &Services, why: &str, base: NewAuditEntry) -> ServiceResult<ServiceError> {
+    let entry =
+        NewAuditEntry { decision: "refused".into(), reason: Some(why.to_string()), rows_returned: Some(0), ..base };
+    audit(services, entry).await?;
+    Ok(ServiceError::new(ErrorKind::Refused, "refused", why.to_string()))
+}
+
+/// `EXPLAIN PRIVACY <query>`: what the query would cost under differential privacy, how
+/// wrong its numbers may be, and what is left, without running it.
+async fn explain_privacy(services: &Services, user: &User, sql: &str, inner: &str) -> ServiceResult<Answer> {
+    let (tables, policies) = readable(services, user, inner).await?;
+    let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
+    let prepared = match prepare_for(services, inner, tables).await {
+        Ok(p) => p,
+        Err(e) => {
+            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base }).await?;
+            return Err(ServiceError::from(e));
+        }
+    };
+    let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
+    match &prepared.dp {
+        None => Err(ServiceError::invalid(
+            "sql",
+            "no table this query reads has a differential-privacy policy; its policy's thresholds decide it",
+        )),
+        Some(Err(why)) => Err(refuse_dp(services, why, base).await?),
+        Some(Ok(query)) => crate::dp::explain(services, user, query, dp_target(&policies, query)?, base).await,
+    }
+}
+
 async fn review_request(services: &Services, id: i64) -> ServiceResult<milkglass_store::ReviewRequest> {
     on_store(services, move |store| Ok(store.review_request(id)?)).await
 }
@@ -403,6 +462,9 @@ fn already_delivered(id: i64) -> ServiceError {
 /// Plans `sql` for `user` without running it: checks it and returns its result's schema
 /// (for prepared statements). Invalid SQL is audited like any query.
 pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> ServiceResult<arrow::datatypes::SchemaRef> {
+    if crate::dp::explained(sql).is_some() {
+        return Ok(crate::dp::explain_schema());
+    }
     let (tables, _) = readable(services, user, sql).await?;
     match prepare_for(services, sql, tables).await {
         Ok(prepared) => Ok(prepared.output_schema()),
@@ -474,6 +536,7 @@ pub async fn collect_request(services: &Services, user: &User, id: i64) -> Servi
                 flagged: Some(format!("approved by {}", request.decided_by.unwrap_or_default())),
                 masked: prepared.masked_columns(),
                 audit_id,
+                privacy: None,
             })
         }
     }
@@ -518,6 +581,13 @@ pub async fn save_result(services: &Services, user: &User, sql: &str, name: &str
     };
     if prepared.tables.is_empty() {
         return refuse("only results derived from guarded tables are saved as tables".into()).await;
+    }
+    if let Some(table) = prepared.tables.iter().find(|t| policies.by_name.get(*t).is_some_and(|p| p.dp.is_some())) {
+        let reason = format!(
+            "Refused: table \"{table}\" is differentially private; its answers are noisy releases, never saved tables"
+        );
+        audit(services, NewAuditEntry { decision: "refused".into(), reason: Some(reason.clone()), ..base }).await?;
+        return Err(ServiceError::new(ErrorKind::Forbidden, "not_savable", reason));
     }
     if let Some(table) = prepared.tables.iter().find(|t| policies.by_name.get(*t).is_some_and(|p| !p.savable)) {
         return refuse(format!(
@@ -589,5 +659,7 @@ fn inherited_policy(sources: &[Policy], masked: &[String]) -> Policy {
         sanitized_columns: masked.to_vec(),
         savable: sources.iter().all(|p| p.savable),
         allow_extremes: sources.iter().all(|p| p.allow_extremes),
+        // Results of a differentially private table are never saved (see `save`).
+        dp: None,
     }
 }

@@ -101,46 +101,7 @@ const AUDIT_COLUMNS: &str = "id, at, user_name, tables, query, decision, reason,
 impl Store {
     /// Appends an entry; the chain is extended inside the same transaction.
     pub fn audit(&self, new: NewAuditEntry) -> StoreResult<AuditEntry> {
-        self.db().write(|tx| {
-            let prev: String = tx
-                .query_row("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
-                .optional()?
-                .unwrap_or_else(|| GENESIS.to_string());
-            let id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log", [], |r| r.get(0))?;
-            let found = crate::guarded::table_identities(tx, &new.tables)?;
-            let (mut table_uids, mut table_owners) = (Vec::new(), Vec::new());
-            for (uid, owners) in found.into_iter().flatten() {
-                table_uids.push(uid);
-                table_owners.extend(owners);
-            }
-            let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new(), table_uids, table_owners };
-            entry.hash = entry_hash(&prev, &entry);
-            let e = &entry.entry;
-            tx.execute(
-                &format!(
-                    "INSERT INTO audit_log ({AUDIT_COLUMNS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-                ),
-                params![
-                    entry.id,
-                    entry.at,
-                    e.user,
-                    serde_json::to_string(&e.tables)?,
-                    e.query,
-                    e.decision,
-                    e.reason,
-                    e.rows_returned,
-                    serde_json::to_string(&e.columns)?,
-                    e.smallest_group,
-                    e.request_id,
-                    prev,
-                    entry.hash,
-                    serde_json::to_string(&entry.table_uids)?,
-                    serde_json::to_string(&entry.table_owners)?
-                ],
-            )?;
-            Ok(entry)
-        })
+        self.db().write(|tx| append(tx, new))
     }
 
     /// Entries, oldest first, optionally only those touching `table` or made by `user`.
@@ -175,6 +136,49 @@ impl Store {
             Ok(Ok(count))
         })
     }
+}
+
+/// Appends an entry inside `tx`, extending the chain: for writes that must commit together
+/// with their audit entry (a privacy budget's charge).
+pub(crate) fn append(tx: &rusqlite::Transaction, new: NewAuditEntry) -> StoreResult<AuditEntry> {
+    let prev: String = tx
+        .query_row("SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
+        .optional()?
+        .unwrap_or_else(|| GENESIS.to_string());
+    let id: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log", [], |r| r.get(0))?;
+    let found = crate::guarded::table_identities(tx, &new.tables)?;
+    let (mut table_uids, mut table_owners) = (Vec::new(), Vec::new());
+    for (uid, owners) in found.into_iter().flatten() {
+        table_uids.push(uid);
+        table_owners.extend(owners);
+    }
+    let mut entry = AuditEntry { id, at: now(), entry: new, hash: String::new(), table_uids, table_owners };
+    entry.hash = entry_hash(&prev, &entry);
+    let e = &entry.entry;
+    tx.execute(
+        &format!(
+            "INSERT INTO audit_log ({AUDIT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+        ),
+        params![
+            entry.id,
+            entry.at,
+            e.user,
+            serde_json::to_string(&e.tables)?,
+            e.query,
+            e.decision,
+            e.reason,
+            e.rows_returned,
+            serde_json::to_string(&e.columns)?,
+            e.smallest_group,
+            e.request_id,
+            prev,
+            entry.hash,
+            serde_json::to_string(&entry.table_uids)?,
+            serde_json::to_string(&entry.table_owners)?
+        ],
+    )?;
+    Ok(entry)
 }
 
 #[cfg(test)]

@@ -289,6 +289,31 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX answered_dataset_coverage_by_pool ON answered_dataset_coverage (pool, table_key);
     "#,
+    // 11: the privacy ledger. Each principal's (analyst's or pool's) spent budget per table,
+    // by the table's uid (a re-created table starts afresh), and every released DP answer,
+    // replayed when the same question is asked again.
+    r#"
+    CREATE TABLE dp_budgets (
+        table_uid TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        epsilon_spent REAL NOT NULL,
+        delta_spent REAL NOT NULL,
+        queries INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (table_uid, principal)
+    );
+    CREATE TABLE dp_answers (
+        table_uid TEXT NOT NULL,
+        principal TEXT NOT NULL,
+        question TEXT NOT NULL,
+        answer BLOB NOT NULL,
+        epsilon REAL NOT NULL,
+        delta REAL NOT NULL,
+        audit_id INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (table_uid, principal, question)
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

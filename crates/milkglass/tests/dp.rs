@@ -1,0 +1,258 @@
+//! Differential privacy end to end on a real server: the differencing pair that thresholds
+//! answer exactly recovers a person's value only within the noise; a repeated question
+//! replays one answer and spends once; a spent budget refuses, saying what is left;
+//! concurrent queries never overspend; partition selection keeps one-person groups out;
+//! EXPLAIN PRIVACY tells the cost before anything runs; the ledger is in the audit log.
+
+mod common;
+
+use common::{Server, add_user, expect_error};
+use serde_json::{Value, json};
+
+fn dp_policy(dp: Value) -> Value {
+    json!({"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject",
+           "sanitized_columns": ["Name"], "dp": dp})
+}
+
+/// Uploads `csv` as table `name` under `policy`, as `owner`.
+fn upload(server: &Server, owner: &str, name: &str, csv: String, policy: &Value) {
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("name", name.to_string())
+        .text("policy", policy.to_string())
+        .part("file", reqwest::blocking::multipart::Part::text(csv).file_name(format!("{name}.csv")));
+    let response = server.request(reqwest::Method::POST, owner, "/api/tables").multipart(form).send().unwrap();
+    assert_eq!(response.status(), 201, "{}", response.text().unwrap());
+}
+
+/// `n` people with ages, sexes and a home town (town_k for k < towns, plus one town of one).
+fn people(n: usize, seed: u64, towns: usize) -> (String, Vec<f64>) {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut csv = String::from("PassengerId,Name,Sex,Age,Town\n");
+    let mut ages = Vec::new();
+    for i in 1..=n {
+        let age = (next() * 80.0).floor();
+        let sex = if next() < 0.5 { "female" } else { "male" };
+        let town = if i == n { "lonely".to_string() } else { format!("town_{}", i % towns) };
+        csv.push_str(&format!("{i},person {i},{sex},{age},{town}\n"));
+        ages.push(age);
+    }
+    (csv, ages)
+}
+
+fn query(server: &Server, token: &str, sql: &str) -> reqwest::blocking::Response {
+    server.post_json(token, "/api/query", &json!({ "sql": sql }))
+}
+
+fn answer(server: &Server, token: &str, sql: &str) -> Value {
+    let response = query(server, token, sql);
+    let status = response.status();
+    let body: Value = response.json().unwrap();
+    assert_eq!(status, 200, "{sql}: {body}");
+    body
+}
+
+fn setup() -> (Server, String, String) {
+    let (server, _admin) = Server::start(&[]);
+    let owner = add_user(&server.dir, "olivia", "owner");
+    let scientist = add_user(&server.dir, "sam", "scientist");
+    (server, owner, scientist)
+}
+
+#[test]
+fn the_differencing_pair_recovers_a_persons_age_only_within_the_noise() {
+    let (server, owner, scientist) = setup();
+    // Under thresholds alone the pair would be exact; the guard's memory of released answers
+    // refuses its second half, but only for this analyst's pool (another analyst asks the other
+    // half), and it cannot stop averaging: what the DP mode exists for.
+    let (csv, _) = people(200, 1, 4);
+    let plain = json!({"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"});
+    upload(&server, &owner, "plain", csv, &plain);
+    answer(&server, &scientist, "SELECT SUM(Age) AS s FROM plain");
+    expect_error(query(&server, &scientist, "SELECT SUM(Age) AS s FROM plain WHERE PassengerId <> 7"), 403);
+
+    // Under DP, over 20 fresh tables the difference lands within a year of the target's age
+    // far less often than the noise allows (scale 2 x 100 / 0.5 = 400 per answer: the
+    // difference of two is within one year about 0.2% of the time).
+    let mut close = 0;
+    let trials = 20;
+    for t in 0..trials {
+        let (csv, ages) = people(200, 100 + t, 4);
+        let policy = dp_policy(json!({"epsilon": 1.0, "query_epsilon": 0.5, "privacy_unit": "PassengerId",
+                                       "bounds": {"Age": [0, 100]}}));
+        let name = format!("people_{t}");
+        upload(&server, &owner, &name, csv, &policy);
+        let all = answer(&server, &scientist, &format!("SELECT SUM(Age) AS s FROM {name}"));
+        assert!(all["privacy"]["ci95"]["s"].as_f64().unwrap() > 100.0, "{all}");
+        let but = answer(&server, &scientist, &format!("SELECT SUM(Age) AS s FROM {name} WHERE PassengerId <> 7"));
+        let guess = all["rows"][0]["s"].as_f64().unwrap() - but["rows"][0]["s"].as_f64().unwrap();
+        if (guess - ages[6]).abs() <= 1.0 {
+            close += 1;
+        }
+        // The budget (1.0) is spent: a third question is refused, saying what is left.
+        let third = query(&server, &scientist, &format!("SELECT COUNT(*) AS n FROM {name}"));
+        let error = expect_error(third, 403);
+        assert_eq!(error["code"], "budget_exhausted");
+        assert!(error["message"].as_str().unwrap().contains("0.0000 of epsilon 1 "), "{error}");
+    }
+    assert!(close <= 2, "{close} of {trials} differences were within a year of the age");
+}
+
+#[test]
+fn a_repeated_question_replays_one_answer_and_spends_once() {
+    let (server, owner, scientist) = setup();
+    let (csv, _) = people(300, 7, 3);
+    let policy = dp_policy(json!({"epsilon": 1.0, "query_epsilon": 0.1, "privacy_unit": "PassengerId",
+                                   "bounds": {"Age": [0, 100]}, "public_keys": {"Sex": ["female", "male"]}}));
+    upload(&server, &owner, "people", csv, &policy);
+    let first = answer(&server, &scientist, "SELECT Sex, COUNT(*) AS n, AVG(Age) AS age FROM people GROUP BY Sex");
+    let rows = first["rows"].clone();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "both public keys are released: {first}");
+    // Variants of one question: spacing, aliases, column order, conjunct order, ORDER BY.
+    let variants = [
+        "select Sex, count(*) as n, avg(Age) as age from people group by Sex",
+        "SELECT   Sex,  COUNT(*) AS  n , AVG(Age) AS age FROM people p GROUP BY Sex",
+        "SELECT Sex, COUNT(*) AS count, AVG(Age) AS mean FROM people GROUP BY Sex ORDER BY Sex DESC",
+        "SELECT AVG(Age) AS age, Sex, COUNT(*) AS n FROM people GROUP BY Sex",
+    ];
+    for i in 0..100 {
+        let sql = variants[i % variants.len()];
+        let again = answer(&server, &scientist, sql);
+        let mut got: Vec<(String, i64, f64)> = again["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let values: Vec<&Value> = r.as_object().unwrap().values().collect();
+                let sex = r["Sex"].as_str().unwrap().to_string();
+                let count = values.iter().find_map(|v| v.as_i64()).unwrap();
+                let mean = values.iter().filter(|v| v.is_f64()).find_map(|v| v.as_f64()).unwrap();
+                (sex, count, mean)
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let want: Vec<(String, i64, f64)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["Sex"].as_str().unwrap().to_string(), r["n"].as_i64().unwrap(), r["age"].as_f64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{sql}: {again}");
+        assert!(again["privacy"]["note"].as_str().unwrap().contains("replayed"), "{again}");
+    }
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    let people = &budget["budgets"][0];
+    assert_eq!(people["table"], "people");
+    assert!((people["epsilon_spent"].as_f64().unwrap() - 0.1).abs() < 1e-12, "{budget}");
+    assert_eq!(people["queries"], 1);
+    // A different question spends again.
+    answer(&server, &scientist, "SELECT COUNT(*) AS n FROM people WHERE Age > 30");
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    assert!((budget["budgets"][0]["epsilon_spent"].as_f64().unwrap() - 0.2).abs() < 1e-12, "{budget}");
+    // Every access is in the owner's audit log: one charge, the replays, the second charge.
+    let audit: Value = server.get(&owner, "/api/audit?table=people").json().unwrap();
+    let reasons: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert_eq!(reasons.iter().filter(|r| r.contains("spent")).count(), 2, "{reasons:?}");
+    assert_eq!(reasons.iter().filter(|r| r.contains("replayed")).count(), 100);
+}
+
+#[test]
+fn concurrent_queries_never_overspend_the_budget() {
+    let (server, owner, scientist) = setup();
+    let (csv, _) = people(100, 9, 3);
+    let policy = dp_policy(json!({"epsilon": 1.0, "query_epsilon": 0.25, "privacy_unit": "PassengerId"}));
+    upload(&server, &owner, "people", csv, &policy);
+    // Twelve different questions at once against a budget for four.
+    let answered: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let (server, scientist) = (&server, &scientist);
+                scope.spawn(move || {
+                    let r =
+                        query(server, scientist, &format!("SELECT COUNT(*) AS n FROM people WHERE PassengerId > {i}"));
+                    match r.status().as_u16() {
+                        200 => 1,
+                        403 | 429 => 0,
+                        other => panic!("{other}: {}", r.text().unwrap()),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert!(answered <= 4, "{answered} answers from a budget for 4");
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    let spent = budget["budgets"][0]["epsilon_spent"].as_f64().unwrap();
+    assert!(spent <= 1.0 + 1e-9, "{budget}");
+    assert!((spent - 0.25 * answered as f64).abs() < 1e-9, "{budget}");
+}
+
+#[test]
+fn unknown_groups_pass_partition_selection_and_a_group_of_one_person_does_not() {
+    let (server, owner, scientist) = setup();
+    // 400 people in 4 towns, and one person alone in "lonely".
+    let (csv, _) = people(401, 11, 4);
+    let policy =
+        dp_policy(json!({"epsilon": 1000.0, "query_epsilon": 1.0, "delta": 1e-5, "privacy_unit": "PassengerId"}));
+    upload(&server, &owner, "people", csv, &policy);
+    let mut lonely = 0;
+    for i in 0..50 {
+        // Each a different question (a filter that keeps everyone), so each is fresh noise.
+        let sql = format!("SELECT Town, COUNT(*) AS n FROM people WHERE Age > -{i} - 1 GROUP BY Town");
+        let body = answer(&server, &scientist, &sql);
+        let towns: Vec<&str> = body["rows"].as_array().unwrap().iter().map(|r| r["Town"].as_str().unwrap()).collect();
+        assert!(towns.iter().filter(|t| t.starts_with("town_")).count() == 4, "{body}");
+        lonely += usize::from(towns.contains(&"lonely"));
+    }
+    // Released with probability at most delta (1e-5) each time.
+    assert_eq!(lonely, 0);
+    // EXPLAIN PRIVACY says what a query costs and where groups get suppressed, and spends nothing.
+    let before: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    let explained = answer(&server, &scientist, "EXPLAIN PRIVACY SELECT Town, COUNT(*) AS n FROM people GROUP BY Town");
+    let row = explained["rows"].as_array().unwrap().iter().find(|r| r["column"] == "n").unwrap().clone();
+    assert_eq!(row["epsilon"], 1.0);
+    assert!(row["delta"].as_f64().unwrap() > 0.0, "{row}");
+    assert!(row["ci95"].as_f64().unwrap() > 1.0, "{row}");
+    assert!(row["suppressed_below_units"].as_f64().unwrap() > 5.0, "{row}");
+    let after: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    assert_eq!(before, after);
+}
+
+#[test]
+fn what_the_dp_mode_cannot_answer_is_refused_from_the_plan() {
+    let (server, owner, scientist) = setup();
+    let (csv, _) = people(100, 3, 3);
+    let policy = dp_policy(json!({"epsilon": 10.0, "privacy_unit": "PassengerId", "bounds": {"Age": [0, 100]}}));
+    upload(&server, &owner, "people", csv, &policy);
+    for sql in [
+        "SELECT * FROM people",
+        "SELECT Age FROM people WHERE PassengerId = 7",
+        "SELECT PassengerId, COUNT(*) AS n FROM people GROUP BY PassengerId",
+        "SELECT MAX(Age) AS m FROM people",
+        "SELECT SUM(PassengerId) AS s FROM people",
+        "SELECT COUNT(DISTINCT Town) AS n FROM people",
+        "SELECT Name, COUNT(*) AS n FROM people GROUP BY Name",
+        "SELECT COUNT(*) AS n FROM people WHERE Name LIKE 'person 7%'",
+        "SELECT COUNT(*) AS n FROM people a JOIN people b ON a.PassengerId = b.PassengerId",
+        "SELECT SUM(Age * 2) AS s FROM people",
+        "SELECT COUNT(*) AS n FROM people WHERE Age > (SELECT AVG(Age) FROM people)",
+    ] {
+        let error = expect_error(query(&server, &scientist, sql), 403);
+        assert!(error["message"].as_str().unwrap().contains("differential privacy"), "{sql}: {error}");
+    }
+    // Nothing was spent by the refusals.
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    assert_eq!(budget["budgets"][0]["epsilon_spent"], 0.0, "{budget}");
+    // A policy with a bad DP block is refused naming the field.
+    let bad = dp_policy(json!({"epsilon": -1.0}));
+    let form = reqwest::blocking::multipart::Form::new()
+        .text("name", "bad")
+        .text("policy", bad.to_string())
+        .part("file", reqwest::blocking::multipart::Part::text("a\n1\n").file_name("bad.csv"));
+    let response = server.request(reqwest::Method::POST, &owner, "/api/tables").multipart(form).send().unwrap();
+    let error = expect_error(response, 400);
+    assert_eq!(error["field"], "policy.dp.epsilon", "{error}");
+}
