@@ -10,9 +10,10 @@
 //! ```
 //!
 //! It then runs as one DataFusion plan that groups by the query's keys *and* the privacy
-//! unit, so that each person's contribution to each group arrives as one row, bounded
-//! in Rust (at most `max_groups_per_unit` groups per person, `max_rows_per_unit` rows per
-//! group, values clamped to the owner's bounds) and summed per group. The noise is opendp's
+//! unit, so that each person's contribution to each group is one row; keeps at most
+//! `max_groups_per_unit` of each person's groups (a window), bounds each part
+//! (`max_rows_per_unit` rows, sums clamped to the owner's bounds) and sums the parts per
+//! group: bounding and aggregation in the engine, only one row per group reaches Rust. The noise is opendp's
 //! Laplace mechanism over the vector of every released quantity, each scaled by its own
 //! sensitivity, with the privacy loss checked through opendp's privacy map before anything
 //! is released. Groups over keys the owner did not declare public are released only where
@@ -34,7 +35,7 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionState;
 use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr, lit, when};
+use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, lit, when};
 use milkglass_core::DpPolicy;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,9 +51,6 @@ pub(crate) struct DpTable {
     /// With [`ROW_ID`]: the unit for dataset tables and for tables without a privacy unit.
     pub internal: Arc<dyn TableProvider>,
 }
-
-/// One person's part of one group: the group's keys and a value per quantity.
-type Contribution = (Vec<ScalarValue>, Vec<f64>);
 
 /// What a released number is made of: one noisy quantity per (aggregate input, kind).
 #[derive(Debug, Clone, PartialEq)]
@@ -477,7 +475,49 @@ fn contributions_plan(
         };
         aggregates.push(expr.alias(format!("__mg_q{i}")));
     }
-    builder.aggregate(group, aggregates).map_err(plan_error)?.build().map_err(plan_error)
+    // Each person's part of each group, one row per (keys, person).
+    let mut plan = builder.aggregate(group, aggregates).map_err(plan_error)?;
+    let policy = &table.policy;
+    if !keys.is_empty() {
+        // At most `max_groups_per_unit` groups per person: the first by key order (a choice
+        // that depends on that person's rows only).
+        let order: Vec<SortExpr> = keys.iter().map(|(k, _)| Expr::Column(k.clone()).sort(true, true)).collect();
+        let rank = datafusion::functions_window::expr_fn::row_number()
+            .partition_by(vec![Expr::Column(Column::new_unqualified("__mg_unit"))])
+            .order_by(order)
+            .build()
+            .map_err(plan_error)?
+            .alias("__mg_rank");
+        plan = plan
+            .window(vec![rank])
+            .map_err(plan_error)?
+            .filter(Expr::Column(Column::new_unqualified("__mg_rank")).lt_eq(lit(i64::from(policy.max_groups_per_unit))))
+            .map_err(plan_error)?;
+    }
+    // Each part bounded (rows per person, clamped sums), then summed per group with the
+    // number of persons in it.
+    let m = f64::from(policy.max_rows_per_unit);
+    let mut bounded = vec![count(lit(1i64)).alias("__mg_units")];
+    for (i, q) in quantities.iter().enumerate() {
+        let part = Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(Expr::Column(Column::new_unqualified(format!("__mg_q{i}")))),
+            DataType::Float64,
+        ));
+        let (lo, hi) = match q {
+            Quantity::Rows | Quantity::Count(_) => (0.0, m),
+            Quantity::Sum(c) => {
+                let [lo, hi] = policy.bounds[c];
+                (m * lo.min(0.0), m * hi.max(0.0))
+            }
+        };
+        let clamped = when(part.clone().lt(lit(lo)), lit(lo))
+            .when(part.clone().gt(lit(hi)), lit(hi))
+            .otherwise(datafusion::functions::expr_fn::coalesce(vec![part, lit(0.0)]))
+            .map_err(plan_error)?;
+        bounded.push(sum(clamped).alias(format!("__mg_q{i}")));
+    }
+    let keys: Vec<Expr> = keys.iter().map(|(k, _)| Expr::Column(k.clone())).collect();
+    plan.aggregate(keys, bounded).map_err(plan_error)?.build().map_err(plan_error)
 }
 
 /// `plan` (checked by [`inspect_input`]) reading the privacy unit along as `__mg_unit`.
@@ -610,56 +650,25 @@ impl DpQuery {
     fn release(&self, batches: &[RecordBatch]) -> Result<RecordBatch, GuardError> {
         let k = self.keys.len();
         let q = self.quantities.len();
-        let m = f64::from(self.policy.max_rows_per_unit);
-        let per_unit_groups = self.policy.max_groups_per_unit as usize;
-        // Each person's groups, with their contributions.
-        let mut by_unit: HashMap<ScalarValue, Vec<Contribution>> = HashMap::new();
         let corrupt = |e: datafusion::error::DataFusionError| GuardError::Execution(e.to_string());
+        // One row per group: keys, persons, then each bounded quantity.
+        let mut groups: HashMap<Vec<ScalarValue>, (f64, Vec<f64>)> = HashMap::new();
         for batch in batches {
-            // Counts arrive as Int64, sums as Float64: read both as f64.
-            let casted: Vec<ArrayRef> = (0..q)
-                .map(|i| arrow::compute::cast(batch.column(k + 1 + i), &DataType::Float64))
+            let casted: Vec<ArrayRef> = (0..=q)
+                .map(|i| arrow::compute::cast(batch.column(k + i), &DataType::Float64))
                 .collect::<Result<_, _>>()
                 .map_err(|e| GuardError::Execution(e.to_string()))?;
-            let quantity_columns: Vec<&Float64Array> =
+            let numbers: Vec<&Float64Array> =
                 casted.iter().map(|c| c.as_any().downcast_ref::<Float64Array>().expect("cast to f64")).collect();
             for row in 0..batch.num_rows() {
                 let key: Vec<ScalarValue> = (0..k)
                     .map(|i| ScalarValue::try_from_array(batch.column(i), row))
                     .collect::<Result<_, _>>()
                     .map_err(corrupt)?;
-                let unit = ScalarValue::try_from_array(batch.column(k), row).map_err(corrupt)?;
-                let values: Vec<f64> = quantity_columns
-                    .iter()
-                    .zip(&self.quantities)
-                    .map(|(c, quantity)| {
-                        let v = if c.is_null(row) { 0.0 } else { c.value(row) };
-                        match quantity {
-                            Quantity::Rows | Quantity::Count(_) => v.min(m),
-                            Quantity::Sum(column) => {
-                                let [lo, hi] = self.policy.bounds[column];
-                                v.clamp(m * lo.min(0.0), m * hi.max(0.0))
-                            }
-                        }
-                    })
-                    .collect();
-                by_unit.entry(unit).or_default().push((key, values));
-            }
-        }
-        // At most `max_groups_per_unit` groups per person: those whose keys hash lowest
-        // (a choice that depends on that person's rows only).
-        let mut groups: HashMap<Vec<ScalarValue>, (f64, Vec<f64>)> = HashMap::new();
-        for (unit, mut contributions) in by_unit {
-            if contributions.len() > per_unit_groups {
-                contributions.sort_by_key(|(key, _)| stable_hash(&unit, key));
-                contributions.truncate(per_unit_groups);
-            }
-            for (key, values) in contributions {
-                let entry = groups.entry(key).or_insert_with(|| (0.0, vec![0.0; q]));
-                entry.0 += 1.0;
-                for (sum, v) in entry.1.iter_mut().zip(values) {
-                    *sum += v;
-                }
+                let value = |c: &Float64Array| if c.is_null(row) { 0.0 } else { c.value(row) };
+                let units = value(numbers[0]);
+                let sums = numbers[1..].iter().map(|c| value(c)).collect();
+                groups.insert(key, (units, sums));
             }
         }
         // The groups to release: every declared combination, every data group (selected
@@ -806,17 +815,6 @@ impl DpQuery {
 fn selection(k: f64, epsilon: f64, delta: f64) -> (f64, f64) {
     let scale = k / epsilon;
     (scale, 1.0 + scale * (k / (2.0 * delta)).ln())
-}
-
-fn stable_hash(unit: &ScalarValue, key: &[ScalarValue]) -> [u8; 32] {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    h.update(unit.to_string().as_bytes());
-    for k in key {
-        h.update([0u8]);
-        h.update(k.to_string().as_bytes());
-    }
-    h.finalize().into()
 }
 
 fn compare_keys(a: &[ScalarValue], b: &[ScalarValue]) -> std::cmp::Ordering {

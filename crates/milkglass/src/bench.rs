@@ -61,6 +61,25 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// A differentially private GROUP BY over unknown keys (bounding, noise, partition
+    /// selection) against the same query without DP: through the threshold guard and on
+    /// plain DataFusion, same data, same run.
+    Dp {
+        /// Rows in the generated table.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        /// Distinct persons (the privacy unit, column `w`).
+        #[arg(long, default_value_t = 100_000)]
+        units: usize,
+        /// Distinct group keys.
+        #[arg(long, default_value_t = 1000)]
+        groups: usize,
+        /// Timed runs of each query (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
     /// SQL over a dataset's labels through the service (snapshot, guard, decision, audit, as a
     /// project member), against the same query in plain DataFusion over a Parquet copy of
     /// the same rows; with the snapshot's cost, the store's ingest rate and one-frame reads.
@@ -115,6 +134,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Ingest { frames, boxes, dim, dir } => ingest(frames, boxes, dim, &dir),
         BenchCommand::Guard { rows, groups, runs, dir } => guard(rows, groups, runs, &dir),
         BenchCommand::Differencing { rows, queries, dir } => differencing(rows, queries, &dir),
+        BenchCommand::Dp { rows, units, groups, runs, dir } => dp(rows, units, groups, runs, &dir),
         BenchCommand::DatasetSql { frames, boxes, runs, dir } => dataset_sql(frames, boxes, runs, &dir),
         BenchCommand::Api { frames, requests, index_wait, dir } => api(frames, requests, index_wait, &dir),
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
@@ -446,7 +466,7 @@ fn protected_bench_table(
 fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
     use milkglass_guard::Decision;
-    let (_store, table) = guard_bench_table(&dir.join("guard-store"), rows, groups)?;
+    let (_store, table) = guard_bench_table(&dir.join("guard-store"), rows, groups, 1000)?;
     let policy = table.policy.clone();
     let runtime = crate::runtime()?;
     let mut plain = Vec::with_capacity(runs);
@@ -486,6 +506,63 @@ fn guard(rows: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
     println!("| milkglass guard (rewrite + hidden counts + decision) | {g:.3} |");
     println!("| DataFusion without the guard (reference) | {p:.3} |");
     println!("\nguarded / plain: {:.3}", g / p);
+    Ok(())
+}
+
+const DP_SQL: &str = "SELECT k, COUNT(*) AS n, AVG(v) AS mean_v FROM t GROUP BY k";
+
+fn dp(rows: usize, units: usize, groups: usize, runs: usize, dir: &Path) -> Result<()> {
+    use datafusion::prelude::SessionContext;
+    let (_store, table) = guard_bench_table(&dir.join("dp-store"), rows, groups, units as i64)?;
+    let thresholds = table.policy.clone();
+    let dp_policy = milkglass_core::Policy::from_value(serde_json::json!({
+        "safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject",
+        "dp": {"epsilon": 1e9, "query_epsilon": 1.0, "delta": 1e-6, "privacy_unit": "w",
+               "max_groups_per_unit": 10, "bounds": {"v": [0, 100]}}
+    }))?;
+    let runtime = crate::runtime()?;
+    let (mut plain, mut guarded, mut private) = (Vec::new(), Vec::new(), Vec::new());
+    let mut released = 0;
+    runtime.block_on(async {
+        for run in 0..=runs {
+            let (visible, _) = table.providers()?;
+            let ctx = SessionContext::new();
+            ctx.register_table("t", visible)?;
+            let start = Instant::now();
+            ctx.sql(DP_SQL).await?.collect().await?;
+            let plain_secs = start.elapsed().as_secs_f64();
+
+            let start = Instant::now();
+            let prepared =
+                milkglass_guard::prepare(DP_SQL, vec![protected_bench_table(&table, &thresholds, rows)?]).await?;
+            prepared.execute().await?;
+            let guarded_secs = start.elapsed().as_secs_f64();
+
+            let start = Instant::now();
+            let prepared =
+                milkglass_guard::prepare(DP_SQL, vec![protected_bench_table(&table, &dp_policy, rows)?]).await?;
+            let Some(Ok(query)) = prepared.dp.as_ref() else { bail!("the DP mode refused the bench query") };
+            let core = prepared.dp_measure(query).await?;
+            let answer = query.finish(&core)?;
+            let private_secs = start.elapsed().as_secs_f64();
+            released = answer.num_rows();
+            if run > 0 {
+                plain.push(plain_secs);
+                guarded.push(guarded_secs);
+                private.push(private_secs);
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    let (p, g, d) = (median(&mut plain), median(&mut guarded), median(&mut private));
+    println!("query: {DP_SQL}");
+    println!("table: {rows} rows, {units} persons (w), {groups} keys, Parquet; median of {runs} runs each");
+    println!("DP: epsilon 1 per query, 10 groups per person, v clamped to [0, 100], partition selection ({released} of {groups} groups released)\n");
+    println!("| system | median seconds |\n|---|---:|");
+    println!("| milkglass DP (bound per person, noise, partition selection) | {d:.3} |");
+    println!("| milkglass threshold guard, same query | {g:.3} |");
+    println!("| DataFusion without DP (reference) | {p:.3} |");
+    println!("\nDP / plain DataFusion: {:.3}; DP / threshold guard: {:.3}", d / p, d / g);
     Ok(())
 }
 
@@ -860,7 +937,7 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
     use datafusion::prelude::SessionContext;
     use milkglass_guard::{Coverage, Decision};
     let groups = 100;
-    let (store, table) = guard_bench_table(&dir.join("differencing-store"), rows, groups)?;
+    let (store, table) = guard_bench_table(&dir.join("differencing-store"), rows, groups, 1000)?;
     let policy = table.policy.clone();
     store.add_user("sam", Role::Scientist)?;
     let sam = store.user_by_name("sam")?;
@@ -945,7 +1022,14 @@ fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
 
 /// A fresh store in `dir` with owner "owner"'s generated table "t" (`rows` rows of k in
 /// `0..groups`, v and w; minimum aggregation 10, reject), for the guard benchmarks.
-fn guard_bench_table(dir: &Path, rows: usize, groups: usize) -> Result<(Store, milkglass_store::GuardedTableInfo)> {
+/// A table `t` of `rows` rows: a key `k` of `groups` values, a value `v` in [0, 100), and `w`,
+/// one of `w_values` integers (a person, for the DP bench).
+fn guard_bench_table(
+    dir: &Path,
+    rows: usize,
+    groups: usize,
+    w_values: i64,
+) -> Result<(Store, milkglass_store::GuardedTableInfo)> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
     }
@@ -956,7 +1040,7 @@ fn guard_bench_table(dir: &Path, rows: usize, groups: usize) -> Result<(Store, m
     store.add_user("owner", Role::Owner)?;
     let owner = store.user_by_name("owner")?;
     let file = store.new_table_file("t")?;
-    write_guard_table(&file, rows, groups)?;
+    write_guard_table(&file, rows, groups, w_values)?;
     let policy = milkglass_core::Policy::from_json(
         r#"{"safe_zone": {"aggregation": {"min_agg_size": 10}}, "unsafe_handling": "reject"}"#,
     )?;
@@ -972,7 +1056,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn write_guard_table(path: &Path, rows: usize, groups: usize) -> Result<()> {
+fn write_guard_table(path: &Path, rows: usize, groups: usize, w_values: i64) -> Result<()> {
     use arrow::array::{Float64Array, Int64Array};
     let schema = Arc::new(Schema::new(vec![
         Field::new("k", DataType::Int64, false),
@@ -987,7 +1071,7 @@ fn write_guard_table(path: &Path, rows: usize, groups: usize) -> Result<()> {
         let n = (1 << 16).min(rows - start);
         let k = Int64Array::from_iter_values((0..n).map(|_| rng.random_range(0..groups as i64)));
         let v = Float64Array::from_iter_values((0..n).map(|_| rng.random::<f64>() * 100.0));
-        let w = Int64Array::from_iter_values((0..n).map(|_| rng.random_range(0..1000)));
+        let w = Int64Array::from_iter_values((0..n).map(|_| rng.random_range(0..w_values)));
         let id = Int64Array::from_iter_values(start as i64..(start + n) as i64);
         writer
             .write(&RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v), Arc::new(w), Arc::new(id)])?)?;

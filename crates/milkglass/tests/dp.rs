@@ -256,3 +256,28 @@ fn what_the_dp_mode_cannot_answer_is_refused_from_the_plan() {
     let error = expect_error(response, 400);
     assert_eq!(error["field"], "policy.dp.epsilon", "{error}");
 }
+
+#[test]
+fn a_person_with_many_rows_counts_once_and_in_one_group() {
+    let (server, owner, scientist) = setup();
+    // 100 people with one row in town A; person 1 also has 300 rows in town B.
+    let mut csv = String::from("PassengerId,Name,Town,Age\n");
+    for i in 1..=100 {
+        csv.push_str(&format!("{i},p{i},A,40\n"));
+    }
+    for _ in 0..300 {
+        csv.push_str("1,p1,B,40\n");
+    }
+    // Epsilon so large the noise is below one: what is left is the bounding.
+    let policy = dp_policy(json!({"epsilon": 1e6, "query_epsilon": 1e5, "privacy_unit": "PassengerId",
+                                   "bounds": {"Age": [0, 100]}, "public_keys": {"Town": ["A", "B"]}}));
+    upload(&server, &owner, "visits", csv, &policy);
+    let body = answer(&server, &scientist, "SELECT Town, COUNT(*) AS n, SUM(Age) AS s FROM visits GROUP BY Town ORDER BY Town");
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["Town"], "A");
+    assert_eq!(rows[0]["n"], 100, "{body}");
+    assert!((rows[0]["s"].as_f64().unwrap() - 4000.0).abs() < 1.0, "{body}");
+    // Person 1 adds to one group only (A, the first by key), so B is empty, not 300 rows.
+    assert_eq!(rows[1]["Town"], "B");
+    assert_eq!(rows[1]["n"], 0, "{body}");
+}
