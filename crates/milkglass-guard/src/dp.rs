@@ -479,9 +479,10 @@ fn contributions_plan(
     let mut plan = builder.aggregate(group, aggregates).map_err(plan_error)?;
     let policy = &table.policy;
     if !keys.is_empty() {
-        // At most `max_groups_per_unit` groups per person: the first by key order (a choice
-        // that depends on that person's rows only).
-        let order: Vec<SortExpr> = keys.iter().map(|(k, _)| Expr::Column(k.clone()).sort(true, true)).collect();
+        // At most `max_groups_per_unit` groups per person, chosen at random (a choice that
+        // depends on that person's rows and fresh randomness only, so the bound is a stable
+        // transformation; by key order it would favour the smallest keys).
+        let order = vec![datafusion::functions::expr_fn::random().sort(true, true)];
         let rank = datafusion::functions_window::expr_fn::row_number()
             .partition_by(vec![Expr::Column(Column::new_unqualified("__mg_unit"))])
             .order_by(order)
