@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import polars as pl
+import pyarrow as pa
 
 from ._sql import Compiled, ExprCompiler, _flatten, literal, quote
 from .errors import UnsupportedExpression
@@ -122,6 +123,11 @@ class RemoteLazyFrame:
     @property
     def schema(self) -> pl.Schema:
         return self.collect_schema()
+
+    def collect_arrow(self) -> "pa.Table":
+        """Runs the query and returns the Arrow table as the server sent it, field metadata included: on a
+        differentially private table each number's field carries its 95% error bound (``milkglass.dp.ci95``)."""
+        return self._client._execute(self.sql(), wait_seconds=0)
 
     def explain_privacy(self) -> pl.DataFrame:
         """What this query would cost on a differentially private table, before running it: epsilon and delta,

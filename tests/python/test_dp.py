@@ -29,6 +29,9 @@ def test_a_dp_table_through_the_sdk(server_empty):
     assert first["Sex"].to_list() == ["female", "male"]
     # The true counts are 314 and 577; the noise is a few dozen at most at this epsilon.
     assert abs(first["n"][0] - 314) < 200 and abs(first["n"][1] - 577) < 200, first
+    # The Arrow answer carries each number's 95% error bound in its field's metadata.
+    arrow = rdf.collect_arrow()
+    assert float(arrow.schema.field("n").metadata[b"milkglass.dp.ci95"]) > 0
     again = rdf.collect().sort("Sex")
     assert again.equals(first), "a repeat replays the stored answer"
     budget = scientist.budget()

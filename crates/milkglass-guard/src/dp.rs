@@ -492,7 +492,9 @@ fn contributions_plan(
         plan = plan
             .window(vec![rank])
             .map_err(plan_error)?
-            .filter(Expr::Column(Column::new_unqualified("__mg_rank")).lt_eq(lit(i64::from(policy.max_groups_per_unit))))
+            .filter(
+                Expr::Column(Column::new_unqualified("__mg_rank")).lt_eq(lit(i64::from(policy.max_groups_per_unit))),
+            )
             .map_err(plan_error)?;
     }
     // Each part bounded (rows per person, clamped sums), then summed per group with the

@@ -557,7 +557,9 @@ fn dp(rows: usize, units: usize, groups: usize, runs: usize, dir: &Path) -> Resu
     let (p, g, d) = (median(&mut plain), median(&mut guarded), median(&mut private));
     println!("query: {DP_SQL}");
     println!("table: {rows} rows, {units} persons (w), {groups} keys, Parquet; median of {runs} runs each");
-    println!("DP: epsilon 1 per query, 10 groups per person, v clamped to [0, 100], partition selection ({released} of {groups} groups released)\n");
+    println!(
+        "DP: epsilon 1 per query, 10 groups per person, v clamped to [0, 100], partition selection ({released} of {groups} groups released)\n"
+    );
     println!("| system | median seconds |\n|---|---:|");
     println!("| milkglass DP (bound per person, noise, partition selection) | {d:.3} |");
     println!("| milkglass threshold guard, same query | {g:.3} |");

@@ -272,7 +272,11 @@ fn a_person_with_many_rows_counts_once_and_in_one_group() {
     let policy = dp_policy(json!({"epsilon": 1e6, "query_epsilon": 1e5, "privacy_unit": "PassengerId",
                                    "bounds": {"Age": [0, 100]}, "public_keys": {"Town": ["A", "B"]}}));
     upload(&server, &owner, "visits", csv, &policy);
-    let body = answer(&server, &scientist, "SELECT Town, COUNT(*) AS n, SUM(Age) AS s FROM visits GROUP BY Town ORDER BY Town");
+    let body = answer(
+        &server,
+        &scientist,
+        "SELECT Town, COUNT(*) AS n, SUM(Age) AS s FROM visits GROUP BY Town ORDER BY Town",
+    );
     let rows = body["rows"].as_array().unwrap();
     assert_eq!(rows[0]["Town"], "A");
     assert!((rows[0]["s"].as_f64().unwrap() - 40.0 * rows[0]["n"].as_f64().unwrap()).abs() < 1.0, "{body}");
