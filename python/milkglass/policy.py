@@ -130,6 +130,7 @@ class DP:
     query_epsilon: Optional[float] = None
     per: str = "analyst"
     table_epsilon: Optional[float] = None
+    renewal_days: Optional[float] = None
     max_rows_per_unit: int = 1
     max_groups_per_unit: int = 1
     bounds: Optional[Dict[str, Tuple[float, float]]] = None
@@ -143,6 +144,8 @@ class DP:
             out["query_epsilon"] = self.query_epsilon
         if self.table_epsilon is not None:
             out["table_epsilon"] = self.table_epsilon
+        if self.renewal_days is not None:
+            out["renewal_days"] = self.renewal_days
         if privacy_unit is not None:
             out["privacy_unit"] = privacy_unit
         if self.bounds:

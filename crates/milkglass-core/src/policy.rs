@@ -57,6 +57,10 @@ pub struct DpPolicy {
     /// All analysts together may spend at most this (against collusion); absent: no cap.
     #[serde(default)]
     pub table_epsilon: Option<f64>,
+    /// The budget renews: only what was spent in the last `renewal_days` days counts. Absent:
+    /// a budget spent is spent for good.
+    #[serde(default)]
+    pub renewal_days: Option<f64>,
     /// What one query costs; default a tenth of `epsilon`.
     #[serde(default)]
     pub query_epsilon: Option<f64>,
@@ -121,6 +125,9 @@ impl DpPolicy {
         }
         if let Some(cap) = self.table_epsilon {
             positive("table_epsilon", cap)?;
+        }
+        if let Some(days) = self.renewal_days {
+            positive("renewal_days", days)?;
         }
         if let Some(q) = self.query_epsilon {
             positive("query_epsilon", q)?;

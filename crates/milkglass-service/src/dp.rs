@@ -36,7 +36,11 @@ fn principal(store: &Store, user: &User, policy: &DpPolicy) -> ServiceResult<Str
 }
 
 fn limits(policy: &DpPolicy) -> DpLimits {
-    DpLimits { epsilon: policy.epsilon, delta: policy.delta, table_epsilon: policy.table_epsilon }
+    // A renewing budget counts what was spent within its period, up to now.
+    let since = policy
+        .renewal_days
+        .map(|days| chrono::Utc::now() - chrono::Duration::milliseconds((days * 86_400_000.0) as i64));
+    DpLimits { epsilon: policy.epsilon, delta: policy.delta, table_epsilon: policy.table_epsilon, since }
 }
 
 fn left_text(policy: &DpPolicy, spent: &DpSpent) -> String {
@@ -96,8 +100,8 @@ pub(crate) async fn answer(
     let (who, stored, spent, table_spent) = on_store(services, move |store| {
         let who = principal(store, &user_now, &policy)?;
         let stored = store.dp_stored_answer(&uid, &who, &question)?;
-        let spent = store.dp_spent(&uid, &who)?;
-        Ok((who, stored, spent, store.dp_table_spent(&uid)?))
+        let spent = store.dp_spent(&uid, &who, &limits(&policy))?;
+        Ok((who, stored, spent, store.dp_table_spent(&uid, &limits(&policy))?))
     })
     .await?;
     let policy = &target.policy;
@@ -225,7 +229,8 @@ pub(crate) async fn explain(
         let question = query.question.clone();
         on_store(services, move |store| {
             let who = principal(store, &user_now, &policy)?;
-            Ok((store.dp_spent(&uid, &who)?, store.dp_stored_answer(&uid, &who, &question)?.is_some()))
+            let spent = store.dp_spent(&uid, &who, &limits(&policy))?;
+            Ok((spent, store.dp_stored_answer(&uid, &who, &question)?.is_some()))
         })
         .await?
     };
@@ -276,7 +281,7 @@ pub fn budgets(store: &Store, user: &User) -> ServiceResult<Vec<Budget>> {
     for table in access::readable_tables(store, user)? {
         let Some(policy) = &table.policy.dp else { continue };
         let who = principal(store, user, policy)?;
-        let spent = store.dp_spent(&table.uid, &who)?;
+        let spent = store.dp_spent(&table.uid, &who, &limits(policy))?;
         out.push(Budget {
             table: table.name.clone(),
             per: policy.per,

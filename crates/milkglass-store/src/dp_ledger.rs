@@ -17,6 +17,14 @@ pub struct DpLimits {
     pub delta: f64,
     /// All principals together (against collusion); `None`: no cap.
     pub table_epsilon: Option<f64>,
+    /// Only charges after this moment count (a renewing budget); `None`: all do.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl DpLimits {
+    fn since(&self) -> Option<String> {
+        self.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
 }
 
 /// What was spent.
@@ -41,21 +49,36 @@ pub enum DpCharge {
 /// Slack for floating-point sums of epsilons (ten charges of 0.1 make 0.9999999999999999).
 const SLACK: f64 = 1e-9;
 
-fn spent_in(conn: &rusqlite::Connection, table_uid: &str, principal: &str) -> StoreResult<DpSpent> {
-    Ok(conn
-        .query_row(
-            "SELECT epsilon_spent, delta_spent, queries FROM dp_budgets WHERE table_uid = ?1 AND principal = ?2",
-            params![table_uid, principal],
+/// What `principal` spent: every charge, or those after `since` (a renewing budget, counted
+/// from the stored answers, each of which records its charge).
+fn spent_in(
+    conn: &rusqlite::Connection,
+    table_uid: &str,
+    principal: &str,
+    since: Option<&str>,
+) -> StoreResult<DpSpent> {
+    let spent = match since {
+        None => conn
+            .query_row(
+                "SELECT epsilon_spent, delta_spent, queries FROM dp_budgets WHERE table_uid = ?1 AND principal = ?2",
+                params![table_uid, principal],
+                |r| Ok(DpSpent { epsilon: r.get(0)?, delta: r.get(1)?, queries: r.get(2)? }),
+            )
+            .optional()?,
+        Some(since) => Some(conn.query_row(
+            "SELECT COALESCE(SUM(epsilon), 0), COALESCE(SUM(delta), 0), COUNT(*) FROM dp_answers
+             WHERE table_uid = ?1 AND principal = ?2 AND created_at >= ?3",
+            params![table_uid, principal, since],
             |r| Ok(DpSpent { epsilon: r.get(0)?, delta: r.get(1)?, queries: r.get(2)? }),
-        )
-        .optional()?
-        .unwrap_or_default())
+        )?),
+    };
+    Ok(spent.unwrap_or_default())
 }
 
-fn table_spent_in(conn: &rusqlite::Connection, table_uid: &str) -> StoreResult<f64> {
+fn table_spent_in(conn: &rusqlite::Connection, table_uid: &str, since: Option<&str>) -> StoreResult<f64> {
     Ok(conn.query_row(
-        "SELECT COALESCE(SUM(epsilon_spent), 0) FROM dp_budgets WHERE table_uid = ?1",
-        [table_uid],
+        "SELECT COALESCE(SUM(epsilon), 0) FROM dp_answers WHERE table_uid = ?1 AND (?2 IS NULL OR created_at >= ?2)",
+        params![table_uid, since],
         |r| r.get(0),
     )?)
 }
@@ -76,14 +99,14 @@ fn stored_in(
 }
 
 impl Store {
-    /// What `principal` spent of the table's budget.
-    pub fn dp_spent(&self, table_uid: &str, principal: &str) -> StoreResult<DpSpent> {
-        self.db().read(|conn| spent_in(conn, table_uid, principal))
+    /// What `principal` spent of the table's budget (since `limits.since`, for a renewing one).
+    pub fn dp_spent(&self, table_uid: &str, principal: &str, limits: &DpLimits) -> StoreResult<DpSpent> {
+        self.db().read(|conn| spent_in(conn, table_uid, principal, limits.since().as_deref()))
     }
 
     /// What every principal together spent of the table's budget.
-    pub fn dp_table_spent(&self, table_uid: &str) -> StoreResult<f64> {
-        self.db().read(|conn| table_spent_in(conn, table_uid))
+    pub fn dp_table_spent(&self, table_uid: &str, limits: &DpLimits) -> StoreResult<f64> {
+        self.db().read(|conn| table_spent_in(conn, table_uid, limits.since().as_deref()))
     }
 
     /// The answer released for this question before, if any.
@@ -114,8 +137,9 @@ impl Store {
             if let Some((answer, audit_id)) = stored_in(tx, table_uid, principal, question)? {
                 return Ok(DpCharge::Replayed { answer, audit_id });
             }
-            let spent = spent_in(tx, table_uid, principal)?;
-            let table_spent = table_spent_in(tx, table_uid)?;
+            let since = limits.since();
+            let spent = spent_in(tx, table_uid, principal, since.as_deref())?;
+            let table_spent = table_spent_in(tx, table_uid, since.as_deref())?;
             let over_table = limits.table_epsilon.is_some_and(|cap| table_spent + cost.0 > cap + SLACK);
             if spent.epsilon + cost.0 > limits.epsilon + SLACK
                 || spent.delta + cost.1 > limits.delta + SLACK
@@ -139,7 +163,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![table_uid, principal, question, answer, cost.0, cost.1, entry.id, at],
             )?;
-            let spent = spent_in(tx, table_uid, principal)?;
+            let spent = spent_in(tx, table_uid, principal, since.as_deref())?;
             Ok(DpCharge::Charged { audit: Box::new(entry), spent })
         })
     }

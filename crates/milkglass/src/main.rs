@@ -333,7 +333,9 @@ fn user(command: UserCommand) -> Result<()> {
         UserCommand::Pool { name, pool, data_dir } => {
             open_store(&data_dir)?.set_user_pool(&name, pool.as_deref())?;
             match pool {
-                Some(pool) => println!("{name:?} now shares the differencing memory of pool {pool:?}"),
+                Some(pool) => {
+                    println!("{name:?} now shares the differencing memory and group privacy budgets of pool {pool:?}")
+                }
                 None => println!("{name:?} is a pool of one again"),
             }
         }

@@ -303,3 +303,43 @@ fn the_tables_total_cap_holds_across_analysts() {
     let budget: Value = server.get(&sam, "/api/budget").json().unwrap();
     assert!((budget["budgets"][0]["epsilon_spent"].as_f64().unwrap() - 0.25).abs() < 1e-12, "{budget}");
 }
+
+#[test]
+fn a_pool_of_analysts_shares_one_budget_and_its_answers() {
+    let (server, owner, sam) = setup();
+    let ada = add_user(&server.dir, "ada", "scientist");
+    for name in ["sam", "ada"] {
+        common::cli(&["user", "pool", name, "lab", "--data-dir", server.dir.to_str().unwrap()]);
+    }
+    let (csv, _) = people(100, 6, 3);
+    let policy = dp_policy(json!({"epsilon": 0.5, "query_epsilon": 0.25, "per": "group",
+                                   "privacy_unit": "PassengerId"}));
+    upload(&server, &owner, "people", csv, &policy);
+    let first = answer(&server, &sam, "SELECT COUNT(*) AS n FROM people");
+    // Ada asks sam's question: the pool's stored answer, at no cost.
+    let same = answer(&server, &ada, "SELECT COUNT(*) AS n FROM people");
+    assert_eq!(same["rows"], first["rows"]);
+    answer(&server, &ada, "SELECT COUNT(*) AS n FROM people WHERE Age > 10");
+    // The pool's 0.5 is spent, whoever asks next.
+    let error = expect_error(query(&server, &sam, "SELECT COUNT(*) AS n FROM people WHERE Age > 20"), 403);
+    assert_eq!(error["code"], "budget_exhausted", "{error}");
+    let budget: Value = server.get(&sam, "/api/budget").json().unwrap();
+    assert_eq!(budget["budgets"][0]["per"], "group");
+    assert!((budget["budgets"][0]["epsilon_spent"].as_f64().unwrap() - 0.5).abs() < 1e-12, "{budget}");
+}
+
+#[test]
+fn a_renewing_budget_counts_only_its_period() {
+    let (server, owner, sam) = setup();
+    let (csv, _) = people(100, 8, 3);
+    // A period of two seconds, for the test (owners would say 30 days).
+    let policy = dp_policy(json!({"epsilon": 0.25, "query_epsilon": 0.25, "renewal_days": 2.0 / 86_400.0,
+                                   "privacy_unit": "PassengerId"}));
+    upload(&server, &owner, "people", csv, &policy);
+    answer(&server, &sam, "SELECT COUNT(*) AS n FROM people");
+    expect_error(query(&server, &sam, "SELECT COUNT(*) AS n FROM people WHERE Age > 10"), 403);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    answer(&server, &sam, "SELECT COUNT(*) AS n FROM people WHERE Age > 10");
+    let budget: Value = server.get(&sam, "/api/budget").json().unwrap();
+    assert!((budget["budgets"][0]["epsilon_spent"].as_f64().unwrap() - 0.25).abs() < 1e-12, "{budget}");
+}
