@@ -482,7 +482,12 @@ fn contributions_plan(
         // At most `max_groups_per_unit` groups per person, chosen at random (a choice that
         // depends on that person's rows and fresh randomness only, so the bound is a stable
         // transformation; by key order it would favour the smallest keys).
-        let order = vec![datafusion::functions::expr_fn::random().sort(true, true)];
+        // The draw is a column of its own: a sort on `random()` itself may be planned away.
+        let mut columns: Vec<Expr> =
+            plan.schema().iter().map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name()))).collect();
+        columns.push(datafusion::functions::expr_fn::random().alias("__mg_pick"));
+        plan = plan.project(columns).map_err(plan_error)?;
+        let order = vec![Expr::Column(Column::new_unqualified("__mg_pick")).sort(true, true)];
         let rank = datafusion::functions_window::expr_fn::row_number()
             .partition_by(vec![Expr::Column(Column::new_unqualified("__mg_unit"))])
             .order_by(order)
