@@ -410,7 +410,11 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
 
     let epsilon = policy.per_query_epsilon();
     let delta = if keys.is_empty() || public.is_some() { 0.0 } else { policy.per_query_delta() };
-    let contributions = contributions_plan(table, &aggregate.input, &keys, &quantities, &columns)?;
+    // Where the declared keys make fewer groups than a person may join, no person can pass
+    // the bound and the ranking is skipped.
+    let groups_possible = public.as_ref().map(|declared| declared.iter().map(Vec::len).product::<usize>());
+    let ranked = !keys.is_empty() && groups_possible.is_none_or(|n| n > policy.max_groups_per_unit as usize);
+    let contributions = contributions_plan(table, &aggregate.input, &keys, &quantities, &columns, ranked)?;
 
     let mut conjuncts: Vec<String> = predicates.iter().map(unqualified).collect();
     conjuncts.sort();
@@ -451,6 +455,7 @@ fn contributions_plan(
     keys: &[(Column, DataType)],
     quantities: &[Quantity],
     columns: &HashMap<String, Column>,
+    ranked: bool,
 ) -> Result<LogicalPlan, GuardError> {
     let plan_error = |e: datafusion::error::DataFusionError| GuardError::Invalid(e.to_string());
     let builder = LogicalPlanBuilder::from(with_unit(input, table).map_err(plan_error)?);
@@ -478,7 +483,7 @@ fn contributions_plan(
     // Each person's part of each group, one row per (keys, person).
     let mut plan = builder.aggregate(group, aggregates).map_err(plan_error)?;
     let policy = &table.policy;
-    if !keys.is_empty() {
+    if ranked {
         // At most `max_groups_per_unit` groups per person, chosen at random (a choice that
         // depends on that person's rows and fresh randomness only, so the bound is a stable
         // transformation; by key order it would favour the smallest keys).

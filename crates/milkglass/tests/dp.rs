@@ -343,3 +343,19 @@ fn a_renewing_budget_counts_only_its_period() {
     let budget: Value = server.get(&sam, "/api/budget").json().unwrap();
     assert!((budget["budgets"][0]["epsilon_spent"].as_f64().unwrap() - 0.25).abs() < 1e-12, "{budget}");
 }
+
+#[test]
+fn where_the_declared_groups_fit_the_bound_a_person_counts_in_each() {
+    let (server, owner, scientist) = setup();
+    let mut csv = String::from("PassengerId,Name,Town,Age\n");
+    for i in 1..=50 {
+        csv.push_str(&format!("{i},p{i},A,40\n{i},p{i},B,40\n"));
+    }
+    // Two declared towns and two groups allowed per person: no ranking needed, both count.
+    let policy = dp_policy(json!({"epsilon": 1e6, "query_epsilon": 1e5, "privacy_unit": "PassengerId",
+                                   "max_groups_per_unit": 2, "public_keys": {"Town": ["A", "B"]}}));
+    upload(&server, &owner, "visits", csv, &policy);
+    let body = answer(&server, &scientist, "SELECT Town, COUNT(*) AS n FROM visits GROUP BY Town ORDER BY Town");
+    let counts: Vec<i64> = body["rows"].as_array().unwrap().iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    assert_eq!(counts, [50, 50], "{body}");
+}
