@@ -65,6 +65,9 @@ pub struct Sensor {
     pub width: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// When this sensor captured its data, where it differs from the frame's time.
+    #[serde(default, deserialize_with = "deserialize_timestamp", skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<DateTime<Utc>>,
 }
 
 fn default_sensor_id() -> String {

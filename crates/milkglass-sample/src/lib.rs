@@ -252,6 +252,7 @@ fn frame(
             url: format!("{url_prefix}/{frame_id}.png"),
             width: Some(config.width),
             height: Some(config.height),
+            timestamp: None,
         }],
         metadata,
         geo: None,

@@ -5,6 +5,7 @@
 //! validates and does the work. Blocking operations run through [`blocking`] on tokio's
 //! blocking pool, so the async workers stay free.
 
+mod aquarium;
 mod auth;
 mod error;
 mod extract;
@@ -71,6 +72,8 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     /// The operations, shared by the HTTP routes and Flight SQL.
     pub services: Arc<Services>,
+    /// The Aquarium adapter's uploads in progress and download links.
+    pub(crate) aquarium: Arc<aquarium::AquariumState>,
 }
 
 impl AppState {
@@ -85,7 +88,7 @@ impl AppState {
             max_upload_bytes: config.max_upload_bytes,
         };
         let services = Arc::new(Services::new(store, service_config)?);
-        Ok(AppState { config: Arc::new(config), services })
+        Ok(AppState { config: Arc::new(config), services, aquarium: Arc::default() })
     }
 }
 

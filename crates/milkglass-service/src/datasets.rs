@@ -33,6 +33,13 @@ pub fn update_project(
     Ok(services.store.update_project(name, patch)?)
 }
 
+/// Makes an owner's project anonymous while it holds no datasets (see
+/// [`milkglass_store::Store::make_anonymous_while_empty`]).
+pub fn make_anonymous(services: &Services, user: &User, name: &str) -> ServiceResult<ProjectInfo> {
+    access::project(&services.store, user, name, ProjectRole::Owner)?;
+    Ok(services.store.make_anonymous_while_empty(name)?)
+}
+
 /// Deletes a project with everything in it: datasets, saved indexes, and the files of its
 /// hosted store (so its signed URLs stop working at once).
 pub async fn delete_project(services: &Services, user: &User, name: &str) -> ServiceResult<()> {

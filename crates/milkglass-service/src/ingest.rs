@@ -478,6 +478,7 @@ fn frames_from_arrow(batch: &RecordBatch) -> Result<Vec<Frame>, Invalid> {
                 url: url.clone(),
                 width: dim(&widths),
                 height: dim(&heights),
+                timestamp: None,
             });
         }
         frame.embedding = embeddings.as_ref().and_then(|e| e[i].clone());

@@ -31,9 +31,9 @@ pub use raw::check_fetch_allow;
 pub use milkglass_core::{AccessMode, DatasetSpec, Policy, ProjectRole, ProjectSpec, Role};
 pub use milkglass_guard::Limits as QueryResourceLimits;
 pub use milkglass_store::{
-    AuditEntry, DatasetInfo, DatasetPatch, DatasetStatus, FrameFilter, FramePage, GuardedTableInfo, InferenceSetInfo,
-    MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, ReviewRequest, Segment, SegmentSpec, Space, Store, StoredFrame,
-    TableFormat, UploadKind, User,
+    AuditEntry, DatasetInfo, DatasetPatch, DatasetStatus, FrameFilter, FramePage, FrameRow, GuardedTableInfo,
+    InferenceSetInfo, LabelRow, MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, ReviewRequest, Segment,
+    SegmentSpec, Space, Store, StoredFrame, TableFormat, UploadKind, User,
 };
 
 use serde::de::DeserializeOwned;

@@ -237,6 +237,29 @@ impl Store {
         })
     }
 
+    /// Makes a project anonymous while it holds no datasets: nothing of it was ever loaded by
+    /// milkglass, so the promise can still be made. Once it holds data, the mode stays.
+    pub fn make_anonymous_while_empty(&self, name: &str) -> StoreResult<ProjectInfo> {
+        self.db().write(|tx| {
+            let project = load_project(tx, name)?;
+            if project.access_mode == AccessMode::Anonymous {
+                return Ok(project);
+            }
+            if !dataset_ids(tx, "project_id = ?1", project.id)?.is_empty() {
+                return Err(StoreError::Conflict(format!(
+                    "project {name:?} is {} and already holds datasets, whose URLs milkglass may have loaded: \
+                     anonymous-mode data goes into a project of its own",
+                    project.access_mode
+                )));
+            }
+            tx.execute(
+                "UPDATE projects SET access_mode = ?1, updated_at = ?2 WHERE id = ?3",
+                params![AccessMode::Anonymous.as_str(), now(), project.id],
+            )?;
+            load_project(tx, name)
+        })
+    }
+
     pub fn delete_project(&self, name: &str) -> StoreResult<()> {
         let dataset_ids = self.db().write(|tx| {
             let project = load_project(tx, name)?;

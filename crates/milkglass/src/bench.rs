@@ -635,6 +635,7 @@ fn dataset_sql(frames: usize, boxes: usize, runs: usize, dir: &Path) -> Result<(
                     url: format!("https://img.example.com/{frame_id}.jpg"),
                     width: None,
                     height: None,
+                    timestamp: None,
                 }],
                 metadata: [
                     ("weather".to_string(), MetaValue::String(["sun", "rain", "fog"][i % 3].to_string())),

@@ -356,13 +356,37 @@ pub async fn store<E: std::fmt::Display>(
     asset: &SignedAsset,
     body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 ) -> ServiceResult<StoredFile> {
-    if asset.project.access_mode != AccessMode::Hosted {
+    write_hosted(services, &asset.project, &asset.key, body).await
+}
+
+/// Streams a file into a hosted project's store under `key` (already checked), whole or not at all.
+async fn write_hosted<E: std::fmt::Display>(
+    services: &Services,
+    project: &ProjectInfo,
+    key: &FsPath,
+    body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> ServiceResult<StoredFile> {
+    if project.access_mode != AccessMode::Hosted {
         return Err(ServiceError::new(ErrorKind::Conflict, "not_hosted", "only hosted projects take uploads"));
     }
     let limit = services.config.max_upload_bytes;
-    let bytes = services.raw.hosted.write(asset.project.id, &asset.key, body, limit).await?;
-    let key = asset.key.to_string_lossy().to_string();
+    let bytes = services.raw.hosted.write(project.id, key, body, limit).await?;
+    let key = key.to_string_lossy().to_string();
     Ok(StoredFile { url: format!("hosted:{key}"), key, bytes })
+}
+
+/// Stores an owner's file under `key` in a hosted project's store, as a signed PUT would.
+pub async fn upload_hosted<E: std::fmt::Display>(
+    services: &Services,
+    user: &User,
+    project: &str,
+    key: &str,
+    body: impl futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> ServiceResult<StoredFile> {
+    check_key("key", key)?;
+    let (user, name) = (user.clone(), project.to_string());
+    let project = on_store(services, move |store| access::project(store, &user, &name, ProjectRole::Owner)).await?;
+    write_hosted(services, &project, FsPath::new(key), body).await
 }
 
 fn query_pairs(query: &str) -> BTreeMap<String, String> {

@@ -183,6 +183,18 @@ async fn run_url_check(services: &Services, project: &ProjectInfo, dataset: &str
     Ok(report)
 }
 
+/// What milkglass can say of URLs that belong to no project yet, without loading any of them:
+/// hosted keys and addresses its fetcher's rules allow are `Reachable`, the rest as the rules
+/// judge them. For clients that ask before they upload (Aquarium's `verify_urls`).
+pub fn offline_verdicts(services: &Services, urls: &[String]) -> Vec<Category> {
+    urls.iter()
+        .map(|url| match DataUrl::parse("url", url) {
+            Ok(DataUrl::Hosted { key }) if check_key("url", key).is_ok() => Category::Reachable,
+            _ => classify_offline(url, &services.raw.rules, None).map_or(Category::Reachable, |(category, _)| category),
+        })
+        .collect()
+}
+
 /// Checks a dataset's URLs now and stores the report; owners only.
 pub async fn url_check(services: &Services, user: &User, project: &str, dataset: &str) -> ServiceResult<Value> {
     let (user, name) = (user.clone(), project.to_string());
