@@ -4,7 +4,7 @@ environment). It prints one JSON report on its last line.
 
     python aquarium_flow.py STEP ENDPOINT TOKEN PROJECT DATASET [IMAGE_BASE]
 
-STEP is one of: upload, delete, anonymous, unknown_class, wrong_dimension, truncated.
+STEP is one of: upload, asset, delete, anonymous, unknown_class, wrong_dimension, truncated.
 """
 
 import datetime
@@ -213,6 +213,13 @@ if STEP == "upload":
         processed=client.is_dataset_processed(PROJECT, DATASET),
         mislabeled=[f"frame_{i:05d}" for i in sorted(MISLABELED)],
     )
+elif STEP == "asset":
+    # IMAGE_BASE is a local file here: mirrored into the hosted store, and used by a frame.
+    url = client.upload_asset_from_filepath(PROJECT, DATASET, IMAGE_BASE)
+    dataset = client.initialize_labeled_dataset(DATASET, PROJECT)
+    al.LabeledFrame(dataset=dataset, frame_id="with_asset", sensor_data=[al.Image(image_url=url)], labels=[])
+    client.create_or_update_labeled_dataset(dataset, wait_until_finish=True)
+    report(url=url)
 elif STEP == "delete":
     client.delete_dataset(PROJECT, DATASET)
     report(exists=client.dataset_exists(PROJECT, DATASET))

@@ -166,6 +166,18 @@ def test_a_script_written_for_aquarium_runs_unmodified_and_milkglass_sees_its_da
     [segment] = [s for s in segments["segments"] if s["name"] == "night frames"]
     assert sorted(segment["items"]) == sorted(report["segment_frames"])
 
+    # An asset uploaded by the client is in the project's hosted store, and a frame can use it.
+    image = pathlib.Path(server.dir) / "cone.jpg"
+    image.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg " * 100)
+    asset = run_step(aquarium_python, server, "asset", "drive", "cams", str(image))
+    assert asset["url"].startswith("hosted:aquarium/cams/") and asset["url"].endswith("_cone.jpg"), asset
+    status, frame = api(server, "GET", f"{ds}/frames/with_asset")
+    assert status == 200 and frame["sensors"][0]["url"] == asset["url"], frame
+    status, signed = api(server, "POST", "/api/projects/drive/assets/sign", {"keys": [asset["url"][len("hosted:"):]]})
+    assert status == 200, signed
+    with urllib.request.urlopen(signed["urls"][0]["get_url"]) as response:
+        assert response.read() == image.read_bytes()
+
     # The client deletes the dataset; milkglass no longer has it.
     assert run_step(aquarium_python, server, "delete", "drive", "cams") == {"exists": False}
     assert api(server, "GET", ds)[0] == 404
