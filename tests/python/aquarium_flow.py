@@ -190,6 +190,7 @@ if STEP == "upload":
     dataset, sent, expected = make_dataset(DATASET, FRAMES)
     client.create_or_update_labeled_dataset(dataset, wait_until_finish=True)
     upload_inferences("model_v1", sent)
+    client.update_inferences_metadata(PROJECT, "model_v1", {"epoch": 12})
     ids = client.get_frame_ids(PROJECT, DATASET)
     one = client.get_frame(PROJECT, DATASET, "frame_00007")
     some = client.get_frames(PROJECT, DATASET, sorted(expected)[:300])

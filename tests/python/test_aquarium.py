@@ -134,6 +134,10 @@ def test_a_script_written_for_aquarium_runs_unmodified_and_milkglass_sees_its_da
     assert [c["name"] for c in project["classes"]] == ["car", "pedestrian", "bike"]
     assert project["metadata"]["team"] == "perception"
 
+    status, inference_set = api(server, "GET", f"{ds}/inference_sets/model_v1")
+    assert status == 200 and inference_set["metadata"] == {"epoch": 12}, inference_set
+    assert api(server, "GET", ds)[1]["metadata"] == {"source": "aquarium script"}
+
     # Label errors: the labels the model contradicts (one frame in 50) lead the queue.
     status, errors = api(server, "GET", f"{ds}/insights/label_errors?inference_set=model_v1&kind=class_confusion")
     assert status == 200, errors

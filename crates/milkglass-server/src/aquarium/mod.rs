@@ -51,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route("/projects/{project}/label_class_map", patch(patch_class_map))
         .route("/projects/{project}/datasets", get(list_datasets).post(uploads::commit_dataset))
         .route(dataset, get(get_dataset).delete(delete_dataset))
+        .route(&format!("{dataset}/metadata"), post(set_dataset_metadata))
         .route(&format!("{dataset}/is_archived"), get(is_archived))
         .route(&format!("{dataset}/is_processed"), get(is_processed))
         .route(&format!("{dataset}/process_state"), get(process_state))
@@ -443,6 +444,62 @@ async fn delete_dataset(
 ) -> AqResult<StatusCode> {
     blocking(move || datasets::delete_dataset(&state.services, &user, &project, &dataset)).await?;
     Ok(StatusCode::OK)
+}
+
+/// `update_inferences_metadata` (the name is `inferences_{dataset}_{set}`), or a dataset's.
+async fn set_dataset_metadata(
+    State(state): State<AppState>,
+    AqCaller(user): AqCaller,
+    Path((project, name)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> AqResult<StatusCode> {
+    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
+    let Some(Value::Object(external)) = body.get("external_metadata") else {
+        return Err(invalid("external_metadata", "must be an object"));
+    };
+    let patch = milkglass_service::DatasetPatch { metadata: Some(external.clone()) };
+    blocking(move || {
+        let services = &state.services;
+        let target = match split_inference_set_id(services, &user, &project, &name)? {
+            Some(found) => Some(found),
+            None => inference_set_by_name(services, &user, &project, &name)?,
+        };
+        match target {
+            Some((dataset, set)) => {
+                datasets::update_inference_set(services, &user, &project, &dataset, &set, &patch).map(|_| ())
+            }
+            None => datasets::update_dataset(services, &user, &project, &name, &patch).map(|_| ()),
+        }
+    })
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+/// The one inference set of the project called `name`, when no dataset is (the client passes
+/// the name as the user gave it, with or without the `inferences_{dataset}_` prefix).
+fn inference_set_by_name(
+    services: &Services,
+    user: &User,
+    project: &str,
+    name: &str,
+) -> Result<Option<(String, String)>, ServiceError> {
+    let all = datasets::list_datasets(services, user, project)?;
+    if all.iter().any(|d| d.name == name) {
+        return Ok(None);
+    }
+    let mut found = Vec::new();
+    for dataset in &all {
+        if datasets::list_inference_sets(services, user, project, &dataset.name)?.iter().any(|s| s.name == name) {
+            found.push((dataset.name.clone(), name.to_string()));
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(ServiceError::invalid(
+            "inferences_name",
+            format!("several datasets have an inference set {name:?}: name it inferences_<dataset>_{name}"),
+        )),
+    }
 }
 
 /// milkglass archives nothing: a dataset is there or not, and a new name is never archived.
