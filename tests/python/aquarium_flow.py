@@ -4,7 +4,7 @@ environment). It prints one JSON report on its last line.
 
     python aquarium_flow.py STEP ENDPOINT TOKEN PROJECT DATASET [IMAGE_BASE]
 
-STEP is one of: upload, asset, delete, anonymous, unknown_class, wrong_dimension, truncated.
+STEP is one of: upload, asset, delete, small, anonymous, unknown_class, wrong_dimension, truncated.
 """
 
 import datetime
@@ -224,6 +224,12 @@ elif STEP == "asset":
 elif STEP == "delete":
     client.delete_dataset(PROJECT, DATASET)
     report(exists=client.dataset_exists(PROJECT, DATASET))
+elif STEP == "small":
+    # IMAGE_BASE is one image URL here, which every frame shows.
+    client.create_project(PROJECT, al.LabelClassMap.from_classnames(CLASSES), primary_task="2D_OBJECT_DETECTION")
+    dataset, _, _ = make_dataset(DATASET, 40, url=lambda i: IMAGE_BASE)
+    client.create_or_update_labeled_dataset(dataset, wait_until_finish=True)
+    report(frame_ids=len(client.get_frame_ids(PROJECT, DATASET)))
 elif STEP == "anonymous":
     client.create_project(PROJECT, al.LabelClassMap.from_classnames(CLASSES), primary_task="2D_OBJECT_DETECTION")
     # Every other frame in a private bucket, the others on a server only the owner's network reaches.

@@ -4,10 +4,8 @@ did is then checked through milkglass's own API."""
 
 import http.server
 import json
-import os
 import pathlib
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -18,22 +16,14 @@ import pytest
 from conftest import Server, milkglass
 
 HERE = pathlib.Path(__file__).resolve().parent
-CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "milkglass"
-VENV = CACHE / "aquarium-venv"
-# The client's last release, and the pins that make it install today (shared/reference/aquarium-api.md).
-PINS = ["aquariumlearning==1.0.7", "urllib3<2", "pyarrow<21", "pandas<3"]
+ROOT = HERE.parents[1]
 
 
 @pytest.fixture(scope="module")
 def aquarium_python():
-    """The client's own virtual environment, made once and reused while its pins hold."""
-    python = VENV / "bin" / "python"
-    check = "import importlib.metadata as m; assert m.version('aquariumlearning') == '1.0.7'"
-    if not python.exists() or subprocess.run([str(python), "-c", check], capture_output=True).returncode:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PINS],
-                       check=True)
-    return str(python)
+    """The client's own virtual environment (made once by scripts/aquarium-venv.sh, then reused)."""
+    made = subprocess.run([str(ROOT / "scripts" / "aquarium-venv.sh")], check=True, capture_output=True, text=True)
+    return made.stdout.strip()
 
 
 @pytest.fixture(scope="module")
