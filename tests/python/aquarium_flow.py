@@ -4,7 +4,7 @@ environment). It prints one JSON report on its last line.
 
     python aquarium_flow.py STEP ENDPOINT TOKEN PROJECT DATASET [IMAGE_BASE]
 
-STEP is one of: upload, asset, delete, small, anonymous, unknown_class, wrong_dimension, truncated.
+STEP is one of: upload, asset, delete, small, unlabeled, anonymous, unknown_class, wrong_dimension, truncated.
 """
 
 import datetime
@@ -229,6 +229,22 @@ elif STEP == "small":
     client.create_project(PROJECT, al.LabelClassMap.from_classnames(CLASSES), primary_task="2D_OBJECT_DETECTION")
     dataset, _, _ = make_dataset(DATASET, 40, url=lambda i: IMAGE_BASE)
     client.create_or_update_labeled_dataset(dataset, wait_until_finish=True)
+    report(frame_ids=len(client.get_frame_ids(PROJECT, DATASET)))
+elif STEP == "unlabeled":
+    # A pool of unlabeled frames with a model's proposals, as for active learning.
+    client.create_project(PROJECT, al.LabelClassMap.from_classnames(CLASSES), primary_task="2D_OBJECT_DETECTION")
+    rng = random.Random(3)
+    pool = client.initialize_unlabeled_dataset(DATASET, PROJECT, frame_embedding_model="mobilenet")
+    for i in range(30):
+        al.UnlabeledFrame(
+            dataset=pool, frame_id=f"pool_{i:03d}",
+            sensor_data=[al.Image(image_url=f"{IMAGE_BASE}/pool_{i:03d}.jpg", width=640, height=480)],
+            proposals=[al.Bbox2DInference(id=f"pool_{i:03d}_p0", classification=true_class(i), confidence=0.5 + i / 100,
+                                          top=5.0, left=6.0, width=30.0, height=20.0)],
+            user_metadata=[al.UserMetadataEntry("city", CITIES[i % 3])],
+            embedding=vector(i % 3, rng),
+        )
+    client.create_or_update_unlabeled_dataset(pool, wait_until_finish=True)
     report(frame_ids=len(client.get_frame_ids(PROJECT, DATASET)))
 elif STEP == "anonymous":
     client.create_project(PROJECT, al.LabelClassMap.from_classnames(CLASSES), primary_task="2D_OBJECT_DETECTION")

@@ -177,6 +177,19 @@ def test_a_script_written_for_aquarium_runs_unmodified_and_milkglass_sees_its_da
     assert api(server, "GET", ds)[0] == 404
 
 
+def test_an_unlabeled_dataset_keeps_its_proposals_as_an_inference_set(aquarium_python, server):
+    assert run_step(aquarium_python, server, "unlabeled", "pool", "unlabeled_pool") == {"frame_ids": 30}
+    ds = "/api/projects/pool/datasets/unlabeled_pool"
+    assert api(server, "GET", ds)[1]["kind"] == "unlabeled"
+    status, page = api(server, "GET", f"{ds}/frames?inference_set=proposals&limit=3")
+    assert status == 200, page
+    [first, *_] = page["frames"]
+    assert first["frame_id"] == "pool_000" and first["metadata"] == {"city": "paris"}
+    [proposal] = first["inferences"]
+    assert proposal["label_id"] == "pool_000_p0" and proposal["class"] == "car" and proposal["confidence"] == 0.5
+    assert api(server, "POST", f"{ds}/insights/similar", {"frame_id": "pool_004", "k": 3})[0] == 200
+
+
 def test_anonymous_mode_data_is_never_loaded_by_the_server(aquarium_python, server):
     images = CountingServer()
     try:

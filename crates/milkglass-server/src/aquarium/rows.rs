@@ -35,6 +35,8 @@ pub struct RowEmbeddings {
 pub struct RowRules {
     /// `mirror_asset: true` asks for a copy in the hosted store: only mirrored projects make one.
     pub mirrors: bool,
+    /// The labels row holds a model's proposals (an unlabeled dataset's frames), with confidences.
+    pub proposals: bool,
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
@@ -159,7 +161,7 @@ pub fn frame_from_row(
                 ));
             }
             let list = labels_map.get("label_data").unwrap_or(&Value::Null);
-            let mut labels = labels_from_json(list, false, &format!("{at}.label_data"))?;
+            let mut labels = labels_from_json(list, rules.proposals, &format!("{at}.label_data"))?;
             for label in &mut labels {
                 label.embedding = embeddings.crops.remove(&label.label_id);
             }
@@ -732,7 +734,7 @@ pub fn label_to_json(label: &LabelRow) -> Vec<Value> {
 mod tests {
     use super::*;
 
-    const RULES: RowRules = RowRules { mirrors: false };
+    const RULES: RowRules = RowRules { mirrors: false, proposals: false };
 
     /// The frame row the 1.0.7 client was observed to write (docs/AQUARIUM.md).
     fn observed_row() -> Value {

@@ -710,8 +710,12 @@ pub async fn commit_dataset(
             existing.as_ref().and_then(|d| d.frame_embedding_dim).or(frame_dim),
             existing.as_ref().and_then(|d| d.label_embedding_dim).or(crop_dim),
         );
-        let rules = RowRules { mirrors: project.access_mode == AccessMode::Mirrored };
-        let staged = stage_frames(&services, &files, &lists, (frame_dim, crop_dim), dims, rules, &project.classes)?;
+        let rules = RowRules {
+            mirrors: project.access_mode == AccessMode::Mirrored,
+            proposals: kind == DatasetKind::Unlabeled,
+        };
+        let (staged, proposals) =
+            stage_frames(&services, &files, &lists, (frame_dim, crop_dim), dims, rules, &project.classes)?;
         if anonymous && project.access_mode != AccessMode::Anonymous {
             datasets::make_anonymous(&services, &user, &project_name).map_err(|e| {
                 if e.kind == ErrorKind::Conflict {
@@ -752,12 +756,44 @@ pub async fn commit_dataset(
         };
         let file = std::fs::File::open(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
         let summary = ingest::upload(&services, &user, target, Format::JsonLines, file)?;
+        if let Some(proposals) = proposals {
+            upload_proposals(&services, &user, &project_name, &dataset_name, crop_dim, &proposals)?;
+        }
         Ok((summary, project.uid))
     })
     .await?;
     milkglass_service::raw::url_check::check_after_upload(&state.services, &project, &dataset);
     state.aquarium.uploads.record((project_uid, dataset.clone(), upload_version));
     Ok(Json(json!({ "dataset_id": dataset, "milkglass": summary })))
+}
+
+/// The inference set an unlabeled dataset's proposals (its frames' inferences) are kept in.
+const PROPOSALS: &str = "proposals";
+
+/// An unlabeled dataset's proposals become the outputs of its inference set `proposals`
+/// (created when new), after its frames are written.
+fn upload_proposals(
+    services: &Services,
+    user: &User,
+    project: &str,
+    dataset: &str,
+    label_dim: Option<usize>,
+    staged: &Staged,
+) -> ServiceResult<()> {
+    if datasets::inference_set(services, user, project, dataset, PROPOSALS).is_err() {
+        let spec = DatasetSpec {
+            name: PROPOSALS.to_string(),
+            kind: DatasetKind::default(),
+            metadata: Map::new(),
+            frame_embedding_dim: None,
+            label_embedding_dim: label_dim,
+        };
+        datasets::create_inference_set(services, user, project, dataset, &spec)?;
+    }
+    let target = UploadTarget { project, dataset, inference_set: Some(PROPOSALS), kind: UploadKind::Inferences };
+    let file = std::fs::File::open(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
+    ingest::upload(services, user, target, Format::JsonLines, file)?;
+    Ok(())
 }
 
 /// The file lists of a commit, as the client named them.
@@ -785,7 +821,8 @@ impl CommitFiles {
 }
 
 /// Reads the commit's files, translates and checks every frame, and writes them as
-/// milkglass JSON Lines into a staging file. Nothing is written to the dataset here.
+/// milkglass JSON Lines into a staging file (an unlabeled dataset's proposals into a second
+/// one, when there are any). Nothing is written to the dataset here.
 fn stage_frames(
     services: &Services,
     files: &Files,
@@ -794,7 +831,7 @@ fn stage_frames(
     dims: (Option<usize>, Option<usize>),
     rules: RowRules,
     classes: &milkglass_core::ClassMap,
-) -> ServiceResult<Staged> {
+) -> ServiceResult<(Staged, Option<Staged>)> {
     let (rows, crops, frame_files) = (lists.rows.len(), lists.crops.len(), lists.frame_embeddings.len());
     let mut embeddings = EmbeddingFiles::default();
     // A dimension of -1 says the client filled in placeholders ([0, 0, 0]): those are not read.
@@ -814,6 +851,14 @@ fn stage_frames(
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?,
     );
+    let mut proposals = match rules.proposals {
+        true => {
+            let staged = Staged(milkglass_service::tables::staging_file(services)?);
+            let file = std::fs::File::create(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
+            Some((staged, std::io::BufWriter::new(file), 0usize))
+        }
+        false => None,
+    };
     let (mut frame_ids, mut label_ids) = (HashSet::new(), HashSet::new());
     let mut dims = dims;
     for i in 0..rows {
@@ -847,8 +892,26 @@ fn stage_frames(
             let wrap = |e| at_row(e, &field, line_no, frame_id.as_deref());
             let ids = labels_row.as_ref().map(row_label_ids).unwrap_or_default();
             let row_embeddings = embeddings.take(frame_id.as_deref().unwrap_or_default(), &ids);
-            let frame: Frame =
+            let mut frame: Frame =
                 rows::frame_from_row(&row, labels_row.as_ref(), row_embeddings, rules, "frame").map_err(wrap)?;
+            if let Some((_, out, count)) = proposals.as_mut() {
+                for mut proposal in frame.labels.take().unwrap_or_default() {
+                    dims.1 = dims.1.or(proposal.embedding.as_ref().map(Vec::len));
+                    proposal.frame_id = Some(frame.frame_id.clone());
+                    proposal.validate(classes, true, dims.1).map_err(wrap)?;
+                    if !label_ids.insert(proposal.label_id.clone()) {
+                        let e = milkglass_core::Invalid::new(
+                            "uuid",
+                            format!("proposal {:?} appears twice", proposal.label_id),
+                        );
+                        return Err(wrap(e));
+                    }
+                    serde_json::to_writer(&mut *out, &proposal)
+                        .map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
+                    out.write_all(b"\n").map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
+                    *count += 1;
+                }
+            }
             dims.0 = dims.0.or(frame.embedding.as_ref().map(Vec::len));
             let first_label_dim = frame.labels.iter().flatten().find_map(|l| l.embedding.as_ref().map(Vec::len));
             dims.1 = dims.1.or(first_label_dim);
@@ -889,7 +952,14 @@ fn stage_frames(
         ));
     }
     out.flush().map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
-    Ok(staged)
+    let proposals = match proposals {
+        Some((staged, mut out, count)) if count > 0 => {
+            out.flush().map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
+            Some(staged)
+        }
+        _ => None,
+    };
+    Ok((staged, proposals))
 }
 
 /// `POST .../{dataset}/inferences`: the uploaded rows become the inference set (created when
