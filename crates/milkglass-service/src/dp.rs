@@ -280,20 +280,30 @@ pub fn budgets(store: &Store, user: &User) -> ServiceResult<Vec<Budget>> {
     let mut out = Vec::new();
     for table in access::readable_tables(store, user)? {
         let Some(policy) = &table.policy.dp else { continue };
-        let who = principal(store, user, policy)?;
-        let spent = store.dp_spent(&table.uid, &who, &limits(policy))?;
-        out.push(Budget {
-            table: table.name.clone(),
-            per: policy.per,
-            epsilon: policy.epsilon,
-            delta: policy.delta,
-            query_epsilon: policy.per_query_epsilon(),
-            epsilon_spent: spent.epsilon,
-            delta_spent: spent.delta,
-            queries: spent.queries,
-            epsilon_left: (policy.epsilon - spent.epsilon).max(0.0),
-            delta_left: (policy.delta - spent.delta).max(0.0),
-        });
+        out.push(budget(store, user, table.name.clone(), &table.uid, policy)?);
+    }
+    // A published dataset under a DP policy: one budget for all its tables (they describe the
+    // same people), kept under the dataset's uid and named as audit entries name it.
+    for readable in crate::dataset_tables::readable_datasets(store, user)? {
+        let Some(policy) = readable.policy.dp.as_ref().filter(|_| !readable.open) else { continue };
+        let name = format!("{}/{}/*", readable.dataset.project, readable.dataset.name);
+        out.push(budget(store, user, name, &readable.dataset.uid, policy)?);
     }
     Ok(out)
+}
+
+fn budget(store: &Store, user: &User, table: String, uid: &str, policy: &DpPolicy) -> ServiceResult<Budget> {
+    let spent = store.dp_spent(uid, &principal(store, user, policy)?, &limits(policy))?;
+    Ok(Budget {
+        table,
+        per: policy.per,
+        epsilon: policy.epsilon,
+        delta: policy.delta,
+        query_epsilon: policy.per_query_epsilon(),
+        epsilon_spent: spent.epsilon,
+        delta_spent: spent.delta,
+        queries: spent.queries,
+        epsilon_left: (policy.epsilon - spent.epsilon).max(0.0),
+        delta_left: (policy.delta - spent.delta).max(0.0),
+    })
 }

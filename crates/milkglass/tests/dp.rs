@@ -359,3 +359,56 @@ fn where_the_declared_groups_fit_the_bound_a_person_counts_in_each() {
     let counts: Vec<i64> = body["rows"].as_array().unwrap().iter().map(|r| r["n"].as_i64().unwrap()).collect();
     assert_eq!(counts, [50, 50], "{body}");
 }
+
+#[test]
+fn a_published_dataset_under_dp_spends_one_listed_budget_for_all_its_tables() {
+    let (server, owner, scientist) = setup();
+    let r = server.post_json(
+        &owner,
+        "/api/projects",
+        &json!({"name": "p", "classes": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]}),
+    );
+    assert_eq!(r.status(), 201);
+    assert_eq!(server.post_json(&owner, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
+    let frames: Vec<Value> = (0..300).map(|i| common::frame(&format!("f{i:03}"), 2)).collect();
+    assert_eq!(server.upload_lines(&owner, "/api/projects/p/datasets/d/frames", &frames).status(), 200);
+    let publication = json!({
+        "policy": {"safe_zone": {"aggregation": {"min_agg_size": 5}}, "unsafe_handling": "reject",
+                   "sanitized_columns": ["frame_id", "urls", "label_id"],
+                   "dp": {"epsilon": 1.0, "query_epsilon": 0.5, "max_groups_per_unit": 2,
+                          "public_keys": {"class": ["cat", "dog"]}}},
+        "readers": ["sam"],
+    });
+    let r = server
+        .request(reqwest::Method::PUT, &owner, "/api/projects/p/datasets/d/publication")
+        .json(&publication)
+        .send();
+    assert_eq!(r.unwrap().status(), 200);
+
+    // Listed before any query, with the whole budget left.
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    let listed = budget["budgets"].as_array().unwrap().iter().find(|b| b["table"] == "p/d/*").cloned();
+    let listed = listed.unwrap_or_else(|| panic!("the dataset's budget is listed: {budget}"));
+    assert_eq!((listed["epsilon_left"].as_f64(), listed["queries"].as_i64()), (Some(1.0), Some(0)), "{listed}");
+
+    // Noisy class counts near the truth (300 of each: a frame, the unit, is in both groups,
+    // which max_groups_per_unit allows), each query spending half the budget.
+    let by_class = answer(&server, &scientist, "SELECT class, COUNT(*) AS n FROM d.labels GROUP BY class");
+    let rows = by_class["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{by_class}");
+    for row in rows {
+        let n = row["n"].as_f64().unwrap();
+        assert!((n - 300.0).abs() < 60.0, "{row}: Laplace noise of scale 4 (two groups per unit, epsilon 0.5)");
+    }
+    assert!(by_class["privacy"]["note"].is_string(), "{by_class}");
+    // The frames table of the same dataset spends the same budget.
+    answer(&server, &scientist, "SELECT COUNT(*) AS n FROM d.frames");
+    let budget: Value = server.get(&scientist, "/api/budget").json().unwrap();
+    let listed = budget["budgets"].as_array().unwrap().iter().find(|b| b["table"] == "p/d/*").cloned().unwrap();
+    assert_eq!((listed["epsilon_left"].as_f64(), listed["queries"].as_i64()), (Some(0.0), Some(2)), "{listed}");
+    let error = expect_error(query(&server, &scientist, "SELECT COUNT(*) AS n FROM d.labels WHERE class = 'cat'"), 403);
+    assert_eq!(error["code"], "budget_exhausted", "{error}");
+    // Members read their own dataset openly: no budget of theirs is listed.
+    let budget: Value = server.get(&owner, "/api/budget").json().unwrap();
+    assert!(budget["budgets"].as_array().unwrap().iter().all(|b| b["table"] != "p/d/*"), "{budget}");
+}
