@@ -61,6 +61,8 @@ enum Quantity {
     Count(String),
     /// Sum of a column's clamped values (`SUM(c)`, AVG's numerator).
     Sum(String),
+    /// Sum of the squares of a column's clamped values (for VARIANCE and STDDEV).
+    SumSquares(String),
 }
 
 impl Quantity {
@@ -69,6 +71,7 @@ impl Quantity {
             Quantity::Rows => "rows".into(),
             Quantity::Count(c) => format!("count({c})"),
             Quantity::Sum(c) => format!("sum({c})"),
+            Quantity::SumSquares(c) => format!("sumsq({c})"),
         }
     }
 }
@@ -79,7 +82,25 @@ enum Output {
     Key(usize),
     Count(usize),
     Sum(usize),
-    Avg { sum: usize, count: usize, bounds: [f64; 2] },
+    Avg {
+        sum: usize,
+        count: usize,
+        bounds: [f64; 2],
+    },
+    /// `VAR_POP`/`VAR_SAMP` (`sample`), or their square root (`root`: `STDDEV...`).
+    Variance {
+        sum: usize,
+        count: usize,
+        squares: usize,
+        bounds: [f64; 2],
+        sample: bool,
+        root: bool,
+    },
+}
+
+/// The largest square of a value clamped into `[lo, hi]`.
+fn max_square([lo, hi]: [f64; 2]) -> f64 {
+    (lo * lo).max(hi * hi)
 }
 
 /// A query the DP mode can answer, and how.
@@ -323,9 +344,20 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
                 let b = bounds(&c)?;
                 Output::Avg { sum: quantity(Quantity::Sum(c.clone())), count: quantity(Quantity::Count(c)), bounds: b }
             }
+            (f @ ("var" | "var_samp" | "var_pop" | "variance" | "stddev" | "stddev_samp" | "stddev_pop"), Some(c)) => {
+                let b = bounds(&c)?;
+                Output::Variance {
+                    sum: quantity(Quantity::Sum(c.clone())),
+                    count: quantity(Quantity::Count(c.clone())),
+                    squares: quantity(Quantity::SumSquares(c)),
+                    bounds: b,
+                    sample: !f.ends_with("_pop"),
+                    root: f.starts_with("stddev"),
+                }
+            }
             (other, _) => {
                 return Err(refuse(format!(
-                    "{other} is not available under differential privacy; use COUNT, SUM or AVG"
+                    "{other} is not available under differential privacy; use COUNT, SUM, AVG, VARIANCE or STDDEV"
                 )));
             }
         };
@@ -371,6 +403,11 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
             Output::Avg { sum, count, .. } => {
                 *sum = position[*sum];
                 *count = position[*count];
+            }
+            Output::Variance { sum, count, squares, .. } => {
+                *sum = position[*sum];
+                *count = position[*count];
+                *squares = position[*squares];
             }
         }
     }
@@ -468,14 +505,17 @@ fn contributions_plan(
         let expr = match q {
             Quantity::Rows => count(lit(1i64)),
             Quantity::Count(c) => count(column(c)),
-            Quantity::Sum(c) => {
+            Quantity::Sum(c) | Quantity::SumSquares(c) => {
                 let [lo, hi] = table.policy.bounds[c];
                 let value = Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(column(c)), DataType::Float64));
                 let clamped = when(value.clone().lt(lit(lo)), lit(lo))
                     .when(value.clone().gt(lit(hi)), lit(hi))
                     .otherwise(value)
                     .map_err(plan_error)?;
-                sum(clamped)
+                match q {
+                    Quantity::SumSquares(_) => sum(clamped.clone() * clamped),
+                    _ => sum(clamped),
+                }
             }
         };
         aggregates.push(expr.alias(format!("__mg_q{i}")));
@@ -522,6 +562,7 @@ fn contributions_plan(
                 let [lo, hi] = policy.bounds[c];
                 (m * lo.min(0.0), m * hi.max(0.0))
             }
+            Quantity::SumSquares(c) => (0.0, m * max_square(policy.bounds[c])),
         };
         let clamped = when(part.clone().lt(lit(lo)), lit(lo))
             .when(part.clone().gt(lit(hi)), lit(hi))
@@ -586,6 +627,7 @@ impl DpQuery {
                     let [lo, hi] = self.policy.bounds[c];
                     m * lo.abs().max(hi.abs())
                 }
+                Quantity::SumSquares(c) => m * max_square(self.policy.bounds[c]),
             })
             .collect()
     }
@@ -627,6 +669,17 @@ impl DpQuery {
                     Output::Avg { sum, count, bounds } => {
                         let n = 10.0 * half(*count);
                         Some((half(*sum) / n + (bounds[1] - bounds[0]) * half(*count) / n).min(bounds[1] - bounds[0]))
+                    }
+                    // E[x^2] - E[x]^2 with each term's error at that count (first order),
+                    // at most the largest possible variance; a root's error at most the
+                    // root of the variance's.
+                    Output::Variance { sum, count, squares, bounds, root, .. } => {
+                        let n = 10.0 * half(*count);
+                        let big = bounds[0].abs().max(bounds[1].abs());
+                        let spread = (bounds[1] - bounds[0]) / 2.0;
+                        let error = (half(*squares) + 2.0 * big * half(*sum) + max_square(*bounds) * half(*count)) / n;
+                        let error = error.min(spread * spread);
+                        Some(if *root { error.sqrt() } else { error })
                     }
                 };
                 (name.clone(), error)
@@ -778,6 +831,26 @@ impl DpQuery {
                         .map(|(s, n)| match (s, n) {
                             (Some(s), Some(n)) if n >= 1.0 => Some((s / n).clamp(bounds[0], bounds[1])),
                             _ => None,
+                        })
+                        .collect();
+                    (Field::new(name, DataType::Float64, true), Arc::new(values))
+                }
+                Output::Variance { sum, count, squares, bounds, sample, root } => {
+                    let spread = (bounds[1] - bounds[0]) / 2.0;
+                    let values: Float64Array = (0..core.num_rows())
+                        .map(|row| {
+                            let (s, n, sq) =
+                                (quantity(*sum).value(row), quantity(*count).value(row), quantity(*squares).value(row));
+                            if n < 2.0 {
+                                return None;
+                            }
+                            let mean = (s / n).clamp(bounds[0], bounds[1]);
+                            let mut variance = sq / n - mean * mean;
+                            if *sample {
+                                variance *= n / (n - 1.0);
+                            }
+                            let variance = variance.clamp(0.0, spread * spread);
+                            Some(if *root { variance.sqrt() } else { variance })
                         })
                         .collect();
                     (Field::new(name, DataType::Float64, true), Arc::new(values))

@@ -412,3 +412,31 @@ fn a_published_dataset_under_dp_spends_one_listed_budget_for_all_its_tables() {
     let budget: Value = server.get(&owner, "/api/budget").json().unwrap();
     assert!(budget["budgets"].as_array().unwrap().iter().all(|b| b["table"] != "p/d/*"), "{budget}");
 }
+
+#[test]
+fn variance_and_standard_deviation_are_released_near_the_truth_with_their_error_bounds() {
+    let (server, owner, scientist) = setup();
+    let (csv, ages) = people(4000, 11, 3);
+    let policy = dp_policy(json!({"epsilon": 20.0, "query_epsilon": 10.0, "privacy_unit": "PassengerId",
+                                   "bounds": {"Age": [0, 100]}}));
+    upload(&server, &owner, "people", csv, &policy);
+    let n = ages.len() as f64;
+    let mean = ages.iter().sum::<f64>() / n;
+    let variance = ages.iter().map(|a| (a - mean) * (a - mean)).sum::<f64>() / (n - 1.0);
+    let body = answer(
+        &server,
+        &scientist,
+        "SELECT VAR_SAMP(Age) AS v, STDDEV(Age) AS s, VAR_POP(Age) AS vp, COUNT(*) AS n FROM people",
+    );
+    let row = &body["rows"][0];
+    let (v, s, vp) = (row["v"].as_f64().unwrap(), row["s"].as_f64().unwrap(), row["vp"].as_f64().unwrap());
+    assert!((v - variance).abs() < 0.05 * variance, "variance {v} against {variance}: {body}");
+    assert!((s - variance.sqrt()).abs() < 0.05 * variance.sqrt(), "stddev {s}: {body}");
+    assert!((vp - v * (n - 1.0) / n).abs() < 0.02 * variance, "population variance {vp}: {body}");
+    // Each released number says how wrong it may be, before and after running.
+    let ci = &body["privacy"]["ci95"];
+    assert!(ci["v"].as_f64().unwrap() > 0.0 && ci["s"].as_f64().unwrap() > 0.0, "{body}");
+    // A variance needs bounds, like a sum.
+    let error = expect_error(query(&server, &scientist, "SELECT VAR(PassengerId) AS v FROM people"), 403);
+    assert!(error["message"].as_str().unwrap().contains("privacy unit"), "{error}");
+}
