@@ -440,3 +440,98 @@ fn variance_and_standard_deviation_are_released_near_the_truth_with_their_error_
     let error = expect_error(query(&server, &scientist, "SELECT VAR(PassengerId) AS v FROM people"), 403);
     assert!(error["message"].as_str().unwrap().contains("privacy unit"), "{error}");
 }
+
+/// A row of `people`'s CSV: (sex, age, town).
+fn parse_people(csv: &str) -> Vec<(String, f64, String)> {
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (f[2].to_string(), f[3].parse().unwrap(), f[4].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn random_questions_are_answered_near_the_truth_or_refused_and_never_reach_a_sanitized_column() {
+    let (server, owner, scientist) = setup();
+    let (csv, _) = people(1200, 5, 3);
+    let people_rows = parse_people(&csv);
+    let policy = dp_policy(json!({"epsilon": 100000.0, "query_epsilon": 2.0, "delta": 1e-4,
+                                   "privacy_unit": "PassengerId", "bounds": {"Age": [0, 100]}}));
+    upload(&server, &owner, "people", csv, &policy);
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let (mut answered, mut refused) = (0, 0);
+    for round in 0..60 {
+        // A random question: keys, a filter, aggregates; now and then one that reaches for Name.
+        let keys: Vec<&str> = match next(4) {
+            0 => vec![],
+            1 => vec!["Sex"],
+            2 => vec!["Town"],
+            _ => vec!["Sex", "Town"],
+        };
+        let threshold = next(80) as f64;
+        let (filter, keep): (String, Box<dyn Fn(&(String, f64, String)) -> bool>) = match next(3) {
+            0 => (format!("Age > {threshold}"), Box::new(move |r| r.1 > threshold)),
+            1 => ("Sex = 'female'".to_string(), Box::new(|r| r.0 == "female")),
+            _ => (
+                format!("Age <= {threshold} OR Town = 'town_1'"),
+                Box::new(move |r| r.1 <= threshold || r.2 == "town_1"),
+            ),
+        };
+        let reach = next(6) == 0;
+        let aggregates = if reach {
+            ["COUNT(Name) AS n", "COUNT(*) AS n, MAX(Name) AS m", "COUNT(*) AS n"][next(3) as usize]
+        } else {
+            ["COUNT(*) AS n", "COUNT(*) AS n, SUM(Age) AS s", "COUNT(*) AS n, AVG(Age) AS a"][next(3) as usize]
+        };
+        let filter = if reach && aggregates == "COUNT(*) AS n" { format!("{filter} AND Name <> 'x'") } else { filter };
+        let select: Vec<String> = keys.iter().map(|k| k.to_string()).chain([aggregates.to_string()]).collect();
+        let mut sql = format!("SELECT {} FROM people WHERE ({filter}) AND Age >= -{round}", select.join(", "));
+        if !keys.is_empty() {
+            sql.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+        }
+        let response = query(&server, &scientist, &sql);
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap();
+        if reach {
+            assert!(status == 403 || status == 400, "{sql} reaches for Name and was answered: {body}");
+            refused += 1;
+            continue;
+        }
+        assert_eq!(status, 200, "{sql}: {body}");
+        answered += 1;
+        // Each released group exists, and each number is within five of its 95% bounds of the truth.
+        let ci = &body["privacy"]["ci95"];
+        for row in body["rows"].as_array().unwrap() {
+            let in_group = |r: &(String, f64, String)| {
+                keep(r)
+                    && keys.iter().all(|k| match *k {
+                        "Sex" => row["Sex"] == r.0.as_str(),
+                        _ => row["Town"] == r.2.as_str(),
+                    })
+            };
+            let members: Vec<&(String, f64, String)> = people_rows.iter().filter(|r| in_group(r)).collect();
+            assert!(!members.is_empty(), "{sql}: a group without people was released: {row}");
+            let n = members.len() as f64;
+            let close = |name: &str, truth: f64| {
+                let (got, bound) = (row[name].as_f64().unwrap(), ci[name].as_f64().unwrap());
+                assert!((got - truth).abs() <= 5.0 * bound + 0.5, "{sql}: {name} = {got}, truth {truth}, ci95 {bound}");
+            };
+            close("n", n);
+            if row.get("s").is_some() {
+                close("s", members.iter().map(|r| r.1).sum());
+            }
+            if row.get("a").is_some() && n > 100.0 {
+                close("a", members.iter().map(|r| r.1).sum::<f64>() / n);
+            }
+        }
+    }
+    assert!(answered > 30 && refused > 3, "{answered} answered, {refused} refused");
+}
