@@ -442,7 +442,12 @@ fn variance_and_standard_deviation_are_released_near_the_truth_with_their_error_
 }
 
 /// A row of `people`'s CSV: (sex, age, town).
-fn parse_people(csv: &str) -> Vec<(String, f64, String)> {
+type Person = (String, f64, String);
+
+/// Which people a random question's filter keeps.
+type Keep = Box<dyn Fn(&Person) -> bool>;
+
+fn parse_people(csv: &str) -> Vec<Person> {
     csv.lines()
         .skip(1)
         .map(|line| {
@@ -477,7 +482,7 @@ fn random_questions_are_answered_near_the_truth_or_refused_and_never_reach_a_san
             _ => vec!["Sex", "Town"],
         };
         let threshold = next(80) as f64;
-        let (filter, keep): (String, Box<dyn Fn(&(String, f64, String)) -> bool>) = match next(3) {
+        let (filter, keep): (String, Keep) = match next(3) {
             0 => (format!("Age > {threshold}"), Box::new(move |r| r.1 > threshold)),
             1 => ("Sex = 'female'".to_string(), Box::new(|r| r.0 == "female")),
             _ => (
@@ -510,14 +515,14 @@ fn random_questions_are_answered_near_the_truth_or_refused_and_never_reach_a_san
         // Each released group exists, and each number is within five of its 95% bounds of the truth.
         let ci = &body["privacy"]["ci95"];
         for row in body["rows"].as_array().unwrap() {
-            let in_group = |r: &(String, f64, String)| {
+            let in_group = |r: &Person| {
                 keep(r)
                     && keys.iter().all(|k| match *k {
                         "Sex" => row["Sex"] == r.0.as_str(),
                         _ => row["Town"] == r.2.as_str(),
                     })
             };
-            let members: Vec<&(String, f64, String)> = people_rows.iter().filter(|r| in_group(r)).collect();
+            let members: Vec<&Person> = people_rows.iter().filter(|r| in_group(r)).collect();
             assert!(!members.is_empty(), "{sql}: a group without people was released: {row}");
             let n = members.len() as f64;
             let close = |name: &str, truth: f64| {
