@@ -185,3 +185,48 @@ test("find similar from the frame view shows the API's neighbours in order, with
   assert.equal(await page.textContent(".tile[data-frame] .note"), `d ${r.neighbors[0].distance.toFixed(3)}`);
   assert.deepEqual(page.errors, []);
 });
+
+test("the issue queue ranks near-duplicate groups and outliers, and s puts a whole group into a segment", async () => {
+  // A dataset of three embedding clusters, with one frame copied twice and three frames far from every cluster.
+  const image = (await demo.api(`${DS}/frames/frame_0001`)).sensors[0].url;
+  await demo.api("/api/projects/shapes/datasets", json({ name: "pool" }));
+  let seed = 7;
+  const rand = () => ((seed = (seed * 16807) % 2147483647) / 2147483647) * 2 - 1;
+  const vector = (axis) => Array.from({ length: 8 }, (_, d) => (d === axis ? 1 : 0) + 0.3 * rand());
+  const frames = [];
+  for (let i = 0; i < 90; i++) frames.push({ frame_id: `p${String(i).padStart(3, "0")}`, embedding: vector(i % 3) });
+  frames.push({ frame_id: "copy_a", embedding: frames[5].embedding }, { frame_id: "copy_b", embedding: frames[5].embedding });
+  for (const [i, axis] of [[0, 5], [1, 6], [2, 7]]) frames.push({ frame_id: `odd_${i}`, embedding: vector(axis).map((v, d) => (d === axis ? -3 : v)) });
+  const lines = frames.map((f) => JSON.stringify({ ...f, sensors: [{ sensor_id: "cam", kind: "image", url: image }] })).join("\n");
+  await demo.api("/api/projects/shapes/datasets/pool/frames", { method: "POST", headers: { "content-type": "application/x-ndjson" }, body: lines });
+
+  const POOL = "/api/projects/shapes/datasets/pool";
+  const dups = await demo.api(`${POOL}/insights/neighbors?space=frames&kind=near_duplicates`);
+  assert.deepEqual([...dups.items[0].group].sort(), ["copy_a", "copy_b", "p005"], "the planted copies are the first group");
+  await page.goto(`${demo.url}/p/shapes/d/pool?view=issues&kind=near_duplicates`);
+  await page.waitForSelector(".issue-row[data-row='0'] .crop img");
+  const shown = await page.evaluate(() => [...document.querySelectorAll(".issue-row")].map((r) => r.getAttribute("data-members")));
+  assert.deepEqual(shown, dups.items.map((i) => i.group.join(" ")), "the API's groups, in its order");
+  await page.waitForFunction(() => [...document.querySelectorAll(".issue-row[data-row='0'] .crop img")].every((i) => i.complete && i.naturalWidth > 0));
+  await page.keyboard.press("s");
+  await page.fill("input[name=segment_name]", "copies");
+  await page.press("input[name=segment_name]", "Enter");
+  await page.waitForSelector(".selection-bar:has-text('copies')");
+  const segment = await demo.api(`${POOL}/segments/copies`);
+  assert.deepEqual([...segment.items].sort(), ["copy_a", "copy_b", "p005"]);
+
+  // Outliers: the three frames far from every cluster lead, in the API's order.
+  const outliers = await demo.api(`${POOL}/insights/neighbors?space=frames&kind=outliers`);
+  assert.deepEqual(outliers.items.slice(0, 3).map((i) => i.frame_id).sort(), ["odd_0", "odd_1", "odd_2"]);
+  await page.selectOption("select[name=kind]", "outliers");
+  await page.waitForSelector(".issue-row[data-frame] .kind:has-text('outlier')");
+  const ranked = await page.evaluate(() => [...document.querySelectorAll(".issue-row")].map((r) => r.getAttribute("data-frame")));
+  assert.deepEqual(ranked, outliers.items.map((i) => i.frame_id));
+  await page.keyboard.press("Enter");
+  await page.waitForSelector(`.frame-view[aria-label="frame ${ranked[0]}"]`);
+  await page.keyboard.press("Escape");
+  // Back to the label issues from the same control.
+  await page.selectOption("select[name=kind]", "");
+  await page.waitForSelector(".issues-view :text('inference set')");
+  assert.deepEqual(page.errors, []);
+});

@@ -1,7 +1,7 @@
 // The issues view: the label-error queue of one inference set, one row per issue with a crop of the
 // label and a crop of the disagreeing inference side by side. Keyboard triage: j/k or arrows move,
 // n marks "not an issue" (it leaves the queue at once; the server remembers it), s adds the frame to a
-// segment, Enter opens the frame view.
+// segment, Enter opens the frame view. Near duplicates and outliers are in neighbor-queue.tsx.
 import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { api, ApiError, enc, type Frame, type FrameDetail, type FramePage, type Label } from "../api";
 import { navigate, withQuery } from "../route";
@@ -12,6 +12,7 @@ import { primarySensor } from "../explorer/tile";
 import { FrameView } from "../explorer/frame";
 import { SegmentPicker } from "../explorer/segment-picker";
 import type { ViewProps } from "../explorer/explorer";
+import { EscCloses, NEIGHBOR_KINDS, NeighborQueue, type NeighborKind } from "./neighbor-queue";
 
 export const ISSUE_KINDS = ["missing_label", "class_confusion", "bad_localization", "duplicate_label", "spurious_label"] as const;
 const PAGE = 100;
@@ -58,7 +59,43 @@ async function framesOf(base: string, ids: string[], set: string, signal: AbortS
   return out;
 }
 
-export function IssuesView({ base, meta, view }: ViewProps) {
+/** The queue of every kind: label issues against an inference set, or the frames' near-duplicates and outliers. */
+export function IssuesView(props: ViewProps) {
+  const kind = new URLSearchParams(location.search).get("kind") ?? "";
+  if ((NEIGHBOR_KINDS as readonly string[]).includes(kind)) {
+    return <NeighborQueue {...props} kind={kind as NeighborKind} kindSelect={<KindSelect kind={kind} />} />;
+  }
+  return <LabelIssuesView {...props} />;
+}
+
+/** The queue's kind: the label-issue kinds, then the kinds of frames found by their neighbours. */
+function KindSelect({ kind, onPick }: { kind: string; onPick?: () => void }) {
+  const pick = (value: string) => {
+    onPick?.();
+    navigate(withQuery({ kind: value || null, offset: null }), { replace: true });
+  };
+  return (
+    <label class="inline">
+      Kind
+      <select name="kind" value={kind} onChange={(e) => pick(e.currentTarget.value)}>
+        <option value="">all label issues</option>
+        <optgroup label="label issues">
+          {ISSUE_KINDS.map((k) => (
+            <option key={k} value={k}>
+              {k.replace("_", " ")}
+            </option>
+          ))}
+        </optgroup>
+        <optgroup label="frames">
+          <option value="near_duplicates">near duplicates</option>
+          <option value="outliers">outliers</option>
+        </optgroup>
+      </select>
+    </label>
+  );
+}
+
+function LabelIssuesView({ base, meta, view }: ViewProps) {
   const q = new URLSearchParams(location.search);
   const set = view.inferenceSet;
   const kind = q.get("kind") ?? "";
@@ -131,7 +168,16 @@ export function IssuesView({ base, meta, view }: ViewProps) {
   }, [at, shown.length]);
 
   const setParam = (c: Record<string, string | null>) => navigate(withQuery(c), { replace: true });
-  if (!set) return <Empty>The issue queue compares labels with an inference set; this dataset has none.</Empty>;
+  if (!set) {
+    return (
+      <div class="issues-view">
+        <div class="map-bar">
+          <KindSelect kind={kind} />
+        </div>
+        <Empty>Label issues compare labels with an inference set; this dataset has none. Near duplicates and outliers need none.</Empty>
+      </div>
+    );
+  }
   const total = page.data?.total;
   return (
     <div class="issues-view">
@@ -144,17 +190,7 @@ export function IssuesView({ base, meta, view }: ViewProps) {
             ))}
           </select>
         </label>
-        <label class="inline">
-          Kind
-          <select name="kind" value={kind} onChange={(e) => (setCursor(0), setParam({ kind: e.currentTarget.value || null, offset: null }))}>
-            <option value="">all kinds</option>
-            {ISSUE_KINDS.map((k) => (
-              <option key={k} value={k}>
-                {k.replace("_", " ")}
-              </option>
-            ))}
-          </select>
-        </label>
+        <KindSelect kind={kind} onPick={() => setCursor(0)} />
         <label class="inline">
           Class
           <select name="issue_class" value={cls} onChange={(e) => (setCursor(0), setParam({ issue_class: e.currentTarget.value || null }))}>
@@ -231,7 +267,7 @@ export function IssuesView({ base, meta, view }: ViewProps) {
           onClose={() => setOpenFrame(null)}
         />
       )}
-      {openFrame && <FrameKeys onClose={() => setOpenFrame(null)} />}
+      {openFrame && <EscCloses onClose={() => setOpenFrame(null)} />}
       {picking && (
         <SegmentPicker
           base={base}
@@ -245,16 +281,6 @@ export function IssuesView({ base, meta, view }: ViewProps) {
       )}
     </div>
   );
-}
-
-/** Esc closes the frame view opened from the queue (the grid's own key handler is not mounted here). */
-function FrameKeys({ onClose }: { onClose: () => void }) {
-  useEffect(() => {
-    const h = (e: KeyboardEvent) => e.key === "Escape" && onClose();
-    addEventListener("keydown", h);
-    return () => removeEventListener("keydown", h);
-  }, []);
-  return null;
 }
 
 function IssueRow({ index, issue, active, frame, sources, classes, onClick, onOpen, onDismiss }: { index: number; issue: Issue; active: boolean; frame?: Frame; sources: Map<string, Source>; classes: ClassMap; onClick: () => void; onOpen: () => void; onDismiss: () => void }) {

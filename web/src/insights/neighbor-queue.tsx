@@ -1,0 +1,210 @@
+// The issue queue's frame kinds that need no inference set: near-duplicate groups and outliers, ranked by
+// the neighbour analytics of the frame embeddings (GET {ds}/insights/neighbors). One row per group or frame,
+// with its images; keyboard triage as for label issues: j/k move, s puts the row's frames into a segment
+// (a group: every member, to keep or drop together), Enter opens the first frame.
+import { useEffect, useRef, useState } from "preact/hooks";
+import { api, type Frame } from "../api";
+import { navigate, withQuery } from "../route";
+import { frameUrls, resolveSources, type Source } from "../raw/resolve";
+import { Empty, ErrorBox, Spinner, fmt, isTyping, useAsync } from "../ui";
+import { primarySensor } from "../explorer/tile";
+import { FrameView } from "../explorer/frame";
+import { SegmentPicker } from "../explorer/segment-picker";
+import { classMap } from "../explorer/overlay";
+import type { ViewProps } from "../explorer/explorer";
+
+export const NEIGHBOR_KINDS = ["near_duplicates", "outliers"] as const;
+export type NeighborKind = (typeof NEIGHBOR_KINDS)[number];
+const PAGE = 50;
+/** Members of a group shown as images; the rest are counted. */
+const SHOWN_MEMBERS = 6;
+
+interface NeighborItem {
+  frame_id: string;
+  score: number;
+  group?: string[];
+}
+interface NeighborPage {
+  total: number;
+  version: number;
+  items: NeighborItem[];
+}
+
+const members = (item: NeighborItem) => item.group ?? [item.frame_id];
+
+export function NeighborQueue({ base, meta, view, kind, kindSelect }: ViewProps & { kind: NeighborKind; kindSelect: preact.ComponentChildren }) {
+  const q = new URLSearchParams(location.search);
+  const offset = Math.max(0, Number(q.get("offset") ?? 0) || 0);
+  const [cursor, setCursor] = useState(0);
+  const [openFrame, setOpenFrame] = useState<string | null>(null);
+  const [picking, setPicking] = useState<string[] | null>(null);
+  const [notice, setNotice] = useState<string | null>(null);
+  const list = useRef<HTMLDivElement>(null);
+  const classes = classMap(meta.project.classes);
+
+  const page = useAsync(
+    async (signal) => {
+      const p = new URLSearchParams({ space: "frames", kind, limit: String(PAGE), offset: String(offset) });
+      const r = await api<NeighborPage>(`${base}/insights/neighbors?${p}`, { signal });
+      const ids = [...new Set(r.items.flatMap((i) => members(i).slice(0, SHOWN_MEMBERS)))];
+      const frames = new Map<string, Frame>();
+      for (let i = 0; i < ids.length; i += 500) {
+        const fq = new URLSearchParams({ limit: "500" });
+        for (const id of ids.slice(i, i + 500)) fq.append("id", id);
+        for (const f of (await api<{ frames: Frame[] }>(`${base}/frames?${fq}`, { signal })).frames) frames.set(f.frame_id, f);
+      }
+      const sources = await resolveSources(meta.project, [...frames.values()].flatMap((f) => frameUrls({ sensors: f.sensors })));
+      return { ...r, frames, sources };
+    },
+    [base, kind, offset],
+  );
+  const items = page.data?.items ?? [];
+  const at = Math.min(cursor, Math.max(0, items.length - 1));
+  const current = items[at];
+
+  const keys = useRef<(e: KeyboardEvent) => void>(() => undefined);
+  keys.current = (e: KeyboardEvent) => {
+    if (openFrame || picking || isTyping(e.target) || e.altKey || e.ctrlKey || e.metaKey) return;
+    if (e.key === "j" || e.key === "ArrowDown") setCursor(Math.min(items.length - 1, at + 1));
+    else if (e.key === "k" || e.key === "ArrowUp") setCursor(Math.max(0, at - 1));
+    else if (e.key === "s" && current) setPicking(members(current));
+    else if (e.key === "Enter" && current && !(e.target as HTMLElement).closest("button, a")) setOpenFrame(current.frame_id);
+    else return;
+    e.preventDefault();
+  };
+  useEffect(() => {
+    const h = (e: KeyboardEvent) => keys.current(e);
+    addEventListener("keydown", h);
+    return () => removeEventListener("keydown", h);
+  }, []);
+  useEffect(() => {
+    list.current?.querySelector(`[data-row="${at}"]`)?.scrollIntoView({ block: "nearest" });
+  }, [at, items.length]);
+
+  const setParam = (c: Record<string, string | null>) => navigate(withQuery(c), { replace: true });
+  const noun = kind === "near_duplicates" ? "groups of near-duplicate frames" : "outlying frames";
+  return (
+    <div class="issues-view">
+      <div class="map-bar">
+        {kindSelect}
+        <span class="spacer" />
+        <span class="count" aria-live="polite">
+          {page.data ? `${fmt(page.data.total)} ${noun}` : "loading…"}
+        </span>
+        <span class="muted keys-hint">
+          <kbd>j</kbd>/<kbd>k</kbd> move · <kbd>s</kbd> segment · <kbd>Enter</kbd> open
+        </span>
+      </div>
+      {notice && <div class="selection-bar" role="status">{notice}</div>}
+      {page.error ? (
+        <ErrorBox error={page.error} retry={page.reload} />
+      ) : !page.data ? (
+        <Spinner label="Comparing every frame with its neighbours…" />
+      ) : items.length === 0 ? (
+        <Empty>No {noun} in this version (the frames need embeddings).</Empty>
+      ) : (
+        <div class="issue-list" ref={list} role="listbox" aria-label={noun} tabIndex={0}>
+          {items.map((item, i) => (
+            <div
+              key={item.frame_id}
+              class={"issue-row" + (i === at ? " active" : "")}
+              role="option"
+              aria-selected={i === at}
+              data-row={i}
+              data-frame={item.frame_id}
+              data-members={members(item).join(" ")}
+              onClick={() => setCursor(i)}
+              onDblClick={() => setOpenFrame(item.frame_id)}
+            >
+              {members(item)
+                .slice(0, SHOWN_MEMBERS)
+                .map((id) => (
+                  <Thumb key={id} frame={page.data!.frames.get(id)} id={id} sources={page.data!.sources} />
+                ))}
+              <div class="issue-text">
+                <div>
+                  <strong class="kind">{kind === "near_duplicates" ? "near duplicates" : "outlier"}</strong>{" "}
+                  <span class="score">{kind === "near_duplicates" ? `${members(item).length} frames` : `score ${item.score.toFixed(2)}`}</span>
+                </div>
+                <div class="muted fid">
+                  {members(item).slice(0, SHOWN_MEMBERS).join(" · ")}
+                  {members(item).length > SHOWN_MEMBERS ? ` · and ${members(item).length - SHOWN_MEMBERS} more` : ""}
+                </div>
+              </div>
+              <div class="issue-actions">
+                <button type="button" onClick={(e) => (e.stopPropagation(), setPicking(members(item)))} title="add to a segment (s)">
+                  Segment
+                </button>
+                <button type="button" onClick={(e) => (e.stopPropagation(), setOpenFrame(item.frame_id))} title="open the frame (Enter)">
+                  Open
+                </button>
+              </div>
+            </div>
+          ))}
+          <div class="pager-row">
+            <button type="button" disabled={offset === 0} onClick={() => setParam({ offset: offset > PAGE ? String(offset - PAGE) : null })}>
+              ← previous {PAGE}
+            </button>
+            <span class="muted">
+              {fmt(offset + 1)}–{fmt(offset + items.length)} of {fmt(page.data.total)}
+            </span>
+            <button type="button" disabled={offset + PAGE >= page.data.total} onClick={() => setParam({ offset: String(offset + PAGE) })}>
+              next {PAGE} →
+            </button>
+          </div>
+        </div>
+      )}
+      {openFrame && (
+        <FrameView
+          base={base}
+          project={meta.project}
+          frameId={openFrame}
+          index={null}
+          total={null}
+          version={null}
+          inferenceSet={view.inferenceSet}
+          opts={{ showLabels: true, showInferences: true, conf: 0, classes }}
+          onMove={(d) => {
+            const i = Math.max(0, Math.min(items.length - 1, at + d));
+            setCursor(i);
+            setOpenFrame(items[i]?.frame_id ?? null);
+          }}
+          onClose={() => setOpenFrame(null)}
+        />
+      )}
+      {openFrame && <EscCloses onClose={() => setOpenFrame(null)} />}
+      {picking && (
+        <SegmentPicker
+          base={base}
+          frameIds={picking}
+          onClose={() => setPicking(null)}
+          onDone={(m) => {
+            setPicking(null);
+            setNotice(m);
+          }}
+        />
+      )}
+    </div>
+  );
+}
+
+/** Esc closes a frame view opened from a queue (the grid's own key handler is not mounted there). */
+export function EscCloses({ onClose }: { onClose: () => void }) {
+  useEffect(() => {
+    const h = (e: KeyboardEvent) => e.key === "Escape" && onClose();
+    addEventListener("keydown", h);
+    return () => removeEventListener("keydown", h);
+  }, []);
+  return null;
+}
+
+/** A frame's image, small and whole. */
+function Thumb({ frame, id, sources }: { frame?: Frame; id: string; sources: Map<string, Source> }) {
+  const sensor = frame ? primarySensor(frame) : undefined;
+  const src = sensor ? sources.get(sensor.url)?.src : undefined;
+  return (
+    <div class="crop thumb" title={id}>
+      {src ? <img src={src} alt={id} draggable={false} /> : <span class="crop-note">no image</span>}
+    </div>
+  );
+}
