@@ -230,3 +230,42 @@ test("the issue queue ranks near-duplicate groups and outliers, and s puts a who
   await page.waitForSelector(".issues-view :text('inference set')");
   assert.deepEqual(page.errors, []);
 });
+
+test("a classification dataset's metrics: accuracy, report, reliability, and a confusion cell opens exactly its frames", async () => {
+  await demo.api("/api/projects", json({ name: "digits", classes: [{ id: 0, name: "zero" }, { id: 1, name: "one" }, { id: 2, name: "two" }] }));
+  await demo.api("/api/projects/digits/datasets", json({ name: "d" }));
+  const image = (await demo.api(`${DS}/frames/frame_0001`)).sensors[0].url;
+  const names = ["zero", "one", "two"];
+  // 60 frames; the model is right except on every seventh, where it says the next class.
+  const frames = [], inferences = [];
+  for (let i = 0; i < 60; i++) {
+    const id = `d${String(i).padStart(2, "0")}`, truth = names[i % 3];
+    const said = i % 7 === 0 ? names[(i + 1) % 3] : truth;
+    frames.push({ frame_id: id, sensors: [{ sensor_id: "cam", kind: "image", url: image }], labels: [{ label_id: `${id}_l`, class: truth, geometry: { kind: "classification" } }] });
+    inferences.push({ label_id: `${id}_p`, frame_id: id, class: said, confidence: 0.55 + (i % 9) / 20, geometry: { kind: "classification" } });
+  }
+  const ndjson = (rows) => ({ method: "POST", headers: { "content-type": "application/x-ndjson" }, body: rows.map((r) => JSON.stringify(r)).join("\n") });
+  const D = "/api/projects/digits/datasets/d";
+  await demo.api(`${D}/frames`, ndjson(frames));
+  await demo.api(`${D}/inference_sets`, json({ name: "net" }));
+  await demo.api(`${D}/inference_sets/net/inferences`, ndjson(inferences));
+  const m = await demo.api(`${D}/insights/metrics?inference_set=net`);
+  assert.equal(m.task, "classification");
+
+  await page.goto(`${demo.url}/p/digits/d/d?view=metrics`);
+  await page.waitForSelector("table.report tbody tr");
+  assert.match(await page.textContent(".map-bar .count"), new RegExp(`accuracy ${m.accuracy.toFixed(3)}`));
+  const report = await page.evaluate(() => [...document.querySelectorAll("table.report tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent.trim())));
+  assert.deepEqual(report, m.classes.map((c) => [c.class, String(c.support), c.precision.toFixed(3), c.recall.toFixed(3), c.f1.toFixed(3)]));
+  assert.equal(await page.locator("svg[aria-label='reliability curve'] rect.bin-count").count(), m.calibration.bins.length);
+  assert.match(await page.textContent(".ece"), new RegExp(m.calibration.ece.toFixed(3)));
+  // The cell "zero labelled, one predicted" opens exactly its frames.
+  const [r, c] = [m.confusion.rows.indexOf("zero"), m.confusion.columns.indexOf("one")];
+  const want = [...new Set(m.confusion.cells[r][c].frame_ids)];
+  assert.ok(want.length > 0, "the model confuses some zeros for ones");
+  await page.click("button.cell[data-row=zero][data-col=one]");
+  await page.waitForURL(/list=/);
+  await page.waitForFunction((n) => document.querySelectorAll(".tile[data-frame]").length === n, want.length);
+  assert.deepEqual(await tileIds(), want);
+  assert.deepEqual(page.errors, []);
+});

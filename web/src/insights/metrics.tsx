@@ -1,6 +1,8 @@
 // The metrics view: COCO mAP and per-class AP, PR curves (drawn as SVG here), and the confusion matrix
 // at the chosen IoU and confidence (sliders refetch it) as a heat map with its background row and
-// column; a click on a cell opens exactly that cell's frames in the grid.
+// column; a click on a cell opens exactly that cell's frames in the grid. A classification dataset gets
+// its own page: accuracy (and top-k), the classification report, the confusion matrix (cells open their
+// frames) and the reliability curve with the expected calibration error.
 import { useEffect, useState } from "preact/hooks";
 import { api, enc } from "../api";
 import { navigate, withQuery } from "../route";
@@ -10,8 +12,8 @@ import type { ViewProps } from "../explorer/explorer";
 
 interface Cell {
   count: number;
-  label_ids: string[];
-  inference_ids: string[];
+  label_ids?: string[];
+  inference_ids?: string[];
   frame_ids?: string[];
 }
 interface ClassMetrics {
@@ -22,7 +24,17 @@ interface ClassMetrics {
   pr_curve_iou50: (number | null)[];
   at_threshold: { true_positives: number; false_positives: number; false_negatives: number; precision: number | null; recall: number | null; f1: number | null };
 }
+interface ClassificationMetrics {
+  task: "classification";
+  examples: number;
+  accuracy: number | null;
+  top_k: { k: number; accuracy: number } | null;
+  classes: { class: string; support: number; precision: number | null; recall: number | null; f1: number | null }[];
+  confusion: { rows: string[]; columns: string[]; cells: Cell[][] };
+  calibration: { ece: number; bins: { lower: number; upper: number; count: number; mean_confidence: number | null; accuracy: number | null }[] };
+}
 interface Metrics {
+  task: "detection";
   map: number | null;
   map50: number | null;
   recall_thresholds: number[];
@@ -47,11 +59,13 @@ export function MetricsView({ base, meta, view }: ViewProps) {
     return () => clearTimeout(t);
   }, [draft.iou, draft.conf]);
   const m = useAsync(
-    (signal) => (set ? api<Metrics>(`${base}/insights/metrics?inference_set=${enc(set)}&iou=${iou}&confidence=${conf}`, { signal }) : Promise.resolve(null)),
+    (signal) => (set ? api<Metrics | ClassificationMetrics>(`${base}/insights/metrics?inference_set=${enc(set)}&iou=${iou}&confidence=${conf}`, { signal }) : Promise.resolve(null)),
     [base, set, iou, conf],
   );
   const colour = (name: string) => meta.project.classes.find((c) => c.name === name)?.color ?? [110, 110, 110];
   if (!set) return <Empty>Metrics compare labels with an inference set; this dataset has none.</Empty>;
+  const classification = m.data?.task === "classification" ? m.data : null;
+  const detection = m.data?.task === "classification" ? null : (m.data as Metrics | null);
   return (
     <div class="metrics-view">
       <div class="map-bar">
@@ -63,6 +77,7 @@ export function MetricsView({ base, meta, view }: ViewProps) {
             ))}
           </select>
         </label>
+        {!classification && (<>
         <label class="inline">
           IoU ≥ <output>{draft.iou.toFixed(2)}</output>
           <input type="range" name="iou" min={0.05} max={0.95} step={0.05} value={draft.iou} onInput={(e) => setDraft((d) => ({ ...d, iou: Number(e.currentTarget.value) }))} />
@@ -75,11 +90,18 @@ export function MetricsView({ base, meta, view }: ViewProps) {
           <input type="checkbox" name="normalise" checked={normalised} onChange={(e) => navigate(withQuery({ normalise: e.currentTarget.checked ? "rows" : null }), { replace: true })} />
           row-normalised
         </label>
+        </>)}
         <span class="spacer" />
         {m.loading && m.data && <span class="muted" role="status">recomputing…</span>}
-        {m.data && (
+        {detection && (
           <span class="count">
-            mAP {pct(m.data.map)} · mAP@50 {pct(m.data.map50)}
+            mAP {pct(detection.map)} · mAP@50 {pct(detection.map50)}
+          </span>
+        )}
+        {classification && (
+          <span class="count">
+            accuracy {pct(classification.accuracy)}
+            {classification.top_k ? ` · top-${classification.top_k.k} ${pct(classification.top_k.accuracy)}` : ""} · {fmt(classification.examples)} examples
           </span>
         )}
       </div>
@@ -87,18 +109,22 @@ export function MetricsView({ base, meta, view }: ViewProps) {
         <ErrorBox error={m.error} retry={m.reload} />
       ) : !m.data ? (
         <Spinner label="Evaluating…" />
+      ) : classification ? (
+        <ClassificationBody m={classification} normalised={normalised} colour={colour} />
+      ) : m.data.task !== "detection" ? (
+        <Empty>This server answered metrics of a kind the app does not know.</Empty>
       ) : (
         <div class="metrics-body">
           <section class="card">
             <h2>
-              Confusion at IoU {m.data.confusion.iou} and confidence {m.data.confusion.confidence}
+              Confusion at IoU {detection!.confusion.iou} and confidence {detection!.confusion.confidence}
             </h2>
             <p class="muted">Rows: ground truth · columns: predictions · click a cell to see its frames.</p>
-            <Confusion c={m.data.confusion} normalised={normalised} />
+            <Confusion c={detection!.confusion} normalised={normalised} />
           </section>
           <section class="card">
             <h2>Precision–recall at IoU 0.5</h2>
-            <PrCurves thresholds={m.data.recall_thresholds} classes={m.data.classes} colour={colour} />
+            <PrCurves thresholds={detection!.recall_thresholds} classes={detection!.classes} colour={colour} />
           </section>
           <section class="card">
             <h2>Average precision</h2>
@@ -110,7 +136,7 @@ export function MetricsView({ base, meta, view }: ViewProps) {
                 </tr>
               </thead>
               <tbody>
-                {m.data.classes.map((c) => (
+                {detection!.classes.map((c) => (
                   <tr key={c.class}>
                     <td>
                       <span class="swatch" style={{ background: `rgb(${colour(c.class).join(",")})` }} /> {c.class}
@@ -129,8 +155,8 @@ export function MetricsView({ base, meta, view }: ViewProps) {
               <tfoot>
                 <tr>
                   <th>all (mean)</th>
-                  <td class="num">{pct(m.data.map)}</td>
-                  <td class="num">{pct(m.data.map50)}</td>
+                  <td class="num">{pct(detection!.map)}</td>
+                  <td class="num">{pct(detection!.map50)}</td>
                   <td colSpan={6} />
                 </tr>
               </tfoot>
@@ -142,7 +168,84 @@ export function MetricsView({ base, meta, view }: ViewProps) {
   );
 }
 
-function Confusion({ c, normalised }: { c: Metrics["confusion"]; normalised: boolean }) {
+function ClassificationBody({ m, normalised, colour }: { m: ClassificationMetrics; normalised: boolean; colour: (n: string) => [number, number, number] }) {
+  return (
+    <div class="metrics-body">
+      <section class="card">
+        <h2>Confusion</h2>
+        <p class="muted">Rows: labels · columns: the model's top class · click a cell to see its frames.</p>
+        <Confusion c={m.confusion} normalised={normalised} />
+      </section>
+      <section class="card">
+        <h2>Reliability</h2>
+        <Reliability bins={m.calibration.bins} />
+        <p class="muted">
+          Expected calibration error <b class="ece">{m.calibration.ece.toFixed(3)}</b>: the bins' |accuracy − confidence|, weighted by their examples.
+        </p>
+      </section>
+      <section class="card">
+        <h2>Classification report</h2>
+        <table class="ap-table report">
+          <thead>
+            <tr>
+              <th>class</th><th class="num">support</th><th class="num">precision</th><th class="num">recall</th><th class="num">F1</th>
+            </tr>
+          </thead>
+          <tbody>
+            {m.classes.map((c) => (
+              <tr key={c.class} data-class={c.class}>
+                <td>
+                  <span class="swatch" style={{ background: `rgb(${colour(c.class).join(",")})` }} /> {c.class}
+                </td>
+                <td class="num">{fmt(c.support)}</td>
+                <td class="num">{pct(c.precision)}</td>
+                <td class="num">{pct(c.recall)}</td>
+                <td class="num">{pct(c.f1)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      </section>
+    </div>
+  );
+}
+
+/** Accuracy against mean confidence per confidence bin; the diagonal is perfect calibration. */
+function Reliability({ bins }: { bins: ClassificationMetrics["calibration"]["bins"] }) {
+  const W = 300, H = 240, P = 36;
+  const x = (v: number) => P + v * (W - P - 10);
+  const y = (v: number) => H - P - v * (H - P - 10);
+  const most = Math.max(1, ...bins.map((b) => b.count));
+  return (
+    <svg viewBox={`0 0 ${W} ${H}`} width={W} height={H} role="img" aria-label="reliability curve">
+      <line x1={x(0)} y1={y(0)} x2={x(1)} y2={y(0)} class="axis" />
+      <line x1={x(0)} y1={y(0)} x2={x(0)} y2={y(1)} class="axis" />
+      <line x1={x(0)} y1={y(0)} x2={x(1)} y2={y(1)} class="gridline" />
+      {bins.map((b) => (
+        <rect key={b.lower} x={x(b.lower) + 1} width={Math.max(1, x(b.upper) - x(b.lower) - 2)} y={y(0) - (b.count / most) * 30} height={(b.count / most) * 30} class="bin-count" data-count={b.count} />
+      ))}
+      <polyline
+        fill="none"
+        stroke="var(--accent)"
+        stroke-width={2}
+        points={bins
+          .filter((b) => b.count > 0 && b.mean_confidence != null && b.accuracy != null)
+          .map((b) => `${x(b.mean_confidence!).toFixed(1)},${y(b.accuracy!).toFixed(1)}`)
+          .join(" ")}
+      />
+      {[0, 0.5, 1].map((t) => (
+        <g key={t}>
+          <text x={x(t)} y={H - P + 14} text-anchor="middle">{t}</text>
+          <text x={P - 6} y={y(t) + 4} text-anchor="end">{t}</text>
+        </g>
+      ))}
+      <text x={(W + P) / 2} y={H - 4} text-anchor="middle">confidence</text>
+      <text x={10} y={H / 2} transform={`rotate(-90 10 ${H / 2})`} text-anchor="middle">accuracy</text>
+    </svg>
+  );
+}
+
+function Confusion({ c, normalised }: { c: { rows: string[]; columns: string[]; cells: Cell[][] }; normalised: boolean }) {
   const rowSums = c.cells.map((r) => r.reduce((s, x) => s + x.count, 0));
   // Hits (the diagonal) and confusions are shaded on their own scales: otherwise the diagonal's counts
   // wash every confusion out to the same pale pink.
