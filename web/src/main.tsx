@@ -1,4 +1,4 @@
-// milkglass web app: sign-in, projects and the dataset explorer. The server sends metadata; the
+// milkglass web app: sign-in, projects, the dataset explorer and the SQL console. The server sends metadata; the
 // browser fetches pixels itself, from the user's own URLs.
 import { render } from "preact";
 import { useEffect } from "preact/hooks";
@@ -10,6 +10,7 @@ import { ErrorBox, ModeBadge, Spinner, isTyping, useAsync } from "./ui";
 import { SignIn } from "./views/signin";
 import { Home } from "./views/home";
 import { Settings } from "./views/settings";
+import { Console } from "./views/console";
 import { Help } from "./views/help";
 import { Explorer } from "./explorer/explorer";
 import type { Project } from "./api";
@@ -27,10 +28,11 @@ addEventListener("keydown", (e) => {
   }
 }, { capture: true });
 
-function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "signin" | "missing"; project?: string; dataset?: string } {
+function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "signin" | "missing"; project?: string; dataset?: string } {
   if (path === "/" || path === "") return { page: "home" };
   if (path === "/signin") return { page: "signin" };
   if (path === "/settings") return { page: "settings" };
+  if (path === "/console") return { page: "console" };
   const m = /^\/p\/([^/]+)(?:\/d\/([^/]+))?\/?$/.exec(path);
   if (m) {
     const project = decodeURIComponent(m[1]);
@@ -63,6 +65,9 @@ function TopBar({ route }: { route: ReturnType<typeof parse> }) {
         )}
       </nav>
       <span class="spacer" />
+      <a href="/console" class={route.page === "console" ? "current" : ""}>
+        SQL console
+      </a>
       <a href="/settings" class={route.page === "settings" ? "current" : ""}>
         Settings
       </a>
@@ -114,6 +119,7 @@ function App() {
   else if (route.page === "home") page = <Home />;
   else if (route.page === "project") page = <Home only={route.project} />;
   else if (route.page === "settings") page = <Settings />;
+  else if (route.page === "console") page = <Console />;
   else if (route.page === "dataset") page = <Explorer key={route.project + "/" + route.dataset} project={route.project!} dataset={route.dataset!} />;
   else page = <main class="state empty">No such page. <a href="/">Go to the projects.</a></main>;
   return (

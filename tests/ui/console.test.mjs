@@ -1,0 +1,79 @@
+// The scientist's SQL console against a real `milkglass demo` server: the tables with their policies in
+// words, an answered query, a refusal with the rule, and a held query collected once the owner approves.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { launch, newPage, signIn, startDemo } from "./harness.mjs";
+
+let demo, browser, page;
+
+/** Publishes the demo's Titanic CSV as `name` under `handling`, as olivia, for sam. */
+async function publish(name, handling) {
+  const form = new FormData();
+  form.set("name", name);
+  form.set("policy", JSON.stringify({ safe_zone: { aggregation: { min_agg_size: 10 } }, unsafe_handling: handling, sanitized_columns: ["Name"] }));
+  form.set("readers", "sam");
+  const csv = readFileSync(join(demo.dir, "demo", "sample", "titanic.csv"));
+  form.set("file", new Blob([csv], { type: "text/csv" }), "titanic.csv");
+  await demo.api("/api/tables", { method: "POST", body: form }, demo.tokens.olivia);
+}
+
+before(async () => {
+  demo = await startDemo({ frames: 20 });
+  await publish("titanic", "reject");
+  await publish("titanic_reviewed", "review");
+  browser = await launch();
+  page = await newPage(browser);
+  await signIn(page, demo.url, demo.tokens.sam, "/console");
+});
+after(async () => {
+  await browser?.close();
+  await demo?.close();
+});
+
+async function runSql(sql) {
+  await page.fill("textarea[name=sql]", sql);
+  await page.click("button[name=run]");
+}
+
+test("the console lists the scientist's tables with their policies in words and answers the seed query", async () => {
+  const table = page.locator(".console-table[data-table=titanic]");
+  await table.waitFor();
+  assert.match(await table.locator(".policy").textContent(), /at least 10 rows; Name is never shown; queries outside these rules are refused/);
+  assert.equal(await table.locator("li.sanitized").textContent(), "Name");
+  await runSql("SELECT Pclass, AVG(Survived) AS survived FROM titanic GROUP BY Pclass ORDER BY Pclass");
+  await page.waitForSelector(".console-result table.result tbody tr");
+  const cells = await page.evaluate(() => [...document.querySelectorAll(".console-result tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));
+  assert.deepEqual(cells.map((r) => r[0]), ["1", "2", "3"]);
+  const survived = cells.map((r) => Number(r[1]).toFixed(6));
+  assert.deepEqual(survived, ["0.629630", "0.472826", "0.242363"]);
+  assert.match(await page.textContent("pre.snippet[data-kind=sdk]"), /client\.sql\("SELECT Pclass, AVG\(Survived\)/);
+  assert.deepEqual(page.errors, []);
+});
+
+test("a row-level query is refused with the guard's sentence naming the rule", async () => {
+  await runSql("SELECT * FROM titanic LIMIT 5");
+  const refusal = page.locator(".console-refused");
+  await refusal.waitFor();
+  assert.equal(await refusal.getAttribute("data-code"), "refused");
+  assert.match(await refusal.textContent(), /Refused by the policy:.*at least 10 rows/);
+  // The earlier answer stays in the session's history.
+  assert.match(await page.textContent(".console-history"), /AVG\(Survived\)/);
+});
+
+test("under review the query waits, and its rows appear when the owner approves, with Name empty", async () => {
+  await runSql("SELECT Name, Pclass FROM titanic_reviewed WHERE PassengerId = 1");
+  const held = page.locator(".console-held");
+  await held.waitFor();
+  const request = Number(await held.getAttribute("data-request"));
+  // A reload keeps the waiting query.
+  await page.reload();
+  await page.waitForSelector(`.console-held[data-request="${request}"]`);
+  await demo.api(`/api/reviews/${request}/approve`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" }, demo.tokens.olivia);
+  await page.waitForSelector(".console-result table.result tbody tr");
+  const row = await page.evaluate(() => [...document.querySelectorAll(".console-result tbody tr td")].map((td) => td.textContent));
+  assert.deepEqual(row, ["—", "3"], "Name is sanitized, Pclass answered");
+  assert.match(await page.textContent(".console-result"), /Name hidden \(sanitized\)/);
+  assert.deepEqual(page.errors, []);
+});
