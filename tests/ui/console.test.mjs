@@ -42,6 +42,10 @@ test("the console lists the scientist's tables with their policies in words and 
   await table.waitFor();
   assert.match(await table.locator(".policy").textContent(), /at least 10 rows; Name is never shown; queries outside these rules are refused/);
   assert.equal(await table.locator("li.sanitized").textContent(), "Name");
+  // A dataset published to sam: its minimum counts frames, and its ids are crossed out.
+  const labels = page.locator(".console-table[data-table='shapes.labels']");
+  await labels.waitFor({ timeout: 60_000 });
+  assert.match(await labels.locator(".policy").textContent(), /at least 5 frames; .*label_id.* never shown/);
   await runSql("SELECT Pclass, AVG(Survived) AS survived FROM titanic GROUP BY Pclass ORDER BY Pclass");
   await page.waitForSelector(".console-result table.result tbody tr");
   const cells = await page.evaluate(() => [...document.querySelectorAll(".console-result tbody tr")].map((r) => [...r.querySelectorAll("td")].map((td) => td.textContent)));

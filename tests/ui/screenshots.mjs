@@ -1,6 +1,6 @@
 // Drives the app through each page and view of a fresh `milkglass demo` and writes 1280x800 PNGs to
 // docs/screenshots/ (run by scripts/screenshots.sh).
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { launch, newPage, ROOT, signIn, startDemo } from "./harness.mjs";
 
@@ -99,6 +99,20 @@ try {
   await page.goto(`${ds}?similar=frame_0007`);
   await decoded();
   await shot("12-similar");
+
+  // The SQL console, as the scientist sam, on the Titanic table olivia publishes.
+  const form = new FormData();
+  form.set("name", "titanic");
+  form.set("policy", JSON.stringify({ safe_zone: { aggregation: { min_agg_size: 10 } }, unsafe_handling: "review", sanitized_columns: ["Name"] }));
+  form.set("file", new Blob([readFileSync(join(demo.dir, "demo", "sample", "titanic.csv"))], { type: "text/csv" }), "titanic.csv");
+  await demo.api("/api/tables", { method: "POST", body: form }, demo.tokens.olivia);
+  await page.evaluate(() => sessionStorage.clear());
+  await signIn(page, demo.url, demo.tokens.sam, "/console");
+  await page.fill("textarea[name=sql]", "SELECT Pclass, AVG(Survived) AS survived, COUNT(*) AS n FROM titanic GROUP BY Pclass ORDER BY Pclass");
+  await page.click("button[name=run]");
+  await page.waitForSelector(".console-result tbody tr");
+  await page.waitForSelector(".console-table[data-table=titanic]", { timeout: 60_000 });
+  await shot("13-console");
 } finally {
   await browser.close();
   await demo.close();

@@ -257,6 +257,12 @@ pub struct TableListing {
     pub columns: Vec<ColumnListing>,
     /// True when the caller reads it as a project member, false under a publication.
     pub member: bool,
+    /// The publication's policy the caller's queries are decided by (absent for members, who
+    /// read openly), and the metadata key its minimums count (absent: frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<milkglass_core::Policy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -320,6 +326,8 @@ pub fn list(services: &Services, user: &User, only: Option<(&str, &str)>) -> Ser
                 units: table.units,
                 columns,
                 member: readable.open,
+                policy: (!readable.open).then(|| readable.policy.clone()),
+                unit: readable.unit.clone(),
             });
         }
     }

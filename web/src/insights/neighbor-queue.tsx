@@ -101,7 +101,7 @@ export function NeighborQueue({ base, meta, view, kind, kindSelect }: ViewProps 
       ) : !page.data ? (
         <Spinner label="Comparing every frame with its neighbours…" />
       ) : items.length === 0 ? (
-        <Empty>No {noun} in this version (the frames need embeddings).</Empty>
+        <Empty>No {noun} in this version (frames without embeddings are not compared).</Empty>
       ) : (
         <div class="issue-list" ref={list} role="listbox" aria-label={noun} tabIndex={0}>
           {items.map((item, i) => (

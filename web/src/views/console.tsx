@@ -28,6 +28,9 @@ interface DatasetTable {
   rows: number;
   member: boolean;
   columns: { name: string; sanitized: boolean }[];
+  policy?: Policy;
+  /** The metadata key the minimums count; absent: frames. */
+  unit?: string;
 }
 type Outcome =
   | { kind: "rows"; columns: string[]; rows: Record<string, unknown>[]; masked: string[]; flagged: boolean; note?: string }
@@ -42,10 +45,10 @@ interface Ran {
 const HELD_KEY = "milkglass.console.held";
 
 /** The policy as a sentence an analyst can act on. */
-export function policyInWords(p: Policy): string {
+export function policyInWords(p: Policy, unit = "rows"): string {
   const parts: string[] = [];
   const min = p.safe_zone?.aggregation?.min_agg_size;
-  if (min) parts.push(`every result value must stand for at least ${min} rows`);
+  if (min) parts.push(`every result value must stand for at least ${min} ${unit}`);
   else parts.push("results are not checked for group sizes");
   const hidden = p.sanitized_columns ?? [];
   if (hidden.length) parts.push(`${hidden.join(", ")} ${hidden.length === 1 ? "is" : "are"} never shown`);
@@ -83,8 +86,8 @@ export function Console() {
       name: t.sql_name,
       rows: t.rows,
       columns: t.columns.map((c) => c.name),
-      policy: { sanitized_columns: t.columns.filter((c) => c.sanitized).map((c) => c.name) },
-      words: t.member ? "Your project's dataset: every query is answered, and audited." : undefined,
+      policy: t.policy ?? { sanitized_columns: t.columns.filter((c) => c.sanitized).map((c) => c.name) },
+      words: t.member ? "Your project's dataset: every query is answered, and audited." : policyInWords(t.policy ?? {}, t.unit ? `distinct ${t.unit} values` : "frames"),
     }));
     return [...own.tables, ...ofDatasets];
   }, []);
