@@ -1,5 +1,6 @@
 // The scientist's SQL console against a real `milkglass demo` server: the tables with their policies in
-// words, an answered query, a refusal with the rule, and a held query collected once the owner approves.
+// words, an answered query, a refusal with the rule, and a held query collected once the owner approves it
+// in the review inbox.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -66,7 +67,7 @@ test("a row-level query is refused with the guard's sentence naming the rule", a
   assert.match(await page.textContent(".console-history"), /AVG\(Survived\)/);
 });
 
-test("under review the query waits, and its rows appear when the owner approves, with Name empty", async () => {
+test("under review the query waits, the owner approves it in the inbox, and its rows appear with Name empty", async () => {
   await runSql("SELECT Name, Pclass FROM titanic_reviewed WHERE PassengerId = 1");
   const held = page.locator(".console-held");
   await held.waitFor();
@@ -74,10 +75,30 @@ test("under review the query waits, and its rows appear when the owner approves,
   // A reload keeps the waiting query.
   await page.reload();
   await page.waitForSelector(`.console-held[data-request="${request}"]`);
-  await demo.api(`/api/reviews/${request}/approve`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" }, demo.tokens.olivia);
+  // The owner, in another browser, sees it in the inbox (and its count in the top bar) and approves it.
+  const owner = await newPage(browser);
+  await signIn(owner, demo.url, demo.tokens.olivia, "/reviews");
+  const item = owner.locator(`.review[data-request="${request}"]`);
+  await item.waitFor();
+  assert.match(await item.textContent(), /sam.*titanic_reviewed[\s\S]*SELECT Name, Pclass FROM titanic_reviewed[\s\S]*Held because:/);
+  assert.equal(await owner.textContent(".topbar .badge.pending"), "1");
+  await item.locator("button[name=approve]").click();
+  await owner.waitForSelector(`.review[data-request="${request}"][data-state=approved]`);
+  await owner.waitForFunction(() => !document.querySelector(".topbar .badge.pending"));
+  assert.deepEqual(owner.errors, []);
   await page.waitForSelector(".console-result table.result tbody tr");
   const row = await page.evaluate(() => [...document.querySelectorAll(".console-result tbody tr td")].map((td) => td.textContent));
   assert.deepEqual(row, ["—", "3"], "Name is sanitized, Pclass answered");
   assert.match(await page.textContent(".console-result"), /Name hidden \(sanitized\)/);
   assert.deepEqual(page.errors, []);
+});
+
+test("a scientist has no review inbox: the page says so and the API refuses a decision", async () => {
+  assert.equal(await page.locator(".topbar a[href='/reviews']").count(), 0, "no link for a scientist");
+  await page.goto(`${demo.url}/reviews`);
+  await page.waitForSelector(".reviews .state.empty");
+  assert.match(await page.textContent(".reviews"), /Only table owners and admins review queries/);
+  const r = await fetch(`${demo.url}/api/reviews/1/approve`, { method: "POST", headers: { Authorization: `Bearer ${demo.tokens.sam}` } });
+  assert.ok(r.status === 403 || r.status === 404, `a scientist's approval is refused (${r.status})`);
+  assert.ok((await r.json()).error, "with the JSON error body");
 });

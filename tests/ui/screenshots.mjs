@@ -113,6 +113,15 @@ try {
   await page.waitForSelector(".console-result tbody tr");
   await page.waitForSelector(".console-table[data-table=titanic]", { timeout: 60_000 });
   await shot("13-console");
+
+  // A row-level query waits for review; the owner's inbox shows it.
+  await page.fill("textarea[name=sql]", "SELECT Name, Pclass FROM titanic WHERE PassengerId = 1");
+  await page.click("button[name=run]");
+  await page.waitForSelector(".console-held");
+  await page.evaluate(() => sessionStorage.clear());
+  await signIn(page, demo.url, demo.tokens.olivia, "/reviews");
+  await page.waitForSelector(".review[data-request]");
+  await shot("14-reviews");
 } finally {
   await browser.close();
   await demo.close();

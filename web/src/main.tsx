@@ -11,6 +11,7 @@ import { SignIn } from "./views/signin";
 import { Home } from "./views/home";
 import { Settings } from "./views/settings";
 import { Console } from "./views/console";
+import { Reviews, pendingReviews, usePendingReviews } from "./views/reviews";
 import { Help } from "./views/help";
 import { Explorer } from "./explorer/explorer";
 import type { Project } from "./api";
@@ -28,11 +29,12 @@ addEventListener("keydown", (e) => {
   }
 }, { capture: true });
 
-function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "signin" | "missing"; project?: string; dataset?: string } {
+function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "reviews" | "signin" | "missing"; project?: string; dataset?: string } {
   if (path === "/" || path === "") return { page: "home" };
   if (path === "/signin") return { page: "signin" };
   if (path === "/settings") return { page: "settings" };
   if (path === "/console") return { page: "console" };
+  if (path === "/reviews") return { page: "reviews" };
   const m = /^\/p\/([^/]+)(?:\/d\/([^/]+))?\/?$/.exec(path);
   if (m) {
     const project = decodeURIComponent(m[1]);
@@ -68,6 +70,16 @@ function TopBar({ route }: { route: ReturnType<typeof parse> }) {
       <a href="/console" class={route.page === "console" ? "current" : ""}>
         SQL console
       </a>
+      {(u?.role === "owner" || u?.role === "admin") && (
+        <a href="/reviews" class={route.page === "reviews" ? "current" : ""}>
+          Reviews
+          {!!pendingReviews.value && (
+            <span class="badge pending" aria-label={`${pendingReviews.value} waiting`}>
+              {pendingReviews.value}
+            </span>
+          )}
+        </a>
+      )}
       <a href="/settings" class={route.page === "settings" ? "current" : ""}>
         Settings
       </a>
@@ -106,6 +118,7 @@ function App() {
   const route = parse(loc.value.path);
   const t = token.value;
   const who = useAsync(async () => (t ? (me.value ??= await api<Me>("/api/whoami")) : null), [t]);
+  usePendingReviews();
 
   useEffect(() => {
     // Without a token every page but sign-in leads there, and back afterwards.
@@ -120,6 +133,7 @@ function App() {
   else if (route.page === "project") page = <Home only={route.project} />;
   else if (route.page === "settings") page = <Settings />;
   else if (route.page === "console") page = <Console />;
+  else if (route.page === "reviews") page = <Reviews />;
   else if (route.page === "dataset") page = <Explorer key={route.project + "/" + route.dataset} project={route.project!} dataset={route.dataset!} />;
   else page = <main class="state empty">No such page. <a href="/">Go to the projects.</a></main>;
   return (
