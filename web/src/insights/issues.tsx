@@ -63,7 +63,8 @@ async function framesOf(base: string, ids: string[], set: string, signal: AbortS
 export function IssuesView(props: ViewProps) {
   const kind = new URLSearchParams(location.search).get("kind") ?? "";
   if ((NEIGHBOR_KINDS as readonly string[]).includes(kind)) {
-    return <NeighborQueue {...props} kind={kind as NeighborKind} kindSelect={<KindSelect kind={kind} />} />;
+    // Keyed by kind: another kind is another queue (no rows of the last one shown under the new name).
+    return <NeighborQueue key={kind} {...props} kind={kind as NeighborKind} kindSelect={<KindSelect kind={kind} />} />;
   }
   return <LabelIssuesView {...props} />;
 }
