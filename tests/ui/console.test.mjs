@@ -102,3 +102,31 @@ test("a scientist has no review inbox: the page says so and the API refuses a de
   assert.ok(r.status === 403 || r.status === 404, `a scientist's approval is refused (${r.status})`);
   assert.ok((await r.json()).error, "with the JSON error body");
 });
+
+test("the owner's audit page lists all of it, reports the chain verified, filters and exports", async () => {
+  const owner = await newPage(browser);
+  await signIn(owner, demo.url, demo.tokens.olivia, "/audit");
+  await owner.waitForSelector(".chain .verified");
+  const verdict = await demo.api("/api/audit/verify", {}, demo.tokens.olivia);
+  assert.equal(verdict.verified, true);
+  assert.match(await owner.textContent(".chain"), new RegExp(`${verdict.entries} entries`));
+  await owner.waitForSelector("table.audit-log tbody tr");
+  const api = (await demo.api("/api/audit", {}, demo.tokens.olivia)).entries;
+  const decisions = new Set(api.filter((e) => e.user === "sam").map((e) => e.decision));
+  for (const d of ["answered", "refused", "held", "released"]) assert.ok(decisions.has(d), `sam's ${d} query is in the log: ${[...decisions]}`);
+  assert.ok(api.some((e) => e.user === "olivia" && e.decision === "approved"), "olivia's approval is in the log");
+  assert.equal(await owner.locator("table.audit-log tbody tr").count(), api.length);
+  // Only the refusals, and their export is exactly what is shown.
+  await owner.selectOption("select[name=decision]", "refused");
+  await owner.waitForFunction(() => [...document.querySelectorAll("table.audit-log tbody tr")].every((r) => r.getAttribute("data-decision") === "refused"));
+  const refused = api.filter((e) => e.decision === "refused");
+  assert.equal(await owner.locator("table.audit-log tbody tr").count(), refused.length);
+  assert.match(await owner.textContent("table.audit-log"), /SELECT \* FROM titanic LIMIT 5/);
+  const [download] = await Promise.all([owner.waitForEvent("download"), owner.click("button[name=export_json]")]);
+  const exported = JSON.parse(readFileSync(await download.path(), "utf8"));
+  assert.deepEqual(exported.map((e) => e.id), refused.map((e) => e.id));
+  // A scientist's verification is refused by the API.
+  const r = await fetch(`${demo.url}/api/audit/verify`, { headers: { Authorization: `Bearer ${demo.tokens.sam}` } });
+  assert.equal(r.status, 403);
+  assert.deepEqual(owner.errors, []);
+});

@@ -122,6 +122,11 @@ try {
   await signIn(page, demo.url, demo.tokens.olivia, "/reviews");
   await page.waitForSelector(".review[data-request]");
   await shot("14-reviews");
+
+  await page.goto(`${demo.url}/audit`);
+  await page.waitForSelector(".chain .verified");
+  await page.waitForSelector("table.audit-log tbody tr");
+  await shot("15-audit");
 } finally {
   await browser.close();
   await demo.close();

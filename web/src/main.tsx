@@ -11,6 +11,7 @@ import { SignIn } from "./views/signin";
 import { Home } from "./views/home";
 import { Settings } from "./views/settings";
 import { Console } from "./views/console";
+import { Audit } from "./views/audit";
 import { Reviews, pendingReviews, usePendingReviews } from "./views/reviews";
 import { Help } from "./views/help";
 import { Explorer } from "./explorer/explorer";
@@ -29,12 +30,13 @@ addEventListener("keydown", (e) => {
   }
 }, { capture: true });
 
-function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "reviews" | "signin" | "missing"; project?: string; dataset?: string } {
+function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "reviews" | "audit" | "signin" | "missing"; project?: string; dataset?: string } {
   if (path === "/" || path === "") return { page: "home" };
   if (path === "/signin") return { page: "signin" };
   if (path === "/settings") return { page: "settings" };
   if (path === "/console") return { page: "console" };
   if (path === "/reviews") return { page: "reviews" };
+  if (path === "/audit") return { page: "audit" };
   const m = /^\/p\/([^/]+)(?:\/d\/([^/]+))?\/?$/.exec(path);
   if (m) {
     const project = decodeURIComponent(m[1]);
@@ -80,6 +82,9 @@ function TopBar({ route }: { route: ReturnType<typeof parse> }) {
           )}
         </a>
       )}
+      <a href="/audit" class={route.page === "audit" ? "current" : ""}>
+        Audit
+      </a>
       <a href="/settings" class={route.page === "settings" ? "current" : ""}>
         Settings
       </a>
@@ -134,6 +139,7 @@ function App() {
   else if (route.page === "settings") page = <Settings />;
   else if (route.page === "console") page = <Console />;
   else if (route.page === "reviews") page = <Reviews />;
+  else if (route.page === "audit") page = <Audit />;
   else if (route.page === "dataset") page = <Explorer key={route.project + "/" + route.dataset} project={route.project!} dataset={route.dataset!} />;
   else page = <main class="state empty">No such page. <a href="/">Go to the projects.</a></main>;
   return (

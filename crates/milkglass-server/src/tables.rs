@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/reviews/{id}/approve", post(approve))
         .route("/api/reviews/{id}/reject", post(reject))
         .route("/api/audit", get(audit_log))
+        .route("/api/audit/verify", get(verify_audit))
         .route("/api/budget", get(budget))
         .route("/api/dataset_tables", get(list_dataset_tables))
         .route("/api/projects/{project}/datasets/{dataset}/tables", get(dataset_tables_of))
@@ -427,6 +428,12 @@ async fn decide(
 struct AuditQuery {
     #[serde(default)]
     table: Option<String>,
+}
+
+/// The hash chain's verdict (`milkglass audit verify` does the same offline).
+async fn verify_audit(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let verdict = blocking(move || reviews::verify_audit(&state.services, &caller.0)).await?;
+    Ok(Json(serde_json::to_value(verdict).expect("serializable")))
 }
 
 /// Owners read their tables' entries; everyone reads their own.

@@ -47,6 +47,28 @@ pub fn decide(
     Ok(decided)
 }
 
+/// What walking the audit log's hash chain found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditVerification {
+    /// Every entry's hash matches its content and the previous entry's hash.
+    pub verified: bool,
+    /// Entries verified; 0 when one does not match.
+    pub entries: usize,
+    /// The first entry that does not match, when one does not.
+    pub first_mismatch: Option<i64>,
+}
+
+/// Walks the whole chain (owners and admins: a scientist has no tables whose log to check).
+/// Only the verdict is answered, never an entry the caller may not read.
+pub fn verify_audit(services: &Services, user: &User) -> ServiceResult<AuditVerification> {
+    access::require_table_creator(user)
+        .map_err(|_| ServiceError::forbidden("only owners and admins verify the audit log"))?;
+    Ok(match services.store.verify_audit()? {
+        Ok(entries) => AuditVerification { verified: true, entries, first_mismatch: None },
+        Err(id) => AuditVerification { verified: false, entries: 0, first_mismatch: Some(id) },
+    })
+}
+
 /// Audit entries the caller may read ([`access::may_read_audit`]); `table` narrows to the
 /// entries that name it.
 pub fn audit_log(services: &Services, user: &User, table: Option<&str>) -> ServiceResult<Vec<AuditEntry>> {
