@@ -308,5 +308,11 @@ def test_commits_are_checked_by_the_server_and_bound_to_their_uploader(server, a
     ]:
         r = commit(server, "olivia", "raw", body)
         assert r.status_code == 400 and r.json()["error"]["field"] == field, r.text
+    # A body past the JSON limit is refused whole, in the client's error shape.
+    huge = b'{"project_id": "big", "external_metadata": {"pad": "' + b"x" * (2 << 20) + b'"}}'
+    r = requests.post(f"{server.http}/api/v1/projects", data=huge,
+                      headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["message"], r.text
+    assert "big" not in [p["name"] for p in api(server, "GET", "/api/projects")[1]["projects"]]
     r = requests.get(f"{server.http}/api/v1/projects/raw/datasets/d/object_metadata_schema", headers=headers)
     assert r.status_code == 501 and "docs/AQUARIUM.md" in r.json()["message"]

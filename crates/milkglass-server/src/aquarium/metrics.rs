@@ -7,7 +7,7 @@
 //! the name it hands out only says which dataset and inference set to compute over, and is
 //! checked again like any other input. Metrics per scenario (segment) are refused by name.
 
-use super::{AqCaller, AqResult, invalid, split_inference_set_id};
+use super::{AqBody, AqCaller, AqResult, invalid, split_inference_set_id};
 use crate::extract::Path;
 use crate::{AppState, blocking};
 use axum::Json;
@@ -41,9 +41,8 @@ pub async fn scenario_metrics(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<Json<Value>> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     if body.get("scenarios").and_then(Value::as_array).is_some_and(|s| !s.is_empty())
         || body.get("scenarios") == Some(&Value::Null)
     {

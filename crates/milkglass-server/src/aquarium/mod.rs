@@ -14,16 +14,18 @@ mod uploads;
 
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::json::{BulkJsonBody, JsonBody};
 use crate::{AppState, blocking};
 use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, patch, post};
 use milkglass_core::{AccessMode, ClassEntry, ClassMap, ProjectSpec};
 use milkglass_service::{FrameFilter, MAX_PAGE, ProjectPatch, ServiceError, Services, User, datasets};
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 /// What the Aquarium adapter keeps between requests: upload sessions and committed upload
@@ -113,6 +115,49 @@ pub type AqResult<T> = Result<T, AqError>;
 
 fn invalid(field: &str, message: impl Into<String>) -> AqError {
     AqError(ApiError::invalid(field, message))
+}
+
+/// A JSON body read as milkglass's own routes read theirs (`JsonBody`: the JSON size limit,
+/// the content type, the field at fault), its errors in the client's shape.
+pub struct AqBody<T = Map<String, Value>>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AqBody<T> {
+    type Rejection = AqError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AqError> {
+        Ok(AqBody(JsonBody::<T>::from_request(req, state).await?.0))
+    }
+}
+
+/// A JSON body that lists items by the thousand (frame ids, segment elements, URLs), bounded
+/// as milkglass's own bulk bodies are (`BulkJsonBody`).
+pub struct AqBulkBody<T = Map<String, Value>>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for AqBulkBody<T> {
+    type Rejection = AqError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, AqError> {
+        Ok(AqBulkBody(BulkJsonBody::<T>::from_request(req, state).await?.0))
+    }
+}
+
+/// The string field `key` of a body.
+fn required_str<'a>(body: &'a Map<String, Value>, key: &str) -> AqResult<&'a str> {
+    body.get(key).and_then(Value::as_str).ok_or_else(|| invalid(key, "must be a string"))
+}
+
+/// The object field `key` of a body, when given (`null` is not given).
+fn optional_object(body: &Map<String, Value>, key: &str) -> AqResult<Option<Map<String, Value>>> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m.clone())),
+        Some(_) => Err(invalid(key, "must be an object")),
+    }
+}
+
+/// The object field `key` of a body, which must be given.
+fn required_object(body: &Map<String, Value>, key: &str) -> AqResult<Map<String, Value>> {
+    optional_object(body, key)?.ok_or_else(|| invalid(key, "must be an object"))
 }
 
 /// Every route the client may call that milkglass does not serve answers 501 with a message
@@ -258,11 +303,9 @@ const KEPT_PROJECT_FIELDS: [&str; 9] = [
 async fn create_project(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
-    let name =
-        body.get("project_id").and_then(Value::as_str).ok_or_else(|| invalid("project_id", "must be a string"))?;
+    let name = required_str(&body, "project_id")?;
     let mut kept = Map::new();
     for (key, value) in &body {
         match key.as_str() {
@@ -291,11 +334,7 @@ async fn create_project(
         .enumerate()
         .map(|(i, c)| class_from_aquarium(c, &format!("label_class_map[{i}]")))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut metadata = match body.get("external_metadata") {
-        Some(Value::Object(m)) => m.clone(),
-        None | Some(Value::Null) => Map::new(),
-        Some(_) => return Err(invalid("external_metadata", "must be an object")),
-    };
+    let mut metadata = optional_object(&body, "external_metadata")?.unwrap_or_default();
     metadata.insert(AQUARIUM_KEY.into(), Value::Object(kept));
     // Hosted: the frames' own URLs load in the browser as in a public project, and the
     // client's asset uploads (upload_asset_from_filepath) have a store to go to.
@@ -319,13 +358,9 @@ async fn set_project_metadata(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
-    let Some(Value::Object(external)) = body.get("external_metadata") else {
-        return Err(invalid("external_metadata", "must be an object"));
-    };
-    let external = external.clone();
+    let external = required_object(&body, "external_metadata")?;
     blocking(move || {
         let current = datasets::project(&state.services, &user, &project)?;
         let mut metadata = external;
@@ -344,9 +379,8 @@ async fn patch_class_map(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     let entries = body.get("label_class_map").and_then(Value::as_array).cloned().unwrap_or_default();
     blocking(move || {
         let current = datasets::project(&state.services, &user, &project)?;
@@ -451,13 +485,9 @@ async fn set_dataset_metadata(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, name)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
-    let Some(Value::Object(external)) = body.get("external_metadata") else {
-        return Err(invalid("external_metadata", "must be an object"));
-    };
-    let patch = milkglass_service::DatasetPatch { metadata: Some(external.clone()) };
+    let patch = milkglass_service::DatasetPatch { metadata: Some(required_object(&body, "external_metadata")?) };
     blocking(move || {
         let services = &state.services;
         let target = match split_inference_set_id(services, &user, &project, &name)? {
@@ -618,17 +648,17 @@ async fn frame(
     Ok(Json(rows::frame_to_row(&stored.frame, &stored.labels)))
 }
 
+#[derive(serde::Deserialize)]
+struct FrameIds {
+    frame_ids: Vec<String>,
+}
+
 async fn frames(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, dataset)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBulkBody(body): AqBulkBody<FrameIds>,
 ) -> AqResult<Json<Value>> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        frame_ids: Vec<String>,
-    }
-    let body: Body = milkglass_service::parse_json(&body)?;
     let rows = blocking(move || {
         let mut rows = Vec::with_capacity(body.frame_ids.len());
         for chunk in body.frame_ids.chunks(MAX_PAGE) {
@@ -647,19 +677,19 @@ async fn frames(
 // ---------------------------------------------------------------------------------------------
 // URL checks
 
+#[derive(serde::Deserialize)]
+struct Urls {
+    urls: Vec<String>,
+}
+
 /// The client asks, before its first frame, whether the server can load the data URLs; its
 /// answer decides anonymous mode. milkglass answers from its fetcher's rules alone and loads
 /// nothing: the request names no project, and an anonymous project's URLs are never loaded.
 async fn verify_urls(
     State(state): State<AppState>,
     AqCaller(_user): AqCaller,
-    body: axum::body::Bytes,
+    AqBulkBody(body): AqBulkBody<Urls>,
 ) -> AqResult<Json<Value>> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        urls: Vec<String>,
-    }
-    let body: Body = milkglass_service::parse_json(&body)?;
     if body.urls.len() > 10_000 {
         return Err(invalid("urls", "give at most 10000 URLs"));
     }

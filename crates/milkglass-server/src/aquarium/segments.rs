@@ -5,7 +5,7 @@
 //! dot), so every later call finds the dataset again. Elements are frame ids (`frame`) or label
 //! ids (`crop`).
 
-use super::{AqCaller, AqError, AqResult, base_url, invalid};
+use super::{AqBody, AqBulkBody, AqCaller, AqError, AqResult, base_url, invalid, required_str};
 use crate::extract::Path;
 use crate::{AppState, blocking};
 use axum::Json;
@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, patch};
 use milkglass_service::{Segment, SegmentSpec, ServiceError, User, datasets};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -169,10 +169,9 @@ async fn create(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
+    AqBulkBody(body): AqBulkBody,
 ) -> AqResult<Json<Value>> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
-    let name = body.get("name").and_then(Value::as_str).ok_or_else(|| invalid("name", "must be a string"))?;
+    let name = required_str(&body, "name")?;
     if body.get("issue_category").and_then(Value::as_str) == Some("work-queue") {
         return Err(invalid("issue_category", "work queues are not served; create a plain segment"));
     }
@@ -225,9 +224,8 @@ async fn edit_elements(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, id)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBulkBody(body): AqBulkBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     let (dataset, name) = split_id(&id)?;
     let edit = body.get("edit_type").and_then(Value::as_str).unwrap_or("").to_string();
     if edit == "update" {
@@ -299,11 +297,10 @@ async fn update_state(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, id)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     let (dataset, name) = split_id(&id)?;
-    let wanted = body.get("state").and_then(Value::as_str).ok_or_else(|| invalid("state", "must be a string"))?;
+    let wanted = required_str(&body, "state")?;
     let patch = SegmentSpec { state: Some(state_from_aquarium(wanted)?.into()), ..SegmentSpec::default() };
     blocking(move || datasets::update_segment(&state.services, &user, &project, &dataset, &name, &patch)).await?;
     Ok(StatusCode::OK)
@@ -313,11 +310,10 @@ async fn rename(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, id)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<StatusCode> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     let (dataset, name) = split_id(&id)?;
-    let new_name = body.get("name").and_then(Value::as_str).ok_or_else(|| invalid("name", "must be a string"))?;
+    let new_name = required_str(&body, "name")?;
     let patch = SegmentSpec { name: Some(new_name.to_string()), ..SegmentSpec::default() };
     blocking(move || datasets::update_segment(&state.services, &user, &project, &dataset, &name, &patch)).await?;
     Ok(StatusCode::OK)

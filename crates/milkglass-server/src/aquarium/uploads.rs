@@ -13,7 +13,7 @@
 //! and the commit must come from the same user and the same project (by its uid, not its name).
 
 use super::rows::{self, RowEmbeddings, RowRules};
-use super::{AqCaller, AqError, AqResult, base_url, inference_set_id, invalid};
+use super::{AqBody, AqCaller, AqError, AqResult, base_url, inference_set_id, invalid, optional_object, required_str};
 use crate::error::ApiError;
 use crate::extract::Path;
 use crate::{AppState, blocking};
@@ -637,9 +637,8 @@ pub async fn commit_dataset(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path(project): Path<String>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<Json<Value>> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     check_keys(
         &body,
         &[
@@ -654,8 +653,7 @@ pub async fn commit_dataset(
             "external_metadata",
         ],
     )?;
-    let dataset =
-        body.get("dataset_id").and_then(Value::as_str).ok_or_else(|| invalid("dataset_id", "must be a string"))?;
+    let dataset = required_str(&body, "dataset_id")?;
     let dataset = dataset.to_string();
     let urls =
         body.get("data_url").and_then(Value::as_object).ok_or_else(|| invalid("data_url", "must be an object"))?;
@@ -688,11 +686,7 @@ pub async fn commit_dataset(
     };
     let frame_dim = dimension(&body, "frame_embedding_dim")?;
     let crop_dim = dimension(&body, "crop_embedding_dim")?;
-    let metadata = match body.get("external_metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(_) => return Err(invalid("external_metadata", "must be an object")),
-    };
+    let metadata = optional_object(&body, "external_metadata")?;
     let upload_version = body.get("upload_version").and_then(Value::as_str).unwrap_or_default().to_string();
     let services = state.services.clone();
     let aquarium = state.aquarium.clone();
@@ -968,9 +962,8 @@ pub async fn commit_inferences(
     State(state): State<AppState>,
     AqCaller(user): AqCaller,
     Path((project, dataset)): Path<(String, String)>,
-    body: axum::body::Bytes,
+    AqBody(body): AqBody,
 ) -> AqResult<Json<Value>> {
-    let body: Map<String, Value> = milkglass_service::parse_json(&body)?;
     check_keys(
         &body,
         &[
@@ -985,10 +978,7 @@ pub async fn commit_inferences(
             "external_metadata",
         ],
     )?;
-    let set = body
-        .get("inferences_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("inferences_id", "must be a string"))?;
+    let set = required_str(&body, "inferences_id")?;
     let set = set.to_string();
     let rows = url_list(body.get("data_url"), "data_url")?;
     let embedding_files = url_list(body.get("embeddings_url"), "embeddings_url")?;
@@ -997,11 +987,7 @@ pub async fn commit_inferences(
     }
     let crop_dim = dimension(&body, "crop_embedding_dim")?;
     let frame_dim = dimension(&body, "frame_embedding_dim")?;
-    let metadata = match body.get("external_metadata") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(m)) => Some(m.clone()),
-        Some(_) => return Err(invalid("external_metadata", "must be an object")),
-    };
+    let metadata = optional_object(&body, "external_metadata")?;
     let upload_version = body.get("upload_version").and_then(Value::as_str).unwrap_or_default().to_string();
     let (services, aquarium) = (state.services.clone(), state.aquarium.clone());
     let (project_name, dataset_name, set_name) = (project.clone(), dataset.clone(), set.clone());
