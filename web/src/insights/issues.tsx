@@ -6,13 +6,12 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { api, ApiError, enc, type Frame, type FrameDetail, type FramePage, type Label } from "../api";
 import { navigate, withQuery } from "../route";
 import { frameUrls, resolveSources, type Source } from "../raw/resolve";
-import { Empty, ErrorBox, Spinner, fmt, isTyping, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
 import { classMap, colorOf, type ClassMap } from "../explorer/overlay";
 import { primarySensor } from "../explorer/tile";
-import { FrameView } from "../explorer/frame";
-import { SegmentPicker } from "../explorer/segment-picker";
 import type { ViewProps } from "../explorer/explorer";
-import { EscCloses, NEIGHBOR_KINDS, NeighborQueue, type NeighborKind } from "./neighbor-queue";
+import { NEIGHBOR_KINDS, NeighborQueue, type NeighborKind } from "./neighbor-queue";
+import { Pager, QueueOverlays, useQueueKeys } from "./queue";
 
 export const ISSUE_KINDS = ["missing_label", "class_confusion", "bad_localization", "duplicate_label", "spurious_label"] as const;
 const PAGE = 100;
@@ -107,7 +106,7 @@ function LabelIssuesView({ base, meta, view }: ViewProps) {
   const [dismissed, setDismissed] = useState<Set<string>>(new Set());
   const [cursor, setCursor] = useState(0);
   const [openFrame, setOpenFrame] = useState<string | null>(null);
-  const [picking, setPicking] = useState<string | null>(null);
+  const [picking, setPicking] = useState<string[] | null>(null);
   const [notice, setNotice] = useState<string | null>(null);
   const list = useRef<HTMLDivElement>(null);
 
@@ -148,22 +147,15 @@ function LabelIssuesView({ base, meta, view }: ViewProps) {
     }
   };
 
-  const keys = useRef<(e: KeyboardEvent) => void>(() => undefined);
-  keys.current = (e: KeyboardEvent) => {
-    if (openFrame || picking || isTyping(e.target) || e.altKey || e.ctrlKey || e.metaKey) return;
-    if (e.key === "j" || e.key === "ArrowDown") setCursor(Math.min(shown.length - 1, at + 1));
-    else if (e.key === "k" || e.key === "ArrowUp") setCursor(Math.max(0, at - 1));
-    else if (e.key === "n" && current) dismiss(current);
-    else if (e.key === "s" && current) setPicking(current.frame_id);
-    else if (e.key === "Enter" && current && !(e.target as HTMLElement).closest("button, a")) setOpenFrame(current.frame_id);
-    else return;
-    e.preventDefault();
-  };
-  useEffect(() => {
-    const h = (e: KeyboardEvent) => keys.current(e);
-    addEventListener("keydown", h);
-    return () => removeEventListener("keydown", h);
-  }, []);
+  useQueueKeys({
+    paused: !!openFrame || !!picking,
+    count: shown.length,
+    at,
+    setCursor,
+    pick: () => setPicking([current.frame_id]),
+    open: () => setOpenFrame(current.frame_id),
+    more: (e) => e.key === "n" && !!current && (dismiss(current), true),
+  });
   useEffect(() => {
     list.current?.querySelector(`[data-row="${at}"]`)?.scrollIntoView({ block: "nearest" });
   }, [at, shown.length]);
@@ -236,50 +228,26 @@ function LabelIssuesView({ base, meta, view }: ViewProps) {
               onDismiss={() => dismiss(issue)}
             />
           ))}
-          <div class="pager-row">
-            <button type="button" disabled={offset === 0} onClick={() => setParam({ offset: offset > PAGE ? String(offset - PAGE) : null })}>
-              ← previous {PAGE}
-            </button>
-            <span class="muted">
-              issues {fmt(offset + 1)}–{fmt(offset + page.data.issues.length)} of {fmt(page.data.total)}
-              {page.data.used_embeddings ? " · crop embeddings used" : ""}
-            </span>
-            <button type="button" disabled={offset + PAGE >= page.data.total} onClick={() => setParam({ offset: String(offset + PAGE) })}>
-              next {PAGE} →
-            </button>
-          </div>
+          <Pager offset={offset} size={PAGE} total={page.data.total} onOffset={(o) => setParam({ offset: o == null ? null : String(o) })}>
+            issues {fmt(offset + 1)}–{fmt(offset + page.data.issues.length)} of {fmt(page.data.total)}
+            {page.data.used_embeddings ? " · crop embeddings used" : ""}
+          </Pager>
         </div>
       )}
-      {openFrame && (
-        <FrameView
-          base={base}
-          project={meta.project}
-          frameId={openFrame}
-          index={null}
-          total={null}
-          version={null}
-          inferenceSet={set}
-          opts={{ showLabels: true, showInferences: true, conf: 0, classes }}
-          onMove={(d) => {
-            const i = Math.max(0, Math.min(shown.length - 1, at + d));
-            setCursor(i);
-            setOpenFrame(shown[i]?.frame_id ?? null);
-          }}
-          onClose={() => setOpenFrame(null)}
-        />
-      )}
-      {openFrame && <EscCloses onClose={() => setOpenFrame(null)} />}
-      {picking && (
-        <SegmentPicker
-          base={base}
-          frameIds={[picking]}
-          onClose={() => setPicking(null)}
-          onDone={(m) => {
-            setPicking(null);
-            setNotice(m);
-          }}
-        />
-      )}
+      <QueueOverlays
+        base={base}
+        project={meta.project}
+        inferenceSet={set}
+        classes={classes}
+        frames={shown.map((i) => i.frame_id)}
+        at={at}
+        setCursor={setCursor}
+        openFrame={openFrame}
+        setOpenFrame={setOpenFrame}
+        picking={picking}
+        setPicking={setPicking}
+        onNotice={setNotice}
+      />
     </div>
   );
 }

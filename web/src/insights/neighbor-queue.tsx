@@ -6,12 +6,11 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { api, type Frame } from "../api";
 import { navigate, withQuery } from "../route";
 import { frameUrls, resolveSources, type Source } from "../raw/resolve";
-import { Empty, ErrorBox, Spinner, fmt, isTyping, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
 import { primarySensor } from "../explorer/tile";
-import { FrameView } from "../explorer/frame";
-import { SegmentPicker } from "../explorer/segment-picker";
 import { classMap } from "../explorer/overlay";
 import type { ViewProps } from "../explorer/explorer";
+import { Pager, QueueOverlays, useQueueKeys } from "./queue";
 
 export const NEIGHBOR_KINDS = ["near_duplicates", "outliers"] as const;
 export type NeighborKind = (typeof NEIGHBOR_KINDS)[number];
@@ -62,21 +61,14 @@ export function NeighborQueue({ base, meta, view, kind, kindSelect }: ViewProps 
   const at = Math.min(cursor, Math.max(0, items.length - 1));
   const current = items[at];
 
-  const keys = useRef<(e: KeyboardEvent) => void>(() => undefined);
-  keys.current = (e: KeyboardEvent) => {
-    if (openFrame || picking || isTyping(e.target) || e.altKey || e.ctrlKey || e.metaKey) return;
-    if (e.key === "j" || e.key === "ArrowDown") setCursor(Math.min(items.length - 1, at + 1));
-    else if (e.key === "k" || e.key === "ArrowUp") setCursor(Math.max(0, at - 1));
-    else if (e.key === "s" && current) setPicking(members(current));
-    else if (e.key === "Enter" && current && !(e.target as HTMLElement).closest("button, a")) setOpenFrame(current.frame_id);
-    else return;
-    e.preventDefault();
-  };
-  useEffect(() => {
-    const h = (e: KeyboardEvent) => keys.current(e);
-    addEventListener("keydown", h);
-    return () => removeEventListener("keydown", h);
-  }, []);
+  useQueueKeys({
+    paused: !!openFrame || !!picking,
+    count: items.length,
+    at,
+    setCursor,
+    pick: () => setPicking(members(current)),
+    open: () => setOpenFrame(current.frame_id),
+  });
   useEffect(() => {
     list.current?.querySelector(`[data-row="${at}"]`)?.scrollIntoView({ block: "nearest" });
   }, [at, items.length]);
@@ -141,61 +133,27 @@ export function NeighborQueue({ base, meta, view, kind, kindSelect }: ViewProps 
               </div>
             </div>
           ))}
-          <div class="pager-row">
-            <button type="button" disabled={offset === 0} onClick={() => setParam({ offset: offset > PAGE ? String(offset - PAGE) : null })}>
-              ← previous {PAGE}
-            </button>
-            <span class="muted">
-              {fmt(offset + 1)}–{fmt(offset + items.length)} of {fmt(page.data.total)}
-            </span>
-            <button type="button" disabled={offset + PAGE >= page.data.total} onClick={() => setParam({ offset: String(offset + PAGE) })}>
-              next {PAGE} →
-            </button>
-          </div>
+          <Pager offset={offset} size={PAGE} total={page.data.total} onOffset={(o) => setParam({ offset: o == null ? null : String(o) })}>
+            {fmt(offset + 1)}–{fmt(offset + items.length)} of {fmt(page.data.total)}
+          </Pager>
         </div>
       )}
-      {openFrame && (
-        <FrameView
-          base={base}
-          project={meta.project}
-          frameId={openFrame}
-          index={null}
-          total={null}
-          version={null}
-          inferenceSet={view.inferenceSet}
-          opts={{ showLabels: true, showInferences: true, conf: 0, classes }}
-          onMove={(d) => {
-            const i = Math.max(0, Math.min(items.length - 1, at + d));
-            setCursor(i);
-            setOpenFrame(items[i]?.frame_id ?? null);
-          }}
-          onClose={() => setOpenFrame(null)}
-        />
-      )}
-      {openFrame && <EscCloses onClose={() => setOpenFrame(null)} />}
-      {picking && (
-        <SegmentPicker
-          base={base}
-          frameIds={picking}
-          onClose={() => setPicking(null)}
-          onDone={(m) => {
-            setPicking(null);
-            setNotice(m);
-          }}
-        />
-      )}
+      <QueueOverlays
+        base={base}
+        project={meta.project}
+        inferenceSet={view.inferenceSet}
+        classes={classes}
+        frames={items.map((i) => i.frame_id)}
+        at={at}
+        setCursor={setCursor}
+        openFrame={openFrame}
+        setOpenFrame={setOpenFrame}
+        picking={picking}
+        setPicking={setPicking}
+        onNotice={setNotice}
+      />
     </div>
   );
-}
-
-/** Esc closes a frame view opened from a queue (the grid's own key handler is not mounted there). */
-export function EscCloses({ onClose }: { onClose: () => void }) {
-  useEffect(() => {
-    const h = (e: KeyboardEvent) => e.key === "Escape" && onClose();
-    addEventListener("keydown", h);
-    return () => removeEventListener("keydown", h);
-  }, []);
-  return null;
 }
 
 /** A frame's image, small and whole. */
