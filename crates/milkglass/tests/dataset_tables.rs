@@ -134,15 +134,8 @@ fn published() -> (Server, String, String, String) {
     let (server, admin) = Server::start(&[]);
     let owner = add_user(&server.dir, "olivia", "owner");
     let scientist = add_user(&server.dir, "sam", "scientist");
-    let r = server.post_json(
-        &owner,
-        "/api/projects",
-        &json!({"name": "p", "classes": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]}),
-    );
-    assert_eq!(r.status(), 201);
-    assert_eq!(server.post_json(&owner, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
     let frames: Vec<Value> = (0..40).map(|i| driven_frame(i, 4)).collect();
-    assert_eq!(server.upload_lines(&owner, "/api/projects/p/datasets/d/frames", &frames).status(), 200);
+    common::dataset_of(&server, &owner, &frames);
     let publication = json!({
         "policy": {
             "safe_zone": {"aggregation": {"min_agg_size": 3}},

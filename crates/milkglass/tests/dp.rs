@@ -363,15 +363,8 @@ fn where_the_declared_groups_fit_the_bound_a_person_counts_in_each() {
 #[test]
 fn a_published_dataset_under_dp_spends_one_listed_budget_for_all_its_tables() {
     let (server, owner, scientist) = setup();
-    let r = server.post_json(
-        &owner,
-        "/api/projects",
-        &json!({"name": "p", "classes": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]}),
-    );
-    assert_eq!(r.status(), 201);
-    assert_eq!(server.post_json(&owner, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
     let frames: Vec<Value> = (0..300).map(|i| common::frame(&format!("f{i:03}"), 2)).collect();
-    assert_eq!(server.upload_lines(&owner, "/api/projects/p/datasets/d/frames", &frames).status(), 200);
+    common::dataset_of(&server, &owner, &frames);
     let publication = json!({
         "policy": {"safe_zone": {"aggregation": {"min_agg_size": 5}}, "unsafe_handling": "reject",
                    "sanitized_columns": ["frame_id", "urls", "label_id"],

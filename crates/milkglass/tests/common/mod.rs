@@ -251,6 +251,18 @@ impl Drop for Server {
     }
 }
 
+/// Project `p` (classes cat and dog) with dataset `d` holding `frames`, made by `owner`.
+pub fn dataset_of(server: &Server, owner: &str, frames: &[Value]) {
+    let r = server.post_json(
+        owner,
+        "/api/projects",
+        &json!({"name": "p", "classes": [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]}),
+    );
+    assert_eq!(r.status(), 201);
+    assert_eq!(server.post_json(owner, "/api/projects/p/datasets", &json!({"name": "d"})).status(), 201);
+    assert_eq!(server.upload_lines(owner, "/api/projects/p/datasets/d/frames", frames).status(), 200);
+}
+
 /// A frame line with one image and `labels` boxes of class cat.
 pub fn frame(id: &str, labels: usize) -> Value {
     let labels: Vec<Value> = (0..labels)
