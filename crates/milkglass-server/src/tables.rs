@@ -139,7 +139,7 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut axum::extract::Mu
     // Refused before reading the body: a scientist's upload is not written anywhere.
     access::require_table_creator(&caller.0)?;
     let (mut name, mut policy, mut readers, mut format, mut upload) = (None, None, None, None, None);
-    let staging = tempfile_in(state)?;
+    let staging = Staging::new(&state.services)?;
     while let Some(mut field) =
         form.next_field().await.map_err(|e| ApiError::invalid("body", format!("malformed multipart body: {e}")))?
     {
@@ -188,17 +188,20 @@ async fn publish(state: &AppState, caller: &Caller, form: &mut axum::extract::Mu
     Ok((StatusCode::CREATED, Json(table)).into_response())
 }
 
-/// A staging file for an upload, removed when dropped.
-struct Staging(std::path::PathBuf);
+/// A staging file for an upload (in the data directory), removed when dropped: the one way
+/// adapters keep a body on disk until a service call has read it.
+pub(crate) struct Staging(pub(crate) std::path::PathBuf);
+
+impl Staging {
+    pub(crate) fn new(services: &milkglass_service::Services) -> milkglass_service::ServiceResult<Staging> {
+        Ok(Staging(tables::staging_file(services)?))
+    }
+}
 
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn tempfile_in(state: &AppState) -> ApiResult<Staging> {
-    Ok(Staging(tables::staging_file(&state.services)?))
 }
 
 fn body_error(message: &str) -> ApiError {

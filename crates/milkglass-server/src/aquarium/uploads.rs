@@ -16,6 +16,7 @@ use super::rows::{self, RowEmbeddings, RowRules};
 use super::{AqBody, AqCaller, AqError, AqResult, base_url, inference_set_id, invalid, optional_object, required_str};
 use crate::error::ApiError;
 use crate::extract::Path;
+use crate::tables::Staging;
 use crate::{AppState, blocking};
 use arrow::array::{Array, AsArray, ListArray};
 use arrow::datatypes::{DataType, Field, Float32Type};
@@ -65,17 +66,9 @@ struct Session {
 
 enum SessionKind {
     /// A batch file of a commit, filled by chunks into a staging file.
-    Resumable { path: PathBuf, total: Option<u64>, received: u64, started: bool },
+    Resumable { file: Staging, total: Option<u64>, received: u64, started: bool },
     /// An asset (`upload_asset_from_filepath`), streamed into the hosted store by one PUT.
     Asset { done: bool },
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let SessionKind::Resumable { path, .. } = &self.kind {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 type Shared = Arc<tokio::sync::Mutex<Session>>;
@@ -160,13 +153,13 @@ pub async fn upload_url(
     let services = state.services.clone();
     let (info, path) = blocking(move || {
         let info = access::project(&services.store, &user, &project, ProjectRole::Owner)?;
-        let path = if resumable { Some(milkglass_service::tables::staging_file(&services)?) } else { None };
+        let path = if resumable { Some(Staging::new(&services)?) } else { None };
         Ok(((info, user, dataset), path))
     })
     .await?;
     let ((project, user, dataset), path) = (info, path);
     let kind = match path {
-        Some(path) => SessionKind::Resumable { path, total: None, received: 0, started: false },
+        Some(file) => SessionKind::Resumable { file, total: None, received: 0, started: false },
         None if project.access_mode != AccessMode::Hosted => {
             return Err(AqError(ApiError::from(ServiceError::new(
                 ErrorKind::Conflict,
@@ -239,10 +232,10 @@ pub async fn initiate(State(state): State<AppState>, Path(id): Path<String>, hea
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let SessionKind::Resumable { path, total, received, started } = &mut session.kind else {
+    let SessionKind::Resumable { file, total, received, started } = &mut session.kind else {
         return Err(invalid("upload", "this upload URL takes one plain PUT of the file"));
     };
-    std::fs::File::create(&*path).map_err(|e| ServiceError::internal(format!("staging an upload: {e}")))?;
+    std::fs::File::create(&file.0).map_err(|e| ServiceError::internal(format!("staging an upload: {e}")))?;
     (*total, *received, *started) = (declared, 0, true);
     let location = format!("{}{}/uploads/{id}", base_url(&headers), super::PREFIX);
     let mut response = StatusCode::OK.into_response();
@@ -302,7 +295,7 @@ pub async fn put_chunk(
             *done = true;
             Ok(Json(json!({ "download_url": stored.url, "size": stored.bytes })).into_response())
         }
-        SessionKind::Resumable { path, total, received, started } => {
+        SessionKind::Resumable { file, total, received, started } => {
             if !*started {
                 return Err(invalid("upload", "start the upload with a POST first"));
             }
@@ -341,7 +334,7 @@ pub async fn put_chunk(
                     if total.is_some_and(|t| end >= t) || end >= limit {
                         return Err(invalid("content-range", "the chunk ends past the file's length"));
                     }
-                    let path = path.clone();
+                    let path = file.0.clone();
                     blocking(move || {
                         std::fs::OpenOptions::new()
                             .append(true)
@@ -467,7 +460,7 @@ struct Files {
 impl Files {
     fn path(&self, i: usize) -> PathBuf {
         match &self.sessions[i].1.kind {
-            SessionKind::Resumable { path, .. } => path.clone(),
+            SessionKind::Resumable { file, .. } => file.0.clone(),
             SessionKind::Asset { .. } => unreachable!("only resumable sessions are taken"),
         }
     }
@@ -622,15 +615,6 @@ fn json_line(line: &[u8], field: &str, line_no: usize) -> ServiceResult<Value> {
         .map_err(|e| ServiceError::invalid(field, format!("line {line_no}: not a JSON object: {e}")))
 }
 
-/// The staging file of the translated records, removed when dropped.
-struct Staged(PathBuf);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// `POST /projects/{p}/datasets`: the frames of the uploaded files become the dataset's next
 /// version, all or none.
 pub async fn commit_dataset(
@@ -772,7 +756,7 @@ fn upload_proposals(
     project: &str,
     dataset: &str,
     label_dim: Option<usize>,
-    staged: &Staged,
+    staged: &Staging,
 ) -> ServiceResult<()> {
     if datasets::inference_set(services, user, project, dataset, PROPOSALS).is_err() {
         let spec = DatasetSpec {
@@ -825,7 +809,7 @@ fn stage_frames(
     dims: (Option<usize>, Option<usize>),
     rules: RowRules,
     classes: &milkglass_core::ClassMap,
-) -> ServiceResult<(Staged, Option<Staged>)> {
+) -> ServiceResult<(Staging, Option<Staging>)> {
     let (rows, crops, frame_files) = (lists.rows.len(), lists.crops.len(), lists.frame_embeddings.len());
     let mut embeddings = EmbeddingFiles::default();
     // A dimension of -1 says the client filled in placeholders ([0, 0, 0]): those are not read.
@@ -841,13 +825,13 @@ fn stage_frames(
         let field = format!("data_url.crop_embeddings[{i}]");
         embeddings.read(&files.path(rows + crops + frame_files + i), &field, false, sent_dims.1.is_some())?;
     }
-    let staged = Staged(milkglass_service::tables::staging_file(services)?);
+    let staged = Staging::new(services)?;
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?,
     );
     let mut proposals = match rules.proposals {
         true => {
-            let staged = Staged(milkglass_service::tables::staging_file(services)?);
+            let staged = Staging::new(services)?;
             let file = std::fs::File::create(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?;
             Some((staged, std::io::BufWriter::new(file), 0usize))
         }
@@ -1013,7 +997,7 @@ pub async fn commit_inferences(
         }
         // Inference embeddings live in the dataset's label space.
         let mut label_dim = base.label_embedding_dim.or(crop_dim);
-        let staged = Staged(milkglass_service::tables::staging_file(&services)?);
+        let staged = Staging::new(&services)?;
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(&staged.0).map_err(|e| ServiceError::internal(format!("staging: {e}")))?,
         );
