@@ -13,6 +13,10 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How long a staging file may be in use: a request, or an upload session of the Aquarium
+/// adapter (a day), with a margin.
+const STAGING_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 24 * 3600);
+
 /// Name of the hidden row-id column, last in every stored guarded table.
 pub const ROW_ID: &str = "__mg_row";
 
@@ -186,7 +190,28 @@ impl Store {
 
     /// A fresh path for an upload on its way in; the caller removes it when done.
     pub fn staging_file(&self) -> StoreResult<PathBuf> {
-        self.fresh_path(&self.tables_dir().join(".staging"), "upload-", "")
+        self.fresh_path(&self.staging_dir(), "upload-", "")
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.tables_dir().join(".staging")
+    }
+
+    /// Removes staging files older than [`STAGING_TTL`]: a staging file lives as long as one
+    /// request or one upload session (at most a day), so an older one was left by a process that
+    /// stopped mid-upload. Younger ones may belong to a server running on the same directory
+    /// (the CLI opens the store beside it), so they stay. Returns how many were removed.
+    pub(crate) fn sweep_staging(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.staging_dir()) else { return 0 };
+        let stale = |entry: &std::fs::DirEntry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STAGING_TTL)
+        };
+        entries.flatten().filter(stale).filter(|e| std::fs::remove_file(e.path()).is_ok()).count()
     }
 
     fn fresh_path(&self, dir: &Path, prefix: &str, suffix: &str) -> StoreResult<PathBuf> {

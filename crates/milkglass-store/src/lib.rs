@@ -73,7 +73,9 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let db = Db::open(&dir.join("catalog.db"))?;
         let embeddings = embeddings::EmbeddingFiles::new(dir.join("embeddings"));
-        Ok(Store { inner: Arc::new(Inner { dir, db, embeddings }) })
+        let store = Store { inner: Arc::new(Inner { dir, db, embeddings }) };
+        store.sweep_staging();
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
