@@ -109,13 +109,16 @@ test("the frame view draws a point cloud from above and shows text", async () =>
   await page.click(".tile[data-frame=a]");
   await page.waitForSelector(".frame-view canvas.fv-points");
   assert.match(await page.textContent(".frame-view"), /2,000 points/);
-  const lit = await page.evaluate(() => {
+  // The points are drawn in a frame after the canvas appears: wait for the drawing, then count.
+  const litPixels = () => {
     const c = document.querySelector(".frame-view canvas.fv-points");
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
     let n = 0;
     for (let i = 0; i < d.length; i += 4) if (d[i + 1] > 60) n++;
     return n;
-  });
+  };
+  let lit = await page.evaluate(litPixels);
+  for (const until = Date.now() + 10_000; lit <= 500 && Date.now() < until; lit = await page.evaluate(litPixels)) await page.waitForTimeout(100);
   assert.ok(lit > 500, `${lit} lit pixels`);
   await page.keyboard.press("Escape");
   await page.click(".tile[data-frame=t]");
