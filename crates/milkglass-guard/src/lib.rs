@@ -287,6 +287,38 @@ pub fn referenced_tables(sql: &str) -> Result<Vec<TableReference>, GuardError> {
     Ok(found)
 }
 
+/// The identities of the tables among `tables` that `sql` names, for a statement refused
+/// before it could be planned (DDL, several statements, a syntax error), so that an attempt
+/// on a table is the table's business too. A statement that does not parse, or whose parse
+/// names none of them (not every statement's names are table references to the parser),
+/// names the tables whose bare names it has as words.
+pub fn tables_named(sql: &str, tables: &[(String, TableReference)]) -> Vec<String> {
+    let mut named: Vec<String> = Vec::new();
+    for reference in referenced_tables(sql).unwrap_or_default().iter().map(resolved) {
+        for (name, _) in tables.iter().filter(|(_, r)| resolved(r) == reference) {
+            if !named.contains(name) {
+                named.push(name.clone());
+            }
+        }
+    }
+    if named.is_empty() {
+        use datafusion::sql::sqlparser::{dialect::GenericDialect, tokenizer::Token, tokenizer::Tokenizer};
+        let words: Vec<String> = Tokenizer::new(&GenericDialect {}, sql)
+            .tokenize()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|t| if let Token::Word(w) = t { Some(w.value) } else { None })
+            .collect();
+        for (name, reference) in tables {
+            let bare = matches!(reference, TableReference::Bare { .. });
+            if bare && words.iter().any(|w| w == reference.table()) && !named.contains(name) {
+                named.push(name.clone());
+            }
+        }
+    }
+    named
+}
+
 /// [`prepare`], with the limits the query will run under.
 pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limits) -> Result<Prepared, GuardError> {
     check_single_select(sql)?;

@@ -15,6 +15,7 @@ mod json;
 mod raw;
 mod routes;
 mod tables;
+mod users;
 mod web;
 
 pub use error::ApiError;

@@ -57,6 +57,14 @@ pub fn require_table_creator(user: &User) -> ServiceResult<()> {
     }
 }
 
+/// Managing users and tokens is for admins.
+pub fn require_admin(user: &User) -> ServiceResult<()> {
+    match user.role {
+        Role::Admin => Ok(()),
+        role => Err(ServiceError::forbidden(format!("a {role} cannot manage users and tokens; only admins can"))),
+    }
+}
+
 /// A table the caller may read, or the same "not found" as a missing one.
 pub fn readable_table(store: &Store, user: &User, name: &str) -> ServiceResult<GuardedTableInfo> {
     match store.guarded_table(name) {

@@ -21,6 +21,7 @@ pub mod query;
 pub mod raw;
 pub mod reviews;
 pub mod tables;
+pub mod users;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 pub use query::{Answer, MAX_REVIEW_WAIT};
@@ -32,8 +33,8 @@ pub use milkglass_core::{AccessMode, DatasetSpec, Policy, ProjectRole, ProjectSp
 pub use milkglass_guard::Limits as QueryResourceLimits;
 pub use milkglass_store::{
     AuditEntry, DatasetInfo, DatasetPatch, DatasetStatus, FrameFilter, FramePage, FrameRow, GuardedTableInfo,
-    InferenceSetInfo, LabelRow, MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, ReviewRequest, Segment,
-    SegmentSpec, Space, Store, StoredFrame, TableFormat, UploadKind, User,
+    InferenceSetInfo, IssuedToken, LabelRow, MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, Reveals,
+    ReviewRequest, Segment, SegmentSpec, Space, Store, StoredFrame, TableFormat, TokenInfo, UploadKind, User, UserInfo,
 };
 
 use serde::de::DeserializeOwned;

@@ -6,7 +6,7 @@ use crate::{ErrorKind, ServiceError, ServiceResult, Services, access, on_store};
 use arrow::array::RecordBatch;
 use milkglass_core::{Policy, UnsafeHandling};
 use milkglass_guard::{Coverage, Decision, GuardError, Outcome, Prepared, ProtectedTable, prepare_within};
-use milkglass_store::{CoverageOf, GuardedTableInfo, NewAuditEntry, User};
+use milkglass_store::{CoverageOf, GuardedTableInfo, NewAuditEntry, Reveals, User};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -213,6 +213,32 @@ async fn prepare_for(services: &Services, sql: &str, tables: Vec<ProtectedTable>
     prepare_within(sql, tables, services.query_gate.limits.clone()).await.map(Arc::new)
 }
 
+/// [`prepare_for`], auditing a statement refused before or during planning as `invalid`,
+/// with the tables it names among those the caller may read: their owners read the attempt
+/// in their audit log, not only admins. (Names the caller may not read stay out of the
+/// entry, which its author reads too.)
+async fn prepare_audited(
+    services: &Services,
+    sql: &str,
+    tables: Vec<ProtectedTable>,
+    base: &NewAuditEntry,
+) -> ServiceResult<Arc<Prepared>> {
+    let references: Vec<_> = tables.iter().map(|t| (t.name.clone(), t.reference.clone())).collect();
+    match prepare_for(services, sql, tables).await {
+        Ok(prepared) => Ok(prepared),
+        Err(e) => {
+            let entry = NewAuditEntry {
+                tables: milkglass_guard::tables_named(sql, &references),
+                decision: "invalid".into(),
+                reason: Some(e.to_string()),
+                ..base.clone()
+            };
+            audit(services, entry).await?;
+            Err(ServiceError::from(e))
+        }
+    }
+}
+
 /// Runs a prepared query, holding a place at the gate while it runs; failures are
 /// audited with their detail (which may quote data) and answered without it.
 async fn execute(
@@ -256,13 +282,7 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
     }
     let (tables, policies) = readable(services, user, sql).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = match prepare_for(services, sql, tables).await {
-        Ok(p) => p,
-        Err(e) => {
-            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base }).await?;
-            return Err(ServiceError::from(e));
-        }
-    };
+    let prepared = prepare_audited(services, sql, tables, &base).await?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
     // A table with a DP policy decides the whole query: noised and charged, or refused.
     if let Some(dp) = &prepared.dp {
@@ -338,7 +358,17 @@ pub async fn run(services: &Services, user: &User, sql: &str, wait: Duration) ->
                     let request = {
                         let (user, sql, tables, why) =
                             (user.clone(), sql.to_string(), prepared.tables.clone(), explanation.clone());
-                        on_store(services, move |store| Ok(store.hold_for_review(&user, &sql, &tables, &why)?)).await?
+                        // What the owner needs to judge the answer: what the guard already knows.
+                        let reveals = Reveals {
+                            columns: prepared.columns.clone(),
+                            rows: base.rows_returned,
+                            smallest_group: base.smallest_group,
+                        };
+                        on_store(
+                            services,
+                            move |store| Ok(store.hold_for_review(&user, &sql, &tables, &why, &reveals)?),
+                        )
+                        .await?
                     };
                     audit(
                         services,
@@ -428,13 +458,7 @@ async fn refuse_dp(services: &Services, why: &str, base: NewAuditEntry) -> Servi
 async fn explain_privacy(services: &Services, user: &User, sql: &str, inner: &str) -> ServiceResult<Answer> {
     let (tables, policies) = readable(services, user, inner).await?;
     let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
-    let prepared = match prepare_for(services, inner, tables).await {
-        Ok(p) => p,
-        Err(e) => {
-            audit(services, NewAuditEntry { decision: "invalid".into(), reason: Some(e.to_string()), ..base }).await?;
-            return Err(ServiceError::from(e));
-        }
-    };
+    let prepared = prepare_audited(services, inner, tables, &base).await?;
     let base = NewAuditEntry { tables: prepared.tables.clone(), columns: prepared.columns.clone(), ..base };
     match &prepared.dp {
         None => Err(ServiceError::invalid(
@@ -466,20 +490,8 @@ pub async fn plan_schema(services: &Services, user: &User, sql: &str) -> Service
         return Ok(crate::dp::explain_schema());
     }
     let (tables, _) = readable(services, user, sql).await?;
-    match prepare_for(services, sql, tables).await {
-        Ok(prepared) => Ok(prepared.output_schema()),
-        Err(e) => {
-            let entry = NewAuditEntry {
-                user: user.name.clone(),
-                query: sql.to_string(),
-                decision: "invalid".into(),
-                reason: Some(e.to_string()),
-                ..Default::default()
-            };
-            audit(services, entry).await?;
-            Err(ServiceError::from(e))
-        }
-    }
+    let base = NewAuditEntry { user: user.name.clone(), query: sql.to_string(), ..Default::default() };
+    Ok(prepare_audited(services, sql, tables, &base).await?.output_schema())
 }
 
 /// Hands over an approved request's result once, to its requester.

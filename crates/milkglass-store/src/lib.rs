@@ -44,11 +44,11 @@ pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
 pub use insight::{BoxRecord, ClassRecord, FrameRecord, Segment, SegmentSpec};
 pub use publications::{DatasetPublication, dataset_table_name};
-pub use reviews::ReviewRequest;
+pub use reviews::{Reveals, ReviewRequest};
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
 pub use scores::{InsightScores, IssueScore, PointScore, SCORE_COLUMNS, is_score_table};
 pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
-pub use users::{User, UserInfo};
+pub use users::{IssuedToken, TokenInfo, User, UserInfo};
 
 use db::Db;
 use std::path::{Path, PathBuf};

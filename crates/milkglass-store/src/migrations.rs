@@ -314,6 +314,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (table_uid, principal, question)
     );
     "#,
+    // 12: what a held query's answer would reveal (its columns, and its row count and smallest
+    // group when the guard ran it), as JSON, for the owner deciding on it.
+    r#"
+    ALTER TABLE review_requests ADD COLUMN reveals TEXT;
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

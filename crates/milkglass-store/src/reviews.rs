@@ -4,7 +4,19 @@
 use crate::db::json_column;
 use crate::{Store, StoreError, StoreResult, User, now};
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+/// What a held query's answer would reveal, as the guard knew it when it held the query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reveals {
+    /// The answer's columns.
+    pub columns: Vec<String>,
+    /// Rows of the answer; `None` when the plan alone put the query outside the safe zone,
+    /// so it was not run before the owner's decision.
+    pub rows: Option<i64>,
+    /// The fewest table rows behind one result row, when the guard ran and counted it.
+    pub smallest_group: Option<i64>,
+}
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ReviewRequest {
@@ -20,6 +32,8 @@ pub struct ReviewRequest {
     pub decision_reason: Option<String>,
     pub created_at: String,
     pub decided_at: Option<String>,
+    /// What the answer would reveal; `None` for requests held before this was kept.
+    pub reveals: Option<Reveals>,
     /// The uids of `tables` when the query was held (empty for requests older than uids):
     /// only the owner of those very tables may decide.
     #[serde(skip)]
@@ -27,7 +41,7 @@ pub struct ReviewRequest {
 }
 
 const REQUEST_COLUMNS: &str = "r.id, u.name, r.query, r.tables, r.reason, r.state, r.decided_by, r.decision_reason, \
-     r.created_at, r.decided_at, r.table_uids";
+     r.created_at, r.decided_at, r.table_uids, r.reveals";
 
 fn request_from_row(r: &rusqlite::Row) -> rusqlite::Result<ReviewRequest> {
     Ok(ReviewRequest {
@@ -42,6 +56,7 @@ fn request_from_row(r: &rusqlite::Row) -> rusqlite::Result<ReviewRequest> {
         created_at: r.get(8)?,
         decided_at: r.get(9)?,
         table_uids: crate::db::optional_json_column(r, 10)?.unwrap_or_default(),
+        reveals: crate::db::optional_json_column(r, 11)?,
     })
 }
 
@@ -52,13 +67,22 @@ impl Store {
         query: &str,
         tables: &[String],
         reason: &str,
+        reveals: &Reveals,
     ) -> StoreResult<ReviewRequest> {
         let id = self.db().write(|tx| {
             let uids = crate::guarded::table_uids(tx, tables)?;
             tx.execute(
-                "INSERT INTO review_requests (user_id, query, tables, reason, state, created_at, table_uids)
-                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6)",
-                params![user.id, query, serde_json::to_string(tables)?, reason, now(), serde_json::to_string(&uids)?],
+                "INSERT INTO review_requests (user_id, query, tables, reason, state, created_at, table_uids, reveals)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7)",
+                params![
+                    user.id,
+                    query,
+                    serde_json::to_string(tables)?,
+                    reason,
+                    now(),
+                    serde_json::to_string(&uids)?,
+                    serde_json::to_string(reveals)?
+                ],
             )?;
             Ok(tx.last_insert_rowid())
         })?;

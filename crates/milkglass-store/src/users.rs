@@ -23,6 +23,23 @@ pub struct UserInfo {
     pub active_tokens: i64,
 }
 
+/// One of a user's tokens, as an admin lists them: never the token itself, which only its
+/// hash records.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// A token just issued: the only time its text is known.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedToken {
+    pub id: i64,
+    pub token: String,
+    pub created_at: String,
+}
+
 const TOKEN_PREFIX: &str = "mg_";
 
 /// Tokens are stored only as SHA-256 hashes: a copy of the data directory does not
@@ -64,29 +81,64 @@ impl Store {
     }
 
     /// Issues another token for an existing, active user.
-    pub fn new_token(&self, name: &str) -> StoreResult<String> {
+    pub fn new_token(&self, name: &str) -> StoreResult<IssuedToken> {
         let token = new_token();
-        self.db().write(|tx| {
-            let user_id: i64 = tx
-                .query_row("SELECT id FROM users WHERE name = ?1 AND revoked_at IS NULL", [name], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::not_found(format!("active user {name:?}")))?;
+        let created_at = now();
+        let id = self.db().write(|tx| {
+            let user_id = active_user_id(tx, name)?;
             tx.execute(
                 "INSERT INTO tokens (user_id, token_hash, created_at) VALUES (?1, ?2, ?3)",
-                params![user_id, hash_token(&token), now()],
+                params![user_id, hash_token(&token), created_at],
             )?;
-            Ok(())
+            Ok(tx.last_insert_rowid())
         })?;
-        Ok(token)
+        Ok(IssuedToken { id, token, created_at })
+    }
+
+    /// A user's tokens, oldest first (revoked ones too).
+    pub fn user_tokens(&self, name: &str) -> StoreResult<Vec<TokenInfo>> {
+        self.db().read(|conn| {
+            let user_id: i64 = conn
+                .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| StoreError::not_found(format!("user {name:?}")))?;
+            let mut stmt =
+                conn.prepare("SELECT id, created_at, revoked_at FROM tokens WHERE user_id = ?1 ORDER BY id")?;
+            let rows = stmt.query_map([user_id], |r| {
+                Ok(TokenInfo { id: r.get(0)?, created_at: r.get(1)?, revoked_at: r.get(2)? })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Revokes one of a user's tokens; its other tokens keep working.
+    pub fn revoke_token(&self, name: &str, id: i64) -> StoreResult<()> {
+        self.db().write(|tx| {
+            let n = tx.execute(
+                "UPDATE tokens SET revoked_at = ?1
+                 WHERE id = ?2 AND revoked_at IS NULL AND user_id = (SELECT id FROM users WHERE name = ?3)",
+                params![now(), id, name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::not_found(format!("active token {id} of user {name:?}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Changes an active user's global role.
+    pub fn set_user_role(&self, name: &str, role: Role) -> StoreResult<()> {
+        self.db().write(|tx| {
+            let user_id = active_user_id(tx, name)?;
+            tx.execute("UPDATE users SET role = ?1 WHERE id = ?2", params![role.as_str(), user_id])?;
+            Ok(())
+        })
     }
 
     /// Revokes a user and all of its tokens.
     pub fn revoke_user(&self, name: &str) -> StoreResult<()> {
         self.db().write(|tx| {
-            let user_id: i64 = tx
-                .query_row("SELECT id FROM users WHERE name = ?1 AND revoked_at IS NULL", [name], |r| r.get(0))
-                .optional()?
-                .ok_or_else(|| StoreError::not_found(format!("active user {name:?}")))?;
+            let user_id = active_user_id(tx, name)?;
             let at = now();
             tx.execute("UPDATE users SET revoked_at = ?1 WHERE id = ?2", params![at, user_id])?;
             tx.execute(
@@ -146,6 +198,12 @@ impl Store {
     }
 }
 
+fn active_user_id(tx: &rusqlite::Transaction, name: &str) -> StoreResult<i64> {
+    tx.query_row("SELECT id FROM users WHERE name = ?1 AND revoked_at IS NULL", [name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::not_found(format!("active user {name:?}")))
+}
+
 /// Roles are written only by this module and constrained by a CHECK, so an unknown
 /// value means a hand-edited database; reading it as the weakest role is the safe side.
 fn parse_role(text: String) -> Role {
@@ -167,6 +225,22 @@ mod tests {
         assert!(matches!(store.add_user("alice", Role::Viewer), Err(StoreError::Conflict(_))));
         store.revoke_user("alice").unwrap();
         assert!(store.authenticate(&token).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_token_is_revoked_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.add_user("carol", Role::Scientist).unwrap();
+        let second = store.new_token("carol").unwrap();
+        store.revoke_token("carol", second.id).unwrap();
+        assert!(store.authenticate(&second.token).unwrap().is_none());
+        assert!(store.authenticate(&first).unwrap().is_some());
+        let tokens = store.user_tokens("carol").unwrap();
+        assert_eq!(tokens.iter().map(|t| t.revoked_at.is_some()).collect::<Vec<_>>(), [false, true]);
+        // Another user's token id is not this user's to revoke.
+        store.add_user("dan", Role::Scientist).unwrap();
+        assert!(matches!(store.revoke_token("dan", tokens[0].id), Err(StoreError::NotFound { .. })));
     }
 
     #[test]

@@ -327,7 +327,7 @@ fn user(command: UserCommand) -> Result<()> {
             println!("revoked {name:?} and all of its tokens");
         }
         UserCommand::Token { name, data_dir } => {
-            let token = open_store(&data_dir)?.new_token(&name)?;
+            let token = open_store(&data_dir)?.new_token(&name)?.token;
             println!("new token for {name:?} (shown only once):\n{token}");
         }
         UserCommand::Pool { name, pool, data_dir } => {

@@ -39,7 +39,7 @@ fn declared_routes() -> BTreeSet<(String, String)> {
         ("{project}", "/api/projects/{project}".to_string()),
     ];
     let mut routes = BTreeSet::new();
-    for file in ["routes", "tables", "insight", "raw"] {
+    for file in ["routes", "tables", "users", "insight", "raw"] {
         let path = format!("{}/../milkglass-server/src/{file}.rs", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(path).unwrap();
         for call in source.split(".route(").skip(1) {
@@ -110,6 +110,7 @@ fn allowed(who: Who, need: &str) -> bool {
         "creator" | "owner" | "table_owner" | "reviewer" => matches!(who, Olivia | Admin),
         "viewer" | "reader" => matches!(who, Vic | Olivia | Admin),
         "requester" => who == Vic,
+        "admin" => who == Admin,
         other => panic!("unknown need {other:?} in the route index"),
     }
 }
@@ -133,6 +134,8 @@ fn body_for(method: &str, path: &str) -> Value {
     let ends = |suffix: &str| path.ends_with(suffix);
     match method {
         "POST" if path == "/api/projects" => json!({"name": "walked"}),
+        "POST" if path == "/api/users" => json!({"name": "walked", "role": "scientist"}),
+        "PATCH" if path.starts_with("/api/users/") => json!({"role": "scientist"}),
         "POST" if ends("/datasets") || ends("/inference_sets") => json!({"name": "walked"}),
         "POST" if ends("/assets/sign") => json!({"keys": ["a.png"]}),
         "POST" if ends("/assets/resolve") => json!({"urls": []}),

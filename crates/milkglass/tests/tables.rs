@@ -343,3 +343,57 @@ fn results_are_saved_only_from_savable_tables_and_inherit_the_policy() {
     let decisions: Vec<String> = audit(&s).iter().map(|e| e["decision"].as_str().unwrap().to_string()).collect();
     assert_eq!(decisions, ["refused"], "the titanic entries: one refused save");
 }
+
+#[test]
+fn held_requests_say_what_the_answer_would_reveal() {
+    let s = setup("review", &["--review-wait-secs", "0"]);
+    // The plan alone puts it outside the safe zone (an extreme, one passenger's value): not run before the
+    // decision, so only its columns are known.
+    let first = query(&s, &s.scientist, "SELECT MAX(Age) AS oldest FROM titanic");
+    assert_eq!(first.status(), 202);
+    // Run, and held for its small groups: its row count and smallest group are known.
+    let second = query(&s, &s.scientist, "SELECT Pclass, COUNT(*) AS n FROM titanic WHERE Age > 65 GROUP BY Pclass");
+    assert_eq!(second.status(), 202);
+    let third = query(&s, &s.scientist, "SELECT Name, Age FROM titanic LIMIT 5");
+    assert_eq!(third.status(), 202);
+    let list: Value = s.server.get(&s.owner, "/api/reviews?state=pending").json().unwrap();
+    let requests = list["requests"].as_array().unwrap();
+    let reveals = |sql_start: &str| {
+        requests.iter().find(|r| r["query"].as_str().unwrap().contains(sql_start)).unwrap()["reveals"].clone()
+    };
+    let not_run = reveals("MAX(Age)");
+    assert_eq!(not_run["columns"], json!(["oldest"]));
+    assert_eq!((not_run["rows"].clone(), not_run["smallest_group"].clone()), (Value::Null, Value::Null));
+    let rows = reveals("Name, Age");
+    assert_eq!(rows, json!({"columns": ["Name", "Age"], "rows": 5, "smallest_group": 1}));
+    let ran = reveals("Age > 65");
+    assert_eq!(ran["columns"], json!(["Pclass", "n"]));
+    assert!(ran["rows"].as_i64().is_some_and(|n| (1..=3).contains(&n)), "{ran}");
+    assert!(ran["smallest_group"].as_i64().is_some_and(|n| (1..10).contains(&n)), "{ran}");
+}
+
+#[test]
+fn statements_refused_before_planning_reach_the_tables_owner() {
+    let s = setup("reject", &[]);
+    for sql in ["DROP TABLE titanic", "SELECT * FROM titanic WHERE", "SELECT nonesuch FROM titanic"] {
+        assert_eq!(query(&s, &s.scientist, sql).status(), 400, "{sql}");
+    }
+    // Naming a table the caller may not read names nothing in the entry its author reads.
+    assert_eq!(query(&s, &s.scientist, "DROP TABLE secret").status(), 400);
+    let owners: Vec<(String, String)> = audit(&s)
+        .iter()
+        .map(|e| (e["query"].as_str().unwrap().to_string(), e["decision"].as_str().unwrap().to_string()))
+        .collect();
+    let invalid = |sql: &str| (sql.to_string(), "invalid".to_string());
+    assert_eq!(
+        owners,
+        [
+            invalid("DROP TABLE titanic"),
+            invalid("SELECT * FROM titanic WHERE"),
+            invalid("SELECT nonesuch FROM titanic")
+        ]
+    );
+    let mine: Value = s.server.get(&s.scientist, "/api/audit").json().unwrap();
+    let last = mine["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["query"].as_str(), last["tables"].clone()), (Some("DROP TABLE secret"), json!([])));
+}
