@@ -431,6 +431,8 @@ async fn decide(
 struct AuditQuery {
     #[serde(default)]
     table: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
 }
 
 /// The hash chain's verdict (`milkglass audit verify` does the same offline).
@@ -445,6 +447,7 @@ async fn audit_log(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Value>> {
-    let entries = blocking(move || reviews::audit_log(&state.services, &caller.0, q.table.as_deref())).await?;
+    let entries =
+        blocking(move || reviews::audit_log(&state.services, &caller.0, q.table.as_deref(), q.user.as_deref())).await?;
     Ok(Json(json!({ "entries": entries })))
 }

@@ -70,9 +70,14 @@ pub fn verify_audit(services: &Services, user: &User) -> ServiceResult<AuditVeri
 }
 
 /// Audit entries the caller may read ([`access::may_read_audit`]); `table` narrows to the
-/// entries that name it.
-pub fn audit_log(services: &Services, user: &User, table: Option<&str>) -> ServiceResult<Vec<AuditEntry>> {
-    let mut entries = services.store.audit_entries(table, None)?;
+/// entries that name it, `by` to those one user made (a scientist's history is `by` themselves).
+pub fn audit_log(
+    services: &Services,
+    user: &User,
+    table: Option<&str>,
+    by: Option<&str>,
+) -> ServiceResult<Vec<AuditEntry>> {
+    let mut entries = services.store.audit_entries(table, by)?;
     entries.retain(|e| access::may_read_audit(user, e));
     Ok(entries)
 }

@@ -65,11 +65,11 @@ async fn queries_are_answered_refused_and_remembered_per_caller() {
     assert_eq!(rows(query::run(&f.services, &f.tess, all_but_one, Duration::ZERO).await.unwrap()), 3);
 
     // Every one of them is in the owner's audit log, in order.
-    let log = reviews::audit_log(&f.services, &f.owner, Some("titanic")).unwrap();
+    let log = reviews::audit_log(&f.services, &f.owner, Some("titanic"), None).unwrap();
     let decisions: Vec<&str> = log.iter().map(|e| e.entry.decision.as_str()).collect();
     assert_eq!(decisions, ["answered", "refused", "refused", "answered"], "{decisions:?}");
     // The invalid query read no table, so only sam's own log has it.
-    let own = reviews::audit_log(&f.services, &f.sam, None).unwrap();
+    let own = reviews::audit_log(&f.services, &f.sam, None, None).unwrap();
     assert!(own.iter().any(|e| e.entry.decision == "invalid"));
     assert!(own.iter().all(|e| e.entry.user == "sam"));
 }

@@ -396,4 +396,10 @@ fn statements_refused_before_planning_reach_the_tables_owner() {
     let mine: Value = s.server.get(&s.scientist, "/api/audit").json().unwrap();
     let last = mine["entries"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["query"].as_str(), last["tables"].clone()), (Some("DROP TABLE secret"), json!([])));
+
+    // `user` narrows to one user's entries, among those the caller may read.
+    let by_sam: Value = s.server.get(&s.owner, "/api/audit?user=sam").json().unwrap();
+    assert_eq!(by_sam["entries"].as_array().unwrap().len(), 3, "the owner reads sam's three about titanic");
+    let by_owner: Value = s.server.get(&s.scientist, "/api/audit?user=olivia").json().unwrap();
+    assert_eq!(by_owner["entries"], json!([]));
 }
