@@ -127,6 +127,31 @@ try {
   await page.waitForSelector(".chain .verified");
   await page.waitForSelector("table.audit-log tbody tr");
   await shot("15-audit");
+  // The owner's desk: the published table, and the publishing form with a file chosen.
+  await page.goto(`${demo.url}/tables`);
+  await page.waitForSelector(".desk-table[data-table=titanic]");
+  await page.setInputFiles("#publish-file", join(demo.dir, "demo", "sample", "titanic.csv"));
+  await page.waitForSelector("input[name=sanitized][value=Name]");
+  await page.fill("#publish-name", "titanic_2");
+  await page.check("input[name=sanitized][value=Name]");
+  await page.check("input[name=sanitized][value=Ticket]");
+  await shot("16-tables");
+  await page.locator("form[name=publish]").scrollIntoViewIfNeeded();
+  await shot("17-publish");
+  // The scientist's history across sessions, in a fresh session.
+  await page.evaluate(() => sessionStorage.clear());
+  await signIn(page, demo.url, demo.tokens.sam, "/console");
+  await page.waitForSelector(".console-past tbody tr");
+  await page.locator(".console-past").scrollIntoViewIfNeeded();
+  await shot("18-history");
+  // The admin's desk, with a token just minted (shown this once).
+  await page.evaluate(() => sessionStorage.clear());
+  await signIn(page, demo.url, demo.tokens.admin, "/admin");
+  await page.waitForSelector("tr[data-user=sam]");
+  await page.click("tr[data-user=sam] button[name=tokens]");
+  await page.click("button[name=mint_token]");
+  await page.waitForSelector(".token-once");
+  await shot("19-admin");
 } finally {
   await browser.close();
   await demo.close();

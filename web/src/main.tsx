@@ -1,4 +1,5 @@
-// milkglass web app: sign-in, projects, the dataset explorer and the SQL console. The server sends metadata; the
+// milkglass web app: sign-in, projects, the dataset explorer, the SQL console, and the owner's and admin's
+// desks (tables, reviews, audit, users). The server sends metadata; the
 // browser fetches pixels itself, from the user's own URLs.
 import { render } from "preact";
 import { useEffect } from "preact/hooks";
@@ -12,6 +13,8 @@ import { Home } from "./views/home";
 import { Settings } from "./views/settings";
 import { Console } from "./views/console";
 import { Audit } from "./views/audit";
+import { Tables } from "./views/tables";
+import { Admin } from "./views/admin";
 import { Reviews, pendingReviews, usePendingReviews } from "./views/reviews";
 import { Help } from "./views/help";
 import { Explorer } from "./explorer/explorer";
@@ -30,13 +33,15 @@ addEventListener("keydown", (e) => {
   }
 }, { capture: true });
 
-function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "reviews" | "audit" | "signin" | "missing"; project?: string; dataset?: string } {
+function parse(path: string): { page: "home" | "project" | "dataset" | "settings" | "console" | "reviews" | "audit" | "tables" | "admin" | "signin" | "missing"; project?: string; dataset?: string } {
   if (path === "/" || path === "") return { page: "home" };
   if (path === "/signin") return { page: "signin" };
   if (path === "/settings") return { page: "settings" };
   if (path === "/console") return { page: "console" };
   if (path === "/reviews") return { page: "reviews" };
   if (path === "/audit") return { page: "audit" };
+  if (path === "/tables") return { page: "tables" };
+  if (path === "/admin") return { page: "admin" };
   const m = /^\/p\/([^/]+)(?:\/d\/([^/]+))?\/?$/.exec(path);
   if (m) {
     const project = decodeURIComponent(m[1]);
@@ -69,11 +74,17 @@ function TopBar({ route }: { route: ReturnType<typeof parse> }) {
         )}
       </nav>
       <span class="spacer" />
-      <a href="/console" class={route.page === "console" ? "current" : ""}>
+      <nav aria-label="main" class="mainnav">
+      <a href="/console" class={route.page === "console" ? "current" : ""} aria-current={route.page === "console" ? "page" : undefined}>
         SQL console
       </a>
       {(u?.role === "owner" || u?.role === "admin") && (
-        <a href="/reviews" class={route.page === "reviews" ? "current" : ""}>
+        <a href="/tables" class={route.page === "tables" ? "current" : ""} aria-current={route.page === "tables" ? "page" : undefined}>
+          Tables
+        </a>
+      )}
+      {(u?.role === "owner" || u?.role === "admin") && (
+        <a href="/reviews" class={route.page === "reviews" ? "current" : ""} aria-current={route.page === "reviews" ? "page" : undefined}>
           Reviews
           {!!pendingReviews.value && (
             <span class="badge pending" aria-label={`${pendingReviews.value} waiting`}>
@@ -82,12 +93,18 @@ function TopBar({ route }: { route: ReturnType<typeof parse> }) {
           )}
         </a>
       )}
-      <a href="/audit" class={route.page === "audit" ? "current" : ""}>
+      <a href="/audit" class={route.page === "audit" ? "current" : ""} aria-current={route.page === "audit" ? "page" : undefined}>
         Audit
       </a>
-      <a href="/settings" class={route.page === "settings" ? "current" : ""}>
+      {u?.role === "admin" && (
+        <a href="/admin" class={route.page === "admin" ? "current" : ""} aria-current={route.page === "admin" ? "page" : undefined}>
+          Admin
+        </a>
+      )}
+      <a href="/settings" class={route.page === "settings" ? "current" : ""} aria-current={route.page === "settings" ? "page" : undefined}>
         Settings
       </a>
+      </nav>
       <button type="button" class="icon" aria-label="keyboard shortcuts" title="keyboard shortcuts (?)" onClick={() => (helpOpen.value = true)}>
         ?
       </button>
@@ -140,6 +157,8 @@ function App() {
   else if (route.page === "console") page = <Console />;
   else if (route.page === "reviews") page = <Reviews />;
   else if (route.page === "audit") page = <Audit />;
+  else if (route.page === "tables") page = <Tables />;
+  else if (route.page === "admin") page = <Admin />;
   else if (route.page === "dataset") page = <Explorer key={route.project + "/" + route.dataset} project={route.project!} dataset={route.dataset!} />;
   else page = <main class="state empty">No such page. <a href="/">Go to the projects.</a></main>;
   return (

@@ -1,7 +1,7 @@
 // Small shared pieces: number formatting, badges, loading/error/empty states, a data hook.
 import { useEffect, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
-import type { AccessMode } from "./api";
+import { ApiError, type AccessMode } from "./api";
 
 export const fmt = (n: number) => n.toLocaleString("en-US");
 export const plural = (n: number, one: string, many = one + "s") => `${fmt(n)} ${n === 1 ? one : many}`;
@@ -36,6 +36,12 @@ export function ErrorBox({ error, retry }: { error: unknown; retry?: () => void 
   return (
     <div class="state error" role="alert">
       <strong>Error:</strong> {msg}
+      {error instanceof ApiError && error.field && (
+        <>
+          {" "}
+          (<code class="field">{error.field}</code>)
+        </>
+      )}
       {retry && (
         <button type="button" onClick={retry}>
           Retry

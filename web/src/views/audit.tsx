@@ -1,12 +1,13 @@
-// The audit log as its reader may see it (owners: every query on their tables; everyone: their own), with
-// filters by table, user and decision, the hash chain's verdict (owners and admins), and an export of what
+// The audit log as its reader may see it (owners: every query on their tables, including statements refused
+// before planning that name them; everyone: their own), with filters by table, user, decision and time
+// (from/to, in the browser's time zone), the hash chain's verdict (owners and admins), and an export of what
 // the filters keep, as CSV or JSON.
 import { useState } from "preact/hooks";
 import { api } from "../api";
 import { me } from "../session";
 import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
 
-interface Entry {
+export interface AuditEntry {
   id: number;
   at: string;
   user: string;
@@ -37,16 +38,27 @@ const csvCell = (v: unknown) => {
 };
 
 export function Audit() {
-  const log = useAsync((signal) => api<{ entries: Entry[] }>("/api/audit", { signal }), []);
+  const log = useAsync((signal) => api<{ entries: AuditEntry[] }>("/api/audit", { signal }), []);
   const canVerify = me.value?.role === "owner" || me.value?.role === "admin";
   const verdict = useAsync((signal) => (canVerify ? api<Verdict>("/api/audit/verify", { signal }) : Promise.resolve(null)), [canVerify]);
   const [table, setTable] = useState("");
   const [user, setUser] = useState("");
   const [decision, setDecision] = useState("");
+  const [from, setFrom] = useState("");
+  const [to, setTo] = useState("");
   const entries = log.data?.entries ?? [];
-  const distinct = (f: (e: Entry) => string[]) => [...new Set(entries.flatMap(f))].sort();
-  const shown = entries.filter((e) => (!table || e.tables.includes(table)) && (!user || e.user === user) && (!decision || e.decision === decision));
-  const columns: (keyof Entry)[] = ["id", "at", "user", "tables", "decision", "reason", "rows_returned", "request_id", "query"];
+  const distinct = (f: (e: AuditEntry) => string[]) => [...new Set(entries.flatMap(f))].sort();
+  // datetime-local values are local times to the minute or second; "to" takes in all of its last minute or
+  // second (entries are written to the millisecond); an empty bound is open.
+  const after = from ? new Date(from).getTime() : -Infinity;
+  const until = to ? new Date(to).getTime() + (to.length <= 16 ? 59_999 : 999) : Infinity;
+  const inTime = (e: AuditEntry) => {
+    const at = new Date(e.at).getTime();
+    return at >= after && at <= until;
+  };
+  const shown = entries.filter((e) => (!table || e.tables.includes(table)) && (!user || e.user === user) && (!decision || e.decision === decision) && inTime(e));
+  const filtered = !!(table || user || decision || from || to);
+  const columns: (keyof AuditEntry)[] = ["id", "at", "user", "tables", "decision", "reason", "rows_returned", "request_id", "query"];
 
   return (
     <main class="audit">
@@ -68,8 +80,16 @@ export function Audit() {
         <Filter name="table" label="Table" value={table} options={distinct((e) => e.tables)} onChange={setTable} />
         <Filter name="user" label="User" value={user} options={distinct((e) => [e.user])} onChange={setUser} />
         <Filter name="decision" label="Decision" value={decision} options={distinct((e) => [e.decision])} onChange={setDecision} />
+        <label class="inline">
+          From
+          <input type="datetime-local" name="from" step={1} value={from} onInput={(e) => setFrom(e.currentTarget.value)} />
+        </label>
+        <label class="inline">
+          To
+          <input type="datetime-local" name="to" step={1} value={to} onInput={(e) => setTo(e.currentTarget.value)} />
+        </label>
         <span class="spacer" />
-        <span class="count">{fmt(shown.length)} entries</span>
+        <span class="count" role="status">{fmt(shown.length)} entries</span>
         <button type="button" name="export_csv" disabled={!shown.length} onClick={() => download("audit.csv", "text/csv", [columns.join(","), ...shown.map((e) => columns.map((c) => csvCell(e[c])).join(","))].join("\n"))}>
           Export CSV
         </button>
@@ -82,12 +102,12 @@ export function Audit() {
       ) : !log.data ? (
         <Spinner />
       ) : shown.length === 0 ? (
-        <Empty>No entries{table || user || decision ? " match these filters" : " you may read yet"}.</Empty>
+        <Empty>No entries{filtered ? " match these filters" : " you may read yet"}.</Empty>
       ) : (
         <table class="result audit-log">
           <thead>
             <tr>
-              <th>#</th><th>when</th><th>user</th><th>tables</th><th>decision</th><th>query</th><th>why</th>
+              <th scope="col">#</th><th scope="col">when</th><th scope="col">user</th><th scope="col">tables</th><th scope="col">decision</th><th scope="col">query</th><th scope="col">why</th>
             </tr>
           </thead>
           <tbody>

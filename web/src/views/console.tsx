@@ -1,13 +1,16 @@
 // The scientist's console: the tables the caller may query, each with its columns (sanitized ones marked)
 // and its policy in words; a SQL editor whose answers show as a table, whose refusals show the guard's
 // sentence and rule, and whose held queries wait for the owner's decision (collected when it comes, also
-// after a reload: held requests are kept in this tab's storage); the session's history; and the same query
-// as a snippet for the Python SDK and for ADBC.
+// after a reload: held requests are kept in this tab's storage); the caller's history of queries and
+// decisions across sessions (their own audit entries); and the same query as a snippet for the Python SDK
+// and for ADBC.
 import { useEffect, useRef, useState } from "preact/hooks";
-import { api, ApiError, token } from "../api";
+import { api, ApiError, enc, token } from "../api";
+import { me } from "../session";
 import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
+import type { AuditEntry } from "./audit";
 
-interface Policy {
+export interface Policy {
   safe_zone?: { aggregation?: { min_agg_size?: number } | null };
   unsafe_handling?: "log" | "reject" | "review";
   sanitized_columns?: string[];
@@ -44,15 +47,16 @@ interface Ran {
 
 const HELD_KEY = "milkglass.console.held";
 
-/** The policy as a sentence an analyst can act on. */
-export function policyInWords(p: Policy, unit = "rows"): string {
+/** The policy as a sentence an analyst can act on; `owner`: as its owner reads it ("your review"). */
+export function policyInWords(p: Policy, unit = "rows", owner = false): string {
   const parts: string[] = [];
   const min = p.safe_zone?.aggregation?.min_agg_size;
   if (min) parts.push(`every result value must stand for at least ${min} ${unit}`);
   else parts.push("results are not checked for group sizes");
   const hidden = p.sanitized_columns ?? [];
   if (hidden.length) parts.push(`${hidden.join(", ")} ${hidden.length === 1 ? "is" : "are"} never shown`);
-  const handling = { reject: "queries outside these rules are refused", review: "queries outside these rules wait for the owner's review", log: "queries outside these rules are answered and flagged to the owner" };
+  const whose = owner ? "your" : "the owner's";
+  const handling = { reject: "queries outside these rules are refused", review: `queries outside these rules wait for ${whose} review`, log: `queries outside these rules are answered and flagged to ${owner ? "you" : "the owner"}` };
   if (p.unsafe_handling) parts.push(handling[p.unsafe_handling]);
   if (p.dp) parts.push(`answers are differentially private (a budget of ε = ${p.dp.epsilon})`);
   return parts.join("; ") + ".";
@@ -96,6 +100,9 @@ export function Console() {
   const [history, setHistory] = useState<Ran[]>(() => JSON.parse(sessionStorage.getItem(HELD_KEY) ?? "[]"));
   const [error, setError] = useState<unknown>(null);
   const editor = useRef<HTMLTextAreaElement>(null);
+  // The caller's own audit entries: every query they ran and every decision on it, in any session.
+  const [ran, setRan] = useState(0);
+  const past = useAsync(async (signal) => (await api<{ entries: AuditEntry[] }>(`/api/audit?user=${enc(me.value?.name ?? "")}`, { signal })).entries.reverse(), [ran]);
 
   // Held queries are kept in this tab's storage and collected when the owner decides.
   useEffect(() => {
@@ -105,7 +112,10 @@ export function Console() {
     const t = setInterval(async () => {
       for (const h of waiting) {
         const outcome = h.outcome.kind === "held" ? await collect(h.outcome.request).catch(() => null) : null;
-        if (outcome) setHistory((all) => all.map((x) => (x === h ? { ...x, outcome } : x)));
+        if (outcome) {
+          setHistory((all) => all.map((x) => (x === h ? { ...x, outcome } : x)));
+          setRan((n) => n + 1);
+        }
       }
     }, 1500);
     return () => clearInterval(t);
@@ -119,6 +129,7 @@ export function Console() {
     try {
       const outcome = await run(text);
       setHistory((h) => [{ sql: text, at: new Date().toLocaleTimeString(), outcome }, ...h]);
+      setRan((n) => n + 1);
     } catch (e) {
       setError(e);
     } finally {
@@ -146,15 +157,7 @@ export function Console() {
                 {t.rows != null && <span class="muted"> · {fmt(t.rows)} rows</span>}
               </h3>
               <p class="policy">{t.words ?? policyInWords(t.policy)}</p>
-              {t.columns && (
-                <ul class="columns">
-                  {t.columns.map((c) => (
-                    <li key={c} class={(t.policy.sanitized_columns ?? []).includes(c) ? "sanitized" : ""} title={(t.policy.sanitized_columns ?? []).includes(c) ? "sanitized: never shown" : undefined}>
-                      {c}
-                    </li>
-                  ))}
-                </ul>
-              )}
+              {t.columns && <Columns columns={t.columns} sanitized={t.policy.sanitized_columns ?? []} />}
             </section>
           ))
         )}
@@ -191,8 +194,8 @@ export function Console() {
         {latest && <Result ran={latest} />}
         {latest && <Snippets sql={latest.sql} />}
         {history.length > 1 && (
-          <section class="card">
-            <h2>This session</h2>
+          <section class="card" aria-labelledby="session-heading">
+            <h2 id="session-heading">This session</h2>
             <ol class="console-history">
               {history.slice(1).map((h, i) => (
                 <li key={i}>
@@ -202,8 +205,71 @@ export function Console() {
             </ol>
           </section>
         )}
+        <History past={past} onUse={(text) => (setSql(text), editor.current?.focus())} />
       </main>
     </div>
+  );
+}
+
+/** A table's columns, the sanitized ones crossed out (the policy in words says so for a screen reader). */
+export function Columns({ columns, sanitized }: { columns: string[]; sanitized: string[] }) {
+  return (
+    <ul class="columns" aria-label="columns">
+      {columns.map((c) => (
+        <li key={c} class={sanitized.includes(c) ? "sanitized" : ""} title={sanitized.includes(c) ? "sanitized: never shown" : undefined}>
+          {c}
+        </li>
+      ))}
+    </ul>
+  );
+}
+
+const HISTORY_SHOWN = 50;
+
+/** The caller's queries and the decisions on them, newest first, from the audit log. */
+function History({ past, onUse }: { past: ReturnType<typeof useAsync<AuditEntry[]>>; onUse: (sql: string) => void }) {
+  return (
+    <section class="card console-past" aria-labelledby="past-heading">
+      <h2 id="past-heading">Your history</h2>
+      {past.error ? (
+        <ErrorBox error={past.error} retry={past.reload} />
+      ) : !past.data ? (
+        <Spinner />
+      ) : past.data.length === 0 ? (
+        <p class="muted">No queries yet. Every query you run, and every decision on it, is listed here, across sessions.</p>
+      ) : (
+        <table class="result">
+          <thead>
+            <tr>
+              <th scope="col">when</th>
+              <th scope="col">query</th>
+              <th scope="col">decision</th>
+              <th scope="col"><span class="visually-hidden">actions</span></th>
+            </tr>
+          </thead>
+          <tbody>
+            {past.data.slice(0, HISTORY_SHOWN).map((e) => (
+              <tr key={e.id} data-entry={e.id} data-decision={e.decision}>
+                <td>{new Date(e.at).toLocaleString()}</td>
+                <td>
+                  <code>{e.query}</code>
+                </td>
+                <td>
+                  <span class={`decision decision-${e.decision}`}>{e.decision}</span>
+                  {e.rows_returned != null && e.rows_returned > 0 && <span class="muted"> · {fmt(e.rows_returned)} rows</span>}
+                  {e.reason && <div class="muted">{e.reason}</div>}
+                </td>
+                <td>
+                  <button type="button" class="link" aria-label={`edit again: ${e.query}`} onClick={() => onUse(e.query)}>
+                    Edit again
+                  </button>
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
   );
 }
 

@@ -1,11 +1,12 @@
 // The owner's review inbox: queries held for review on the owner's tables, each with who asked, when, the
-// SQL, the tables and the guard's reason; approve, or reject with a reason the scientist sees. The top
+// SQL, the tables, the guard's reason and what the answer would reveal (its rows, smallest group and
+// columns, as far as the guard computed them before holding it); approve, or reject with a reason the scientist sees. The top
 // bar's badge counts what waits (`usePendingReviews`).
 import { useEffect, useState } from "preact/hooks";
 import { signal } from "@preact/signals";
 import { api } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, fmt, plural, useAsync } from "../ui";
 
 export interface ReviewRequest {
   id: number;
@@ -17,6 +18,8 @@ export interface ReviewRequest {
   decided_by: string | null;
   decision_reason: string | null;
   created_at: string;
+  /** What the answer would reveal; absent on requests held before the server kept it. */
+  reveals?: { columns: string[]; rows: number | null; smallest_group: number | null } | null;
 }
 
 /** Requests waiting for the signed-in user's decision (not their own), for the top bar's badge. */
@@ -94,6 +97,7 @@ function Inbox() {
               <p class="review-reason">
                 <span class="muted">Held because:</span> {r.reason}
               </p>
+              {r.reveals && <Reveals reveals={r.reveals} />}
               {decided[r.id] ? (
                 <p class="decided" role="status">
                   {decided[r.id] === "approved" ? "Approved: the answer is released to " + r.user + "." : "Rejected."}
@@ -103,7 +107,7 @@ function Inbox() {
                   <button type="button" class="primary" name="approve" onClick={() => decide(r, true)}>
                     Approve
                   </button>
-                  <input name="reason" placeholder="reason for a rejection (shown to the scientist)" value={reasons[r.id] ?? ""} onInput={(e) => setReasons((x) => ({ ...x, [r.id]: e.currentTarget.value }))} />
+                  <input name="reason" aria-label={`reason for rejecting request ${r.id} (shown to ${r.user})`} placeholder="reason for a rejection (shown to the scientist)" value={reasons[r.id] ?? ""} onInput={(e) => setReasons((x) => ({ ...x, [r.id]: e.currentTarget.value }))} />
                   <button type="button" name="reject" onClick={() => decide(r, false)}>
                     Reject
                   </button>
@@ -114,5 +118,28 @@ function Inbox() {
         </ul>
       )}
     </main>
+  );
+}
+
+/** What approving would release, as the guard knew it when it held the query. */
+function Reveals({ reveals }: { reveals: NonNullable<ReviewRequest["reveals"]> }) {
+  const notRun = "not run yet: the plan alone puts it outside the safe zone";
+  return (
+    <dl class="review-reveals" aria-label="what the answer would reveal">
+      <div>
+        <dt>Rows</dt>
+        <dd data-reveal="rows">{reveals.rows == null ? notRun : fmt(reveals.rows)}</dd>
+      </div>
+      {reveals.rows != null && (
+        <div>
+          <dt>Smallest group</dt>
+          <dd data-reveal="smallest_group">{reveals.smallest_group == null ? "not counted" : plural(reveals.smallest_group, "row")}</dd>
+        </div>
+      )}
+      <div>
+        <dt>Columns</dt>
+        <dd data-reveal="columns">{reveals.columns.join(", ")}</dd>
+      </div>
+    </dl>
   );
 }
