@@ -35,6 +35,14 @@ async function runSql(page, sql) {
 
 const card = () => owner.locator(".desk-table[data-table=titanic]");
 
+/** Form controls on the page that a screen reader would announce without a name. */
+const unlabelled = (page) =>
+  page.evaluate(() =>
+    [...document.querySelectorAll("main input, main select, main textarea")]
+      .filter((el) => !(el.labels?.length || el.getAttribute("aria-label") || el.getAttribute("aria-labelledby")))
+      .map((el) => el.outerHTML),
+  );
+
 test("an owner publishes the Titanic CSV with a policy from the form, the JSON beside it", async () => {
   await owner.waitForSelector("form[name=publish]");
   assert.match(await owner.textContent(".tables-desk"), /You have published no table yet/);
@@ -43,6 +51,7 @@ test("an owner publishes the Titanic CSV with a policy from the form, the JSON b
   await owner.waitForSelector("input[name=sanitized][value=Name]");
   assert.equal(await owner.locator("input[name=sanitized]").count(), 12);
   assert.equal(await owner.inputValue("#publish-name"), "titanic");
+  assert.deepEqual(await unlabelled(owner), [], "every control of the form has a label");
   await owner.fill("#publish-min", "10");
   await owner.check("input[name=sanitized][value=Name]");
   await owner.check("input[name=publish-handling][value=reject]");
@@ -150,6 +159,7 @@ test("the audit page lists all of it, refusals before planning included, verifie
   await owner.goto(`${demo.url}/audit`);
   await owner.waitForSelector(".chain .verified");
   await owner.waitForSelector("table.audit-log tbody tr[data-decision=invalid]");
+  assert.deepEqual(await unlabelled(owner), [], "every filter has a label");
   const { entries } = await demo.api("/api/audit", {}, demo.tokens.olivia);
   const decisions = new Set(entries.map((e) => `${e.user}:${e.decision}`));
   for (const d of ["sam:answered", "sam:refused", "sam:held", "sam:released", "sam:invalid", "olivia:approved", "olivia:rejected"]) assert.ok(decisions.has(d), `${d} in ${[...decisions]}`);
@@ -214,6 +224,8 @@ test("the admin creates a user, mints a token shown once, revokes it, and the re
   const admin = await newPage(browser);
   await signIn(admin, demo.url, demo.tokens.admin, "/admin");
   await admin.waitForSelector("tr[data-user=sam]");
+  await admin.waitForSelector("#member-user");
+  assert.deepEqual(await unlabelled(admin), [], "every control of the page has a label");
   await admin.fill("#new-user-name", "rita");
   await admin.selectOption("#new-user-role", "scientist");
   await admin.click("button[name=create_user]");

@@ -77,7 +77,7 @@ function AdminDesk() {
               </thead>
               <tbody>
                 {list.map((u) => (
-                  <tr key={u.name} data-user={u.name} data-revoked={u.revoked ? "true" : undefined} aria-selected={selected === u.name}>
+                  <tr key={u.name} data-user={u.name} data-revoked={u.revoked ? "true" : undefined}>
                     <th scope="row">{u.name}</th>
                     <td>
                       {u.revoked ? (
