@@ -73,6 +73,29 @@ export function useAsync<T>(load: (signal: AbortSignal) => Promise<T>, deps: unk
   return { ...state, reload: () => setN((x) => x + 1) };
 }
 
+/**
+ * A user's action (a save, a deletion, a decision): `run` clears the last error, runs `work`, and keeps its
+ * error to show; `busy` while it runs. Resolves to whether the work succeeded.
+ */
+export function useAction() {
+  const [error, setError] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  const run = async (work: () => Promise<unknown>): Promise<boolean> => {
+    setError(null);
+    setBusy(true);
+    try {
+      await work();
+      return true;
+    } catch (e) {
+      setError(e);
+      return false;
+    } finally {
+      setBusy(false);
+    }
+  };
+  return { run, error, busy };
+}
+
 /** Whether a key press goes to a field that takes typing (then shortcuts stay out of the way). */
 export function isTyping(target: EventTarget | null): boolean {
   const t = target as HTMLElement | null;

@@ -4,7 +4,7 @@
 import { useLayoutEffect, useRef, useState } from "preact/hooks";
 import { api, enc, type Project } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, fmt, useAction, useAsync } from "../ui";
 import { NotYours } from "./tables";
 
 interface UserInfo {
@@ -39,16 +39,12 @@ function AdminDesk() {
   const users = useAsync((signal) => api<{ users: UserInfo[] }>("/api/users", { signal }), []);
   const [selected, setSelected] = useState<string | null>(null);
   const [minted, setMinted] = useState<Minted | null>(null);
-  const [error, setError] = useState<unknown>(null);
   const [tokensChanged, setTokensChanged] = useState(0);
+  const action = useAction();
   const act = async (work: () => Promise<unknown>) => {
-    setError(null);
-    try {
-      await work();
+    if (await action.run(work)) {
       users.reload();
       setTokensChanged((n) => n + 1);
-    } catch (e) {
-      setError(e);
     }
   };
   const list = users.data?.users ?? [];
@@ -56,7 +52,7 @@ function AdminDesk() {
     <main class="desk admin">
       <h1>Users and projects</h1>
       {minted && <TokenOnce minted={minted} onDone={() => setMinted(null)} />}
-      {error != null && <ErrorBox error={error} />}
+      {action.error != null && <ErrorBox error={action.error} />}
       <div class="admin-grid">
         <section class="card" aria-labelledby="users-heading">
           <h2 id="users-heading">Users</h2>
@@ -198,17 +194,14 @@ function Confirmed({ label, name, onConfirm }: { label: string; name: string; on
 function NewUser({ onCreated }: { onCreated: (m: Minted) => void }) {
   const [name, setName] = useState("");
   const [role, setRole] = useState("scientist");
-  const [error, setError] = useState<unknown>(null);
-  const submit = async (e: Event) => {
+  const { run, error } = useAction();
+  const submit = (e: Event) => {
     e.preventDefault();
-    setError(null);
-    try {
+    run(async () => {
       const r = await api<{ user: UserInfo; token: string }>("/api/users", { method: "POST", json: { name: name.trim(), role } });
       setName("");
       onCreated({ user: r.user.name, token: r.token });
-    } catch (err) {
-      setError(err);
-    }
+    });
   };
   return (
     <form name="new_user" class="row" aria-label="create a user" onSubmit={submit}>
@@ -293,15 +286,9 @@ function Memberships({ users }: { users: string[] }) {
   );
   const [user, setUser] = useState("");
   const [role, setRole] = useState("viewer");
-  const [error, setError] = useState<unknown>(null);
+  const { run, error } = useAction();
   const change = async (work: () => Promise<unknown>) => {
-    setError(null);
-    try {
-      await work();
-      setChanged((n) => n + 1);
-    } catch (e) {
-      setError(e);
-    }
+    if (await run(work)) setChanged((n) => n + 1);
   };
   return (
     <section class="card members" aria-labelledby="members-heading">

@@ -6,7 +6,7 @@ import { useEffect, useState } from "preact/hooks";
 import { signal } from "@preact/signals";
 import { api } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, plural, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, fmt, plural, useAction, useAsync } from "../ui";
 
 export interface ReviewRequest {
   id: number;
@@ -59,21 +59,17 @@ function Inbox() {
   const list = useAsync((signal) => waiting(signal), []);
   const [reasons, setReasons] = useState<Record<number, string>>({});
   const [decided, setDecided] = useState<Record<number, string>>({});
-  const [error, setError] = useState<unknown>(null);
+  const { run, error } = useAction();
   useEffect(() => {
     if (list.data) pendingReviews.value = list.data.filter((r) => !decided[r.id]).length;
   }, [list.data, decided]);
 
-  const decide = async (r: ReviewRequest, approve: boolean) => {
-    setError(null);
-    try {
+  const decide = (r: ReviewRequest, approve: boolean) =>
+    run(async () => {
       if (approve) await api(`/api/reviews/${r.id}/approve`, { method: "POST", json: {} });
       else await api(`/api/reviews/${r.id}/reject`, { method: "POST", json: { reason: reasons[r.id]?.trim() || "rejected by the owner" } });
       setDecided((d) => ({ ...d, [r.id]: approve ? "approved" : "rejected" }));
-    } catch (e) {
-      setError(e);
-    }
-  };
+    });
 
   return (
     <main class="reviews">

@@ -6,7 +6,7 @@
 import { useLayoutEffect, useRef, useState } from "preact/hooks";
 import { api, ApiError, enc } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, plural, useAsync } from "../ui";
+import { Empty, ErrorBox, Spinner, plural, useAction, useAsync } from "../ui";
 import { Columns, policyInWords, type Policy } from "./console";
 
 interface Table {
@@ -85,7 +85,7 @@ function Desk() {
 
 function TableCard({ table: t, onChanged }: { table: Table; onChanged: (message: string) => void }) {
   const [mode, setMode] = useState<"view" | "edit" | "confirm">("view");
-  const [error, setError] = useState<unknown>(null);
+  const deletion = useAction();
   const confirmButton = useRef<HTMLButtonElement>(null);
   const deleteButton = useRef<HTMLButtonElement>(null);
   const wasConfirming = useRef(false);
@@ -96,15 +96,11 @@ function TableCard({ table: t, onChanged }: { table: Table; onChanged: (message:
     else if (wasConfirming.current) deleteButton.current?.focus();
     wasConfirming.current = mode === "confirm";
   }, [mode]);
-  const remove = async () => {
-    setError(null);
-    try {
+  const remove = () =>
+    deletion.run(async () => {
       await api(`/api/tables/${enc(t.name)}`, { method: "DELETE" });
       onChanged(`Deleted ${t.name}.`);
-    } catch (e) {
-      setError(e);
-    }
-  };
+    });
   const heading = `table-${t.name}`;
   return (
     <li class="card desk-table" data-table={t.name} aria-labelledby={heading}>
@@ -116,7 +112,7 @@ function TableCard({ table: t, onChanged }: { table: Table; onChanged: (message:
       <p class="readers">
         <span class="muted">Readers:</span> {t.readers?.length ? t.readers.join(", ") : "every scientist"}
       </p>
-      {error != null && <ErrorBox error={error} />}
+      {deletion.error != null && <ErrorBox error={deletion.error} />}
       {mode === "edit" ? (
         <EditTable table={t} onDone={(saved) => (setMode("view"), saved && onChanged(`Saved the policy and readers of ${t.name}.`))} />
       ) : mode === "confirm" ? (
@@ -125,7 +121,7 @@ function TableCard({ table: t, onChanged }: { table: Table; onChanged: (message:
             Delete {t.name}? Its data is removed, its pending review requests are closed, and its audit entries stay.
           </p>
           <div class="desk-actions">
-            <button type="button" class="danger" name="confirm_delete" ref={confirmButton} onClick={remove}>
+            <button type="button" class="danger" name="confirm_delete" ref={confirmButton} disabled={deletion.busy} onClick={remove}>
               Delete {t.name}
             </button>
             <button type="button" name="cancel_delete" onClick={() => setMode("view")}>
@@ -156,22 +152,15 @@ const readersOf = (text: string) => {
 function EditTable({ table, onDone }: { table: Table; onDone: (saved: boolean) => void }) {
   const [policy, setPolicy] = useState(JSON.stringify(table.policy, null, 2));
   const [readers, setReaders] = useState(table.readers?.join(", ") ?? "");
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
-  const save = async (e: Event) => {
+  const { run, error, busy } = useAction();
+  const save = (e: Event) => {
     e.preventDefault();
-    setError(null);
-    setBusy(true);
-    try {
+    run(async () => {
       const parsed = parsePolicy(policy);
       if (parsed.error) throw new ApiError(`the policy is not valid JSON: ${parsed.error}`, 400, "invalid", "policy");
       await api(`/api/tables/${enc(table.name)}/policy`, { method: "PUT", json: { policy: parsed.policy, readers: readersOf(readers) } });
       onDone(true);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <form class="edit-table" aria-label={`edit the policy and readers of ${table.name}`} onSubmit={save}>
@@ -323,8 +312,7 @@ function Publish({ onPublished }: { onPublished: (t: Table) => void }) {
   const [columns, setColumns] = useState<string[] | null>(null);
   const [policy, setPolicy] = useState(JSON.stringify(DEFAULT_POLICY, null, 2));
   const [readers, setReaders] = useState("");
-  const [error, setError] = useState<unknown>(null);
-  const [busy, setBusy] = useState(false);
+  const { run, error, busy } = useAction();
   const fileInput = useRef<HTMLInputElement>(null);
 
   const pick = async (f: File | null) => {
@@ -332,12 +320,10 @@ function Publish({ onPublished }: { onPublished: (t: Table) => void }) {
     setColumns(f ? await headerOf(f) : null);
     if (f && !name) setName(f.name.replace(/\.[^.]*$/, "").replace(/[^A-Za-z0-9_.-]/g, "_"));
   };
-  const submit = async (e: Event) => {
+  const submit = (e: Event) => {
     e.preventDefault();
     if (!file) return;
-    setError(null);
-    setBusy(true);
-    try {
+    run(async () => {
       const form = new FormData();
       form.set("name", name.trim());
       form.set("policy", policy);
@@ -351,11 +337,7 @@ function Publish({ onPublished }: { onPublished: (t: Table) => void }) {
       await pick(null);
       if (fileInput.current) fileInput.current.value = "";
       onPublished(table);
-    } catch (err) {
-      setError(err);
-    } finally {
-      setBusy(false);
-    }
+    });
   };
   return (
     <section class="card publish" aria-labelledby="publish-heading">
