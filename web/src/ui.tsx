@@ -55,6 +55,21 @@ export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="state empty">{children}</div>;
 }
 
+/** A table's header row; `""` names a column of actions, for screen readers only. */
+export function HeadRow({ columns }: { columns: string[] }) {
+  return (
+    <thead>
+      <tr>
+        {columns.map((c, i) => (
+          <th key={i} scope="col">
+            {c || <span class="visually-hidden">actions</span>}
+          </th>
+        ))}
+      </tr>
+    </thead>
+  );
+}
+
 export type Async<T> = { data?: T; error?: unknown; loading: boolean; reload: () => void };
 
 /** Run `load` when `deps` change; the answer of an outdated run is dropped. */

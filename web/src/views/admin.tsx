@@ -4,7 +4,7 @@
 import { useLayoutEffect, useRef, useState } from "preact/hooks";
 import { api, enc, type Project } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, useAction, useAsync } from "../ui";
+import { Empty, ErrorBox, HeadRow, Spinner, fmt, useAction, useAsync } from "../ui";
 import { NotYours } from "./tables";
 
 interface UserInfo {
@@ -62,15 +62,7 @@ function AdminDesk() {
             <Spinner />
           ) : (
             <table class="result users">
-              <thead>
-                <tr>
-                  <th scope="col">user</th>
-                  <th scope="col">role</th>
-                  <th scope="col">created</th>
-                  <th scope="col">tokens</th>
-                  <th scope="col"><span class="visually-hidden">actions</span></th>
-                </tr>
-              </thead>
+              <HeadRow columns={["user", "role", "created", "tokens", ""]} />
               <tbody>
                 {list.map((u) => (
                   <tr key={u.name} data-user={u.name} data-revoked={u.revoked ? "true" : undefined}>
@@ -246,14 +238,7 @@ function Tokens({ user, changed, onMint, act }: { user: string; changed: number;
         <Empty>No tokens.</Empty>
       ) : (
         <table class="result">
-          <thead>
-            <tr>
-              <th scope="col">token</th>
-              <th scope="col">issued</th>
-              <th scope="col">state</th>
-              <th scope="col"><span class="visually-hidden">actions</span></th>
-            </tr>
-          </thead>
+          <HeadRow columns={["token", "issued", "state", ""]} />
           <tbody>
             {tokens.data.tokens.map((t) => (
               <tr key={t.id} data-token={t.id} data-state={t.revoked_at ? "revoked" : "active"}>
@@ -314,13 +299,7 @@ function Memberships({ users }: { users: string[] }) {
             <ErrorBox error={members.error} retry={members.reload} />
           ) : (
             <table class="result">
-              <thead>
-                <tr>
-                  <th scope="col">member</th>
-                  <th scope="col">role</th>
-                  <th scope="col"><span class="visually-hidden">actions</span></th>
-                </tr>
-              </thead>
+              <HeadRow columns={["member", "role", ""]} />
               <tbody>
                 {(members.data?.members ?? []).map((m) => (
                   <tr key={m.user} data-member={m.user}>

@@ -5,7 +5,7 @@
 import { useState } from "preact/hooks";
 import { api } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
+import { Empty, ErrorBox, HeadRow, Spinner, fmt, useAsync } from "../ui";
 
 export interface AuditEntry {
   id: number;
@@ -105,11 +105,7 @@ export function Audit() {
         <Empty>No entries{filtered ? " match these filters" : " you may read yet"}.</Empty>
       ) : (
         <table class="result audit-log">
-          <thead>
-            <tr>
-              <th scope="col">#</th><th scope="col">when</th><th scope="col">user</th><th scope="col">tables</th><th scope="col">decision</th><th scope="col">query</th><th scope="col">why</th>
-            </tr>
-          </thead>
+          <HeadRow columns={["#", "when", "user", "tables", "decision", "query", "why"]} />
           <tbody>
             {shown.map((e) => (
               <tr key={e.id} data-entry={e.id} data-decision={e.decision}>

@@ -7,7 +7,7 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api, ApiError, enc, token } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, Spinner, fmt, useAsync } from "../ui";
+import { Empty, ErrorBox, HeadRow, Spinner, fmt, useAsync } from "../ui";
 import type { AuditEntry } from "./audit";
 
 export interface Policy {
@@ -239,14 +239,7 @@ function History({ past, onUse }: { past: ReturnType<typeof useAsync<AuditEntry[
         <p class="muted">No queries yet. Every query you run, and every decision on it, is listed here, across sessions.</p>
       ) : (
         <table class="result">
-          <thead>
-            <tr>
-              <th scope="col">when</th>
-              <th scope="col">query</th>
-              <th scope="col">decision</th>
-              <th scope="col"><span class="visually-hidden">actions</span></th>
-            </tr>
-          </thead>
+          <HeadRow columns={["when", "query", "decision", ""]} />
           <tbody>
             {past.data.slice(0, HISTORY_SHOWN).map((e) => (
               <tr key={e.id} data-entry={e.id} data-decision={e.decision}>
