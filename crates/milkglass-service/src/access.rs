@@ -116,5 +116,12 @@ pub fn may_review(store: &Store, user: &User, request: &ReviewRequest) -> Servic
 /// Whether `user` may read an audit entry: admins all, everyone their own, owners those
 /// about tables they owned when the entry was written (never a later owner of the name).
 pub fn may_read_audit(user: &User, entry: &AuditEntry) -> bool {
-    user.role == Role::Admin || entry.entry.user == user.name || entry.table_owners.contains(&user.name)
+    user.role == Role::Admin || entry.entry.user == user.name || reads_audit_in_full(user, entry)
+}
+
+/// Whether `user` reads an audit entry in full, as one who may know what the data behind it
+/// holds (admins, and the owners of its tables when it was written), rather than only as its
+/// author, who reads it as they were answered.
+pub fn reads_audit_in_full(user: &User, entry: &AuditEntry) -> bool {
+    user.role == Role::Admin || entry.table_owners.contains(&user.name)
 }

@@ -3,11 +3,16 @@
 use crate::{ServiceError, ServiceResult, Services, access};
 use milkglass_store::{AuditEntry, NewAuditEntry, ReviewRequest, User};
 
-/// Requests the caller may decide on, plus their own; `state` filters by state.
+/// Requests the caller may decide on, plus their own; `state` filters by state. What an answer
+/// would reveal is for its reviewers: the requester would read in it the row count and the
+/// exact small group the guard held the query for.
 pub fn list(services: &Services, user: &User, state: Option<&str>) -> ServiceResult<Vec<ReviewRequest>> {
     let mut visible = Vec::new();
-    for request in services.store.review_requests(state)? {
-        if request.user == user.name || access::may_review(&services.store, user, &request)? {
+    for mut request in services.store.review_requests(state)? {
+        if access::may_review(&services.store, user, &request)? {
+            visible.push(request);
+        } else if request.user == user.name {
+            request.reveals = None;
             visible.push(request);
         }
     }
@@ -79,5 +84,18 @@ pub fn audit_log(
 ) -> ServiceResult<Vec<AuditEntry>> {
     let mut entries = services.store.audit_entries(table, by)?;
     entries.retain(|e| access::may_read_audit(user, e));
+    for entry in entries.iter_mut().filter(|e| !access::reads_audit_in_full(user, e)) {
+        as_answered(&mut entry.entry);
+    }
     Ok(entries)
+}
+
+/// An entry as its author was answered: without what only the data's owner may know, the
+/// exact smallest group behind a refusal or a hold, and a failure's detail (which may quote a
+/// value). The entry's hash still covers the whole entry, which only owners and admins verify.
+fn as_answered(entry: &mut milkglass_store::NewAuditEntry) {
+    entry.smallest_group = None;
+    if entry.decision == "failed" {
+        entry.reason = Some(milkglass_guard::GuardError::Execution(String::new()).to_string());
+    }
 }

@@ -366,6 +366,12 @@ fn held_requests_say_what_the_answer_would_reveal() {
     assert_eq!((not_run["rows"].clone(), not_run["smallest_group"].clone()), (Value::Null, Value::Null));
     let rows = reveals("Name, Age");
     assert_eq!(rows, json!({"columns": ["Name", "Age"], "rows": 5, "smallest_group": 1}));
+    // The requester lists their own requests, but not what they would reveal: that would tell the exact
+    // small count the guard held them for.
+    let own: Value = s.server.get(&s.scientist, "/api/reviews?state=pending").json().unwrap();
+    let own = own["requests"].as_array().unwrap();
+    assert_eq!(own.len(), 3);
+    assert!(own.iter().all(|r| r["reveals"].is_null()), "{own:?}");
     let ran = reveals("Age > 65");
     assert_eq!(ran["columns"], json!(["Pclass", "n"]));
     assert!(ran["rows"].as_i64().is_some_and(|n| (1..=3).contains(&n)), "{ran}");
@@ -397,9 +403,19 @@ fn statements_refused_before_planning_reach_the_tables_owner() {
     let last = mine["entries"].as_array().unwrap().last().unwrap().clone();
     assert_eq!((last["query"].as_str(), last["tables"].clone()), (Some("DROP TABLE secret"), json!([])));
 
+    // Its author reads an entry as they were answered: the exact small count behind a refusal is the owner's.
+    let small = "SELECT Pclass, COUNT(*) AS n FROM titanic WHERE Age > 65 GROUP BY Pclass";
+    assert_eq!(query(&s, &s.scientist, small).status(), 403);
+    let smallest = |token: &str| {
+        let log: Value = s.server.get(token, "/api/audit?user=sam").json().unwrap();
+        log["entries"].as_array().unwrap().last().unwrap()["smallest_group"].clone()
+    };
+    assert!(smallest(&s.owner).as_i64().is_some_and(|n| (1..10).contains(&n)));
+    assert_eq!(smallest(&s.scientist), Value::Null);
+
     // `user` narrows to one user's entries, among those the caller may read.
     let by_sam: Value = s.server.get(&s.owner, "/api/audit?user=sam").json().unwrap();
-    assert_eq!(by_sam["entries"].as_array().unwrap().len(), 3, "the owner reads sam's three about titanic");
+    assert_eq!(by_sam["entries"].as_array().unwrap().len(), 4, "the owner reads sam's four about titanic");
     let by_owner: Value = s.server.get(&s.scientist, "/api/audit?user=olivia").json().unwrap();
     assert_eq!(by_owner["entries"], json!([]));
 }
