@@ -103,9 +103,17 @@ fn same_type(a: &MetaValue, b: &MetaValue) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
+/// The same JSON as [`MetaValue::to_json`], written without building a `Value` first (the upload path
+/// serializes every frame's metadata).
 impl Serialize for MetaValue {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(serializer)
+        match self {
+            MetaValue::String(s) => serializer.serialize_str(s),
+            MetaValue::Int(i) => serializer.serialize_i64(*i),
+            MetaValue::Float(f) => Value::from(*f).serialize(serializer),
+            MetaValue::Bool(b) => serializer.serialize_bool(*b),
+            MetaValue::Timestamp(_) | MetaValue::List(_) => self.to_json().serialize(serializer),
+        }
     }
 }
 

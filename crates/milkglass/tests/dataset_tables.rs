@@ -110,6 +110,9 @@ fn a_query_on_version_n_sees_version_ns_rows() {
     assert_eq!(count(&server, &admin, "SELECT COUNT(*) AS n FROM \"d@v1\".labels"), 5);
     assert_eq!(count(&server, &admin, "SELECT COUNT(*) AS n FROM d.frames"), 8);
     assert_eq!(count(&server, &admin, "SELECT COUNT(*) AS n FROM \"d@v2\".labels"), 11);
+    // The name as the issue writes it, unquoted (`@` is an identifier character in the SQL dialect).
+    assert_eq!(count(&server, &admin, "SELECT COUNT(*) AS n FROM d@v1.frames"), 5);
+    assert_eq!(count(&server, &admin, "SELECT COUNT(*) AS n FROM p.d@v2.labels"), 11);
     // Both versions in one query: what changed between them.
     let added = count(
         &server,
