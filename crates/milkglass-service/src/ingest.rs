@@ -284,6 +284,49 @@ fn decode(
     flush(&mut pending)
 }
 
+/// Decodes a whole upload body held in memory, as an upload does before it writes its first batch,
+/// and checks each record as far as it can without a dataset (ids, geometry, data URLs; classes
+/// against an empty class map): the number of records, or the error naming the field. Touches no
+/// store. The fuzz targets (`milkglass-fuzz`) call it.
+pub fn check_body(kind: UploadKind, format: Format, body: &[u8]) -> ServiceResult<usize> {
+    let classes = milkglass_core::ClassMap::default();
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel(2);
+        let decoder = scope.spawn(move || decode(kind, format, body, 1000, &send));
+        let mut records = 0;
+        let mut failed = None;
+        for batch in receive {
+            let checked = batch.and_then(|batch| {
+                match &batch {
+                    Records::Frames(frames) => {
+                        frames.iter().try_for_each(|f| f.validate(&classes, None, None)).map_err(ServiceError::from)?
+                    }
+                    Records::Labels(labels) => labels
+                        .iter()
+                        .try_for_each(|l| l.validate(&classes, kind == UploadKind::Inferences, None).map(|_| ()))
+                        .map_err(ServiceError::from)?,
+                    Records::Embeddings(_) => {}
+                }
+                Ok(batch.len())
+            });
+            match checked {
+                Ok(n) => records += n,
+                // Dropping the receiver stops the decoder at its next batch.
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        // A panic is a bug the fuzzer is looking for: it goes on up, never becomes an error.
+        let decoded = decoder.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        match (failed, decoded) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(records),
+        }
+    })
+}
+
 /// Row errors from a slice say `[i].field`; make `i` count from the start of the upload.
 fn offset_row(mut e: Invalid, base: usize) -> Invalid {
     if let Some((row, tail)) = split_row(&e.field) {
