@@ -2,12 +2,15 @@
 //! and signing endpoint milkglass presents to the user's servers) and each dataset's last URL
 //! check. The fetching itself lives in `milkglass-fetch`; this is only storage.
 
+#[cfg(test)]
+use crate::StoreError;
 use crate::{Store, StoreResult, now};
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-/// How milkglass presents itself when it fetches a project's assets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How milkglass presents itself when it fetches a project's assets. Its `Debug` shows no
+/// header value and no S3 secret, so that a log line never holds one.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchSettings {
     /// Header name and value pairs, in order (a name may repeat).
     pub headers: Vec<(String, String)>,
@@ -21,8 +24,8 @@ pub struct FetchSettings {
 }
 
 /// A project's S3 access, as stored and as the API takes it. Validated by the server before it
-/// is written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// is written. Its `Debug` shows no secret.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct S3Settings {
     pub region: String,
@@ -38,6 +41,35 @@ pub struct S3Settings {
     pub session_token: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<String>,
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for FetchSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<(&str, &str)> = self.headers.iter().map(|(name, _)| (name.as_str(), REDACTED)).collect();
+        f.debug_struct("FetchSettings")
+            .field("headers", &headers)
+            .field("signing_endpoint", &self.signing_endpoint)
+            .field("s3", &self.s3)
+            .field("external_id", &self.external_id)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| value.as_ref().map(|_| REDACTED);
+        f.debug_struct("S3Settings")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("sts_endpoint", &self.sts_endpoint)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &secret(&self.secret_access_key))
+            .field("session_token", &secret(&self.session_token))
+            .field("role_arn", &self.role_arn)
+            .finish()
+    }
 }
 
 impl S3Settings {
@@ -58,7 +90,7 @@ impl S3Settings {
 
 impl Store {
     pub fn fetch_settings(&self, project_id: i64) -> StoreResult<FetchSettings> {
-        self.db().read(|conn| {
+        let row = self.db().read(|conn| {
             let row = conn
                 .query_row(
                     "SELECT headers, signing_endpoint, s3, external_id FROM project_fetch_settings
@@ -74,15 +106,21 @@ impl Store {
                     },
                 )
                 .optional()?;
-            Ok(match row {
-                Some((headers, signing_endpoint, s3, external_id)) => FetchSettings {
-                    headers: serde_json::from_str(&headers)?,
-                    signing_endpoint,
-                    s3: s3.map(|s3| serde_json::from_str(&s3)).transpose()?,
-                    external_id,
-                },
-                None => FetchSettings::default(),
-            })
+            Ok(row)
+        })?;
+        let secrets = self.secrets();
+        Ok(match row {
+            Some((headers, signing_endpoint, s3, external_id)) => FetchSettings {
+                headers: serde_json::from_str(&secrets.open_value("headers", project_id, &headers)?)?,
+                signing_endpoint,
+                s3: s3
+                    .map(|s3| secrets.open_value("s3", project_id, &s3))
+                    .transpose()?
+                    .map(|s3| serde_json::from_str(&s3))
+                    .transpose()?,
+                external_id,
+            },
+            None => FetchSettings::default(),
         })
     }
 
@@ -91,7 +129,11 @@ impl Store {
     pub fn set_fetch_settings(&self, project_id: i64, settings: &FetchSettings) -> StoreResult<FetchSettings> {
         let headers = serde_json::to_string(&settings.headers)?;
         let s3 = settings.s3.as_ref().map(serde_json::to_string).transpose()?;
+        let secrets = self.secrets();
         self.db().write(|tx| {
+            // Sealed inside the transaction: see `Secrets::seal`.
+            let headers = secrets.seal("headers", project_id, &headers)?;
+            let s3 = s3.map(|s3| secrets.seal("s3", project_id, &s3)).transpose()?;
             tx.execute(
                 "INSERT INTO project_fetch_settings (project_id, headers, signing_endpoint, s3, external_id, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -167,5 +209,76 @@ mod tests {
         let stored = store.set_fetch_settings(project.id, &later).unwrap();
         assert_eq!(stored.external_id.as_deref(), Some("first"));
         assert_eq!(stored.s3, None);
+    }
+
+    #[test]
+    fn secrets_are_sealed_in_the_catalog_and_survive_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("admin", Role::Admin).unwrap();
+        let user = store.user_by_name("admin").unwrap();
+        let mut ids = Vec::new();
+        for name in ["p", "q"] {
+            let spec: ProjectSpec = serde_json::from_value(serde_json::json!({ "name": name })).unwrap();
+            ids.push(store.create_project(&spec, &user).unwrap().id);
+        }
+        let settings = FetchSettings {
+            headers: vec![("X-Api-Key".into(), "header-secret-value".into())],
+            s3: Some(S3Settings {
+                access_key_id: Some("AKIAEXAMPLE".into()),
+                secret_access_key: Some("s3-secret-value".into()),
+                ..S3Settings::default()
+            }),
+            ..FetchSettings::default()
+        };
+        for id in &ids {
+            store.set_fetch_settings(*id, &settings).unwrap();
+        }
+        let in_files = |needle: &str| {
+            std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).any(|e| {
+                let raw = std::fs::read(e.path()).unwrap_or_default();
+                raw.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+        };
+        assert!(!in_files("header-secret-value") && !in_files("s3-secret-value"));
+        assert!(!format!("{settings:?}").contains("secret-value"), "Debug shows no secret");
+
+        let rotation = store.rotate_secrets_key().unwrap();
+        assert_eq!(rotation.values, 4, "two columns of two projects");
+        // This store and a fresh one (another process) both read them under the new key.
+        assert_eq!(store.fetch_settings(ids[0]).unwrap().headers, settings.headers);
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.fetch_settings(ids[1]).unwrap().s3, settings.s3);
+
+        // A sealed value moved into another project's row does not open there.
+        let db = rusqlite::Connection::open(dir.path().join("catalog.db")).unwrap();
+        db.execute(
+            "UPDATE project_fetch_settings SET headers = (SELECT headers FROM project_fetch_settings WHERE project_id = ?1)
+             WHERE project_id = ?2",
+            [ids[0], ids[1]],
+        )
+        .unwrap();
+        assert!(matches!(reopened.fetch_settings(ids[1]), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn values_written_in_clear_by_an_older_version_are_sealed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.add_user("admin", Role::Admin).unwrap();
+        let spec: ProjectSpec = serde_json::from_value(serde_json::json!({ "name": "p" })).unwrap();
+        let project = store.create_project(&spec, &store.user_by_name("admin").unwrap()).unwrap();
+        drop(store);
+        let db = rusqlite::Connection::open(dir.path().join("catalog.db")).unwrap();
+        db.execute(
+            "INSERT INTO project_fetch_settings (project_id, headers, updated_at) VALUES (?1, ?2, 'then')",
+            rusqlite::params![project.id, r#"[["X-Token","old-clear-value"]]"#],
+        )
+        .unwrap();
+        drop(db);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.fetch_settings(project.id).unwrap().headers[0].1, "old-clear-value");
+        let raw = std::fs::read(dir.path().join("catalog.db")).unwrap();
+        assert!(!raw.windows(15).any(|w| w == b"old-clear-value"), "sealed, and the old page is gone");
     }
 }

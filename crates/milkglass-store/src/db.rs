@@ -46,6 +46,16 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Rewrites the database file without its free pages (which may still hold deleted values),
+    /// and truncates the write-ahead log, which may hold them too.
+    pub(crate) fn vacuum(&self) -> StoreResult<()> {
+        let conn = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE);")?;
+        Ok(())
+    }
+}
+
 pub(crate) fn open_connection(path: &Path) -> StoreResult<Connection> {
     let conn = Connection::open_with_flags(
         path,

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ImageServer, Server, expect_error};
+use common::{ImageServer, Server, cli, expect_error};
 use serde_json::{Value, json};
 
 fn image_bytes(path: &str) -> Vec<u8> {
@@ -336,4 +336,58 @@ fn the_fetcher_refuses_loopback_unless_the_admin_allows_it() {
     assert_eq!(report["failed_count"], 1, "{report}");
     assert!(report["failed"][0]["error"].as_str().unwrap().contains("loopback"), "{report}");
     assert_eq!(images.count(), 0);
+}
+
+/// Whether any file in the data directory holds `needle` as bytes.
+fn data_dir_holds(dir: &std::path::Path, needle: &str) -> bool {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path)
+            && bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn fetch_secrets_are_sealed_at_rest_and_a_rotated_key_keeps_them_working() {
+    let images = image_server();
+    let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
+    create(&server, &admin, "mirror", "mirrored");
+    let (header_secret, s3_secret) = ("hdr-5ecret-9f2c41", "s3-5ecret-77ab03");
+    let settings = json!({
+        "headers": {"X-Shared-Secret": header_secret},
+        "s3": {"region": "eu-west-1", "access_key_id": "AKIAEXAMPLE", "secret_access_key": s3_secret},
+    });
+    let r = server.request(reqwest::Method::PUT, &admin, "/api/projects/mirror/fetch").json(&settings).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    // The catalog, its write-ahead log and every other file, read directly: no secret in clear.
+    assert!(!data_dir_holds(&server.dir, header_secret) && !data_dir_holds(&server.dir, s3_secret));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(server.dir.join("catalog-secrets.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Rotated while the server runs: the server opens them under the new key.
+    let said = cli(&["secrets", "rotate", "--data-dir", server.dir.to_str().unwrap()]);
+    assert!(said.starts_with("sealed 2 stored secrets under the new key"), "{said}");
+    assert!(server.dir.join("catalog-secrets.key.previous").exists());
+    upload(&server, &admin, "mirror", &[frame_with("a", &images.url("a.png"))]);
+    report_after_upload(&server, &admin, "mirror");
+    let seen = images.seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the mirror fetched the image");
+    let expected = format!("x-shared-secret: {header_secret}");
+    assert!(seen.iter().all(|head| head.to_ascii_lowercase().contains(&expected)), "{seen:?}");
+    // A second rotation drops the first key; the settings still read back (write-only values).
+    cli(&["secrets", "rotate", "--data-dir", server.dir.to_str().unwrap()]);
+    let shown: Value = server.get(&admin, "/api/projects/mirror/fetch").json().unwrap();
+    assert_eq!(shown["headers"]["X-Shared-Secret"], "(set)", "{shown}");
+    assert_eq!(shown["s3"]["secret_access_key"], "(set)", "{shown}");
+    assert!(!data_dir_holds(&server.dir, header_secret) && !data_dir_holds(&server.dir, s3_secret));
 }

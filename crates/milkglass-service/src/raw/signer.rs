@@ -28,27 +28,7 @@ pub(crate) struct Signer {
 
 impl Signer {
     pub(crate) fn load_or_create(path: &FsPath) -> std::io::Result<Signer> {
-        match std::fs::read(path) {
-            Ok(key) if key.len() >= 32 => return Ok(Signer { key }),
-            Ok(_) => return Err(std::io::Error::other(format!("{} is too short to be a signing key", path.display()))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let key: [u8; 32] = rand::random();
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(mut file) => {
-                std::io::Write::write_all(&mut file, &key)?;
-                file.sync_all()?;
-                Ok(Signer { key: key.to_vec() })
-            }
-            // Another process created it first: use theirs.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Signer::load_or_create(path),
-            Err(e) => Err(e),
-        }
+        Ok(Signer { key: milkglass_store::key_file::load_or_create(path)? })
     }
 
     fn mac(&self, method: &str, path: &str, expires: u64, uid: &str) -> Hmac<Sha256> {
