@@ -33,24 +33,36 @@ AUDIT_KEY = b"milkglass.audit_id"
 DataLike = Union[pl.DataFrame, pl.LazyFrame, pa.Table, "pandas.DataFrame", str, os.PathLike]  # noqa: F821
 
 
-def connect(url: str, token: str, *, flight_url: Optional[str] = None, timeout: float = 60.0) -> "Client":
+def connect(url: str, token: str, *, flight_url: Optional[str] = None, timeout: float = 60.0,
+            ca_cert: Optional[Union[str, os.PathLike]] = None) -> "Client":
     """Connects to a milkglass server.
 
-    ``url`` is the HTTP address (``http://127.0.0.1:7700``); the Flight SQL address is discovered from
-    ``GET /api/info`` unless given. ``token`` is the caller's milkglass token.
+    ``url`` is the HTTP address (``http://127.0.0.1:7700``, or ``https://...`` for a server started with
+    ``--tls-cert``); the Flight SQL address is discovered from ``GET /api/info`` unless given. ``token`` is
+    the caller's milkglass token. ``ca_cert`` is a PEM file of certificates to trust, for a server whose
+    certificate no system authority signed (``milkglass tls self-signed``); it serves HTTP and Flight SQL.
     """
-    return Client(url, token, flight_url=flight_url, timeout=timeout)
+    return Client(url, token, flight_url=flight_url, timeout=timeout, ca_cert=ca_cert)
 
 
 class Client:
     """One user's connection. Owners publish tables and review queries; scientists query them."""
 
-    def __init__(self, url: str, token: str, *, flight_url: Optional[str] = None, timeout: float = 60.0):
+    def __init__(self, url: str, token: str, *, flight_url: Optional[str] = None, timeout: float = 60.0,
+                 ca_cert: Optional[Union[str, os.PathLike]] = None):
         if not token:
             raise ValueError("a token is required: ask the server's admin for one (milkglass user add)")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
+        self._ca_pem = None
+        # Passed with every request: a session's own `verify` loses to REQUESTS_CA_BUNDLE and
+        # CURL_CA_BUNDLE when they are set, and those would not hold a self-signed certificate.
+        self._verify: Union[bool, str] = True
+        if ca_cert is not None:
+            self._verify = os.fspath(ca_cert)
+            with open(ca_cert, encoding="ascii") as f:
+                self._ca_pem = f.read()
         self._http.headers["Authorization"] = f"Bearer {token}"
         self._token = token
         self.user = self._request("GET", "/api/whoami")
@@ -77,12 +89,23 @@ class Client:
     # -- HTTP ---------------------------------------------------------------------------------------------
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self._http.request(method, self.url + path, timeout=self.timeout, **kwargs)
+        response = self._http.request(method, self.url + path, timeout=self.timeout, verify=self._verify, **kwargs)
         if response.status_code >= 400:
             raise _api_error(response)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    # -- who is signed in ------------------------------------------------------------------------------
+
+    def whoami(self) -> Dict[str, Any]:
+        """The user this client's token signs in as: ``{"name": ..., "role": ...}``."""
+        return self._request("GET", "/api/whoami")
+
+    def mint_token(self, *, label: Optional[str] = None, expires_in_days: int = 90) -> Dict[str, Any]:
+        """A personal token of the signed-in user, with their rights, expiring after ``expires_in_days``
+        (at most 365). The answer's ``token`` is shown only this once."""
+        return self._request("POST", "/api/tokens", json={"label": label, "expires_in_days": expires_in_days})
 
     # -- the owner's day ----------------------------------------------------------------------------------
 
@@ -206,11 +229,14 @@ class Client:
             if self._flight is None:
                 import adbc_driver_flightsql.dbapi as flight_sql
 
-                self._flight = flight_sql.connect(self.flight_url, db_kwargs={
+                options = {
                     "adbc.flight.sql.authorization_header": f"Bearer {self._token}",
                     # Answer "held" at once; this client then polls, and can say that it waits.
                     "adbc.flight.sql.rpc.call_header.x-milkglass-wait-seconds": "0",
-                }, autocommit=True)
+                }
+                if self._ca_pem is not None:
+                    options["adbc.flight.sql.client_option.tls_root_certs"] = self._ca_pem
+                self._flight = flight_sql.connect(self.flight_url, db_kwargs=options, autocommit=True)
             return self._flight
 
     def _execute(self, query: str, wait_seconds: int) -> pa.Table:
@@ -239,7 +265,7 @@ class Client:
         delay = 0.2
         while True:
             response = self._http.get(f"{self.url}/api/query/requests/{held.request_id}",
-                                      headers={"Accept": ARROW_STREAM}, timeout=self.timeout)
+                                      headers={"Accept": ARROW_STREAM}, timeout=self.timeout, verify=self._verify)
             if response.status_code == 200:
                 table = pa.ipc.open_stream(response.content).read_all()
                 metadata = dict(table.schema.metadata or {})

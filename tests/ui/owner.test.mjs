@@ -283,3 +283,28 @@ test("the owner deletes a table after a confirmation that Escape cancels", async
   assert.equal((await fetchAs(demo.tokens.olivia, "/api/tables/titanic")).status, 404);
   assert.deepEqual(owner.errors, []);
 });
+
+test("a scientist mints a personal token in Settings, shown once, and revokes it there", async () => {
+  await sci.goto(`${demo.url}/settings`);
+  await sci.waitForSelector("form[aria-label='Mint a personal token']");
+  assert.deepEqual(await unlabelled(sci), [], "every control of the page has a label");
+  await sci.fill("input[name=label]", "notebook");
+  await sci.fill("input[name=expires_in_days]", "7");
+  await sci.click("button[name=mint_own_token]");
+  const minted = (await sci.textContent("[data-minted] code")).trim();
+  assert.match(minted, /^mg_[0-9a-f]{64}$/);
+  const me = await (await fetchAs(minted, "/api/whoami")).json();
+  assert.equal(me.name, "sam", "the token is sam's, with sam's rights");
+  const { tokens } = await (await fetchAs(minted, "/api/tokens")).json();
+  const mine = tokens[tokens.length - 1];
+  assert.equal(mine.label, "notebook");
+  const days = (Date.parse(mine.expires_at) - Date.parse(mine.created_at)) / 86_400_000;
+  assert.ok(Math.abs(days - 7) < 0.01, `expires in ${days} days`);
+  assert.ok(!(await sci.textContent("table.result")).includes(minted), "the list never shows a token's text");
+  await sci.click(`tr[data-token="${mine.id}"] button[name=revoke_own_token]`);
+  await sci.click(`tr[data-token="${mine.id}"] button[name=confirm_revoke_own_token]`);
+  await sci.waitForSelector(`tr[data-token="${mine.id}"][data-state^=revoked]`);
+  assert.equal((await fetchAs(minted, "/api/whoami")).status, 401, "the revoked token fails");
+  assert.equal((await fetchAs(demo.tokens.sam, "/api/whoami")).status, 200, "sam's other token still works");
+  assert.deepEqual(sci.errors, []);
+});

@@ -3,6 +3,14 @@ import { signal } from "@preact/signals";
 
 const TOKEN_KEY = "milkglass.token";
 
+// Single sign-on hands the session token over in the URL fragment (which browsers never send to a
+// server): keep it in the tab, then take it out of the address bar and the history.
+const handedOver = new URLSearchParams(location.hash.slice(1)).get("session");
+if (handedOver) {
+  sessionStorage.setItem(TOKEN_KEY, handedOver);
+  history.replaceState(history.state, "", location.pathname + location.search);
+}
+
 /** The bearer token. Kept in sessionStorage only: it goes away with the tab. */
 export const token = signal<string | null>(sessionStorage.getItem(TOKEN_KEY));
 

@@ -1,5 +1,5 @@
 // Small shared pieces: number formatting, badges, loading/error/empty states, a data hook.
-import { useEffect, useState } from "preact/hooks";
+import { useEffect, useLayoutEffect, useRef, useState } from "preact/hooks";
 import type { ComponentChildren } from "preact";
 import { ApiError, type AccessMode } from "./api";
 
@@ -118,4 +118,30 @@ export function isTyping(target: EventTarget | null): boolean {
   if (t.closest("textarea, select, [contenteditable]")) return true;
   const input = t.closest("input") as HTMLInputElement | null;
   return !!input && !["checkbox", "radio", "range", "button", "submit"].includes(input.type);
+}
+
+/** A destructive action that asks once more before it runs (Escape cancels). */
+export function Confirmed({ label, name, onConfirm }: { label: string; name: string; onConfirm: () => void }) {
+  const [asking, setAsking] = useState(false);
+  const sure = useRef<HTMLButtonElement>(null);
+  useLayoutEffect(() => {
+    if (asking) sure.current?.focus();
+  }, [asking]);
+  if (!asking) {
+    return (
+      <button type="button" class="danger" name={name} onClick={() => setAsking(true)}>
+        {label}…
+      </button>
+    );
+  }
+  return (
+    <span role="group" aria-label={`${label}?`} onKeyDown={(e) => e.key === "Escape" && setAsking(false)}>
+      <button type="button" class="danger" name={`confirm_${name}`} ref={sure} onClick={() => (setAsking(false), onConfirm())}>
+        {label}: sure
+      </button>{" "}
+      <button type="button" name="cancel" onClick={() => setAsking(false)}>
+        Cancel
+      </button>
+    </span>
+  );
 }

@@ -84,10 +84,16 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             body["field"] = field.into();
         }
+        // A refusal that ends by itself says when, as HTTP clients expect it.
+        let retry_after = self.details.as_ref().and_then(|d| d["retry_after_s"].as_u64());
         if let Some(details) = self.details {
             body["details"] = details;
         }
-        (self.status, Json(json!({ "error": body }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": body }))).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 

@@ -159,6 +159,15 @@ fn info_for(schema: &Schema, ticket: Vec<u8>, descriptor: FlightDescriptor, rows
         .with_total_records(rows))
 }
 
+/// A sign-in over Flight SQL, as the audit log records it: the peer address and the method.
+fn flight_attempt<T>(request: &Request<T>) -> milkglass_service::Attempt {
+    let method = request.extensions().get::<tonic::GrpcMethod>().map(|m| m.method().to_string());
+    milkglass_service::Attempt {
+        from: request.remote_addr().map(|a| a.ip()),
+        target: format!("Flight {}", method.as_deref().unwrap_or("call")),
+    }
+}
+
 impl MilkglassFlightSql {
     /// The caller, from `authorization: Bearer <token>`.
     async fn caller<T>(&self, request: &Request<T>) -> Result<User, Status> {
@@ -167,14 +176,16 @@ impl MilkglassFlightSql {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| Status::unauthenticated("send authorization: Bearer <token>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be: Bearer <token>"))?
-            .trim()
-            .to_string();
-        let services = self.state.services.clone();
-        blocking(move || services.authenticate(&token)).await.map_err(status)
+        let token =
+            header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")).map(|t| t.trim().to_string());
+        let (services, attempt) = (self.state.services.clone(), flight_attempt(request));
+        let Some(token) = token else {
+            blocking(move || services.failed_sign_in(&attempt, "malformed authorization header"))
+                .await
+                .map_err(status)?;
+            return Err(Status::unauthenticated("the authorization header must be: Bearer <token>"));
+        };
+        blocking(move || services.authenticate(&token, &attempt)).await.map_err(status)
     }
 
     /// Runs a statement through the guard; a passed result is kept for one DoGet.
@@ -272,14 +283,19 @@ impl FlightSqlService for MilkglassFlightSql {
             .ok_or_else(|| Status::unauthenticated("send basic auth (user name and token) or a bearer token"))?
             .to_string();
         let token = if let Some(basic) = header.strip_prefix("Basic ") {
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .map_err(|_| Status::unauthenticated("malformed basic auth"))?;
-            let text = String::from_utf8(decoded).map_err(|_| Status::unauthenticated("malformed basic auth"))?;
-            let (name, token) = text.split_once(':').ok_or_else(|| Status::unauthenticated("malformed basic auth"))?;
+            let attempt = flight_attempt(&request);
+            let decoded = base64::engine::general_purpose::STANDARD.decode(basic.trim()).ok();
+            let text = decoded.and_then(|d| String::from_utf8(d).ok());
+            let Some((name, token)) = text.as_deref().and_then(|t| t.split_once(':')) else {
+                let services = self.state.services.clone();
+                blocking(move || services.failed_sign_in(&attempt, "malformed basic auth")).await.map_err(status)?;
+                return Err(Status::unauthenticated("malformed basic auth"));
+            };
             let (services, given) = (self.state.services.clone(), token.to_string());
-            let user = blocking(move || services.authenticate(&given)).await.ok();
-            if user.is_none_or(|u| u.name != name) {
+            let user = blocking(move || services.authenticate(&given, &attempt)).await.map_err(status)?;
+            // The token is right and only the name is wrong: nothing was guessed, so nothing is
+            // counted; the pair is refused like any wrong one.
+            if user.name != name {
                 return Err(Status::unauthenticated("invalid user name or token"));
             }
             token.to_string()

@@ -12,14 +12,18 @@ mod extract;
 pub mod flight;
 mod insight;
 mod json;
+mod oidc;
 mod raw;
 mod routes;
 mod tables;
+mod tls;
 mod users;
 mod web;
 
 pub use error::ApiError;
-pub use milkglass_service::{QueryLimits, Store, check_fetch_allow};
+pub use milkglass_service::{QueryLimits, SignInLimits, Store, check_fetch_allow};
+pub use oidc::{Oidc, OidcSettings};
+pub use tls::{TlsCerts, TlsIncoming, self_signed};
 
 use axum::Router;
 use milkglass_service::{ServiceConfig, ServiceError, ServiceResult, Services};
@@ -50,6 +54,8 @@ pub struct ServerConfig {
     pub asset_store: Option<String>,
     /// What one guarded query may use (memory, time), and how many run at once.
     pub queries: QueryLimits,
+    /// Failed sign-ins an address may make before it is refused for a while.
+    pub sign_ins: SignInLimits,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +70,7 @@ impl Default for ServerConfig {
             fetch_allow: Vec::new(),
             asset_store: None,
             queries: QueryLimits::default(),
+            sign_ins: SignInLimits::default(),
         }
     }
 }
@@ -75,6 +82,8 @@ pub struct AppState {
     pub services: Arc<Services>,
     /// The Aquarium adapter's uploads in progress and download links.
     pub(crate) aquarium: Arc<aquarium::AquariumState>,
+    /// Single sign-on, when configured.
+    pub(crate) oidc: Option<Arc<Oidc>>,
 }
 
 impl AppState {
@@ -87,9 +96,16 @@ impl AppState {
             asset_store: config.asset_store.clone(),
             batch_size: config.batch_size,
             max_upload_bytes: config.max_upload_bytes,
+            sign_ins: config.sign_ins.clone(),
         };
         let services = Arc::new(Services::new(store, service_config)?);
-        Ok(AppState { config: Arc::new(config), services, aquarium: Arc::default() })
+        Ok(AppState { config: Arc::new(config), services, aquarium: Arc::default(), oidc: None })
+    }
+
+    /// Turns single sign-on on, with a provider already discovered ([`Oidc::discover`]).
+    pub fn with_oidc(mut self, oidc: Oidc) -> AppState {
+        self.oidc = Some(Arc::new(oidc));
+        self
     }
 }
 
@@ -107,38 +123,70 @@ pub fn app(store: Store, config: ServerConfig) -> std::io::Result<Router> {
 }
 
 /// Serves the HTTP API and, when given a second listener, Flight SQL, until `shutdown` completes.
+/// With `tls`, both speak only TLS (HTTP/1.1 and h2 by ALPN) and HTTP answers carry HSTS.
 pub async fn serve_all(
     http: TcpListener,
     flight: Option<TcpListener>,
     state: AppState,
+    tls: Option<Arc<TlsCerts>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let flight_task = flight.map(|listener| {
-        let service = flight::service(state.clone());
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to each small answer.
-            let incoming =
-                futures::TryStreamExt::map_ok(tokio_stream::wrappers::TcpListenerStream::new(listener), |stream| {
-                    let _ = stream.set_nodelay(true);
-                    stream
-                });
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
+    let flight_task = match flight {
+        None => None,
+        Some(listener) => {
+            let service = flight::service(state.clone());
+            let mut stopped = stopped.clone();
+            let server = tonic::transport::Server::builder().add_service(service);
+            let until_stopped = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            Some(match &tls {
+                Some(certs) => {
+                    let incoming = TlsIncoming::start(listener, certs, &[b"h2"]).map_err(std::io::Error::other)?;
+                    tokio::spawn(async move {
+                        server.serve_with_incoming_shutdown(incoming.into_stream(), until_stopped).await
+                    })
+                }
+                None => tokio::spawn(async move {
+                    // Without TCP_NODELAY, Nagle's algorithm and delayed ACKs add ~40 ms to each small answer.
+                    let incoming = futures::TryStreamExt::map_ok(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        |stream| {
+                            let _ = stream.set_nodelay(true);
+                            stream
+                        },
+                    );
+                    server.serve_with_incoming_shutdown(incoming, until_stopped).await
+                }),
+            })
+        }
+    };
+    let until_shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let result = match &tls {
+        Some(certs) => {
+            // Browsers that once reached the server over TLS refuse plain HTTP to it for a year.
+            let app = routes::router(state).layer(tower_http::set_header::SetResponseHeaderLayer::overriding(
+                axum::http::header::STRICT_TRANSPORT_SECURITY,
+                axum::http::HeaderValue::from_static("max-age=31536000"),
+            ));
+            let incoming = TlsIncoming::start(http, certs, &[b"http/1.1"]).map_err(std::io::Error::other)?;
+            // `tap_io` gives the listener the `ConnectInfo<SocketAddr>` a plain TCP listener has.
+            let listener = axum::serve::ListenerExt::tap_io(incoming, |_| {});
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(until_shutdown)
                 .await
-        })
-    });
-    let app = routes::router(state);
-    let result = axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop.send(true);
-        })
-        .await;
+        }
+        None => {
+            let app = routes::router(state);
+            axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(until_shutdown)
+                .await
+        }
+    };
     if let Some(task) = flight_task {
         let _ = task.await;
     }

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{datasets}/inference_sets/{{set}}/embeddings"), post(upload_inference_embeddings))
         .merge(crate::tables::router())
         .merge(crate::users::router())
+        .merge(crate::oidc::router())
         .merge(crate::insight::router())
         .merge(crate::aquarium::router())
         // Unknown API paths get the API's JSON 404; every other unknown path is the web app's.

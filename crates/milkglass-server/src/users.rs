@@ -1,5 +1,6 @@
-//! Routes of the admin's desk: users, their global roles and their tokens. Each handler
-//! parses and calls one operation of [`milkglass_service::users`], which checks the role.
+//! Routes of the admin's desk (users, their global roles and their tokens) and of each user's
+//! personal tokens. Each handler parses and calls one operation of [`milkglass_service::users`],
+//! which checks the role.
 
 use crate::auth::Caller;
 use crate::error::ApiResult;
@@ -21,6 +22,38 @@ pub fn router() -> Router<AppState> {
         .route("/api/users/{user}", patch(update_user).delete(revoke_user))
         .route("/api/users/{user}/tokens", get(list_tokens).post(issue_token))
         .route("/api/users/{user}/tokens/{id}", delete(revoke_token))
+        .route("/api/tokens", get(own_tokens).post(mint_own_token))
+        .route("/api/tokens/{id}", delete(revoke_own_token))
+}
+
+async fn own_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    let tokens = blocking(move || users::own_tokens(&state.services, &caller.0)).await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOwnToken {
+    #[serde(default)]
+    expires_in_days: Option<i64>,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+/// 201 with the new personal token, which is never shown again.
+async fn mint_own_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(body): JsonBody<NewOwnToken>,
+) -> ApiResult<(StatusCode, Json<IssuedToken>)> {
+    let issued =
+        blocking(move || users::mint_own_token(&state.services, &caller.0, body.expires_in_days, body.label)).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+async fn revoke_own_token(State(state): State<AppState>, caller: Caller, Path(id): Path<i64>) -> ApiResult<StatusCode> {
+    blocking(move || users::revoke_own_token(&state.services, &caller.0, id)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_users(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {

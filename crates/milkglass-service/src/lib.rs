@@ -20,12 +20,15 @@ pub mod insights;
 pub mod query;
 pub mod raw;
 pub mod reviews;
+mod sign_ins;
+pub mod sso;
 pub mod tables;
 pub mod users;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
 pub use query::{Answer, MAX_REVIEW_WAIT};
 pub use raw::check_fetch_allow;
+pub use sign_ins::{Attempt, SignInLimits, UNKNOWN_CALLER};
 
 // The vocabulary of the operations' arguments and answers, so that adapters need no
 // dependency on the crates below the service.
@@ -57,6 +60,8 @@ pub struct ServiceConfig {
     pub batch_size: usize,
     /// Largest accepted upload (dataset records, hosted files), in bytes.
     pub max_upload_bytes: u64,
+    /// Failed sign-ins an address may make before it is refused for a while.
+    pub sign_ins: SignInLimits,
 }
 
 impl Default for ServiceConfig {
@@ -68,6 +73,7 @@ impl Default for ServiceConfig {
             asset_store: None,
             batch_size: 5000,
             max_upload_bytes: 16 << 30,
+            sign_ins: SignInLimits::default(),
         }
     }
 }
@@ -107,6 +113,8 @@ pub struct Services {
     embedder: embedding::ModelSlot,
     /// The raw-data boundary: the fetcher, the hosted store, URL signatures.
     raw: Arc<raw::RawData>,
+    /// Failed sign-ins by address.
+    sign_ins: sign_ins::SignInGuard,
 }
 
 /// Runs store work on tokio's blocking pool, so that SQLite never holds up an async
@@ -132,14 +140,10 @@ impl Services {
             frame_indexes: Arc::default(),
             embedder: embedding::ModelSlot::default(),
             raw: Arc::new(raw),
+            sign_ins: sign_ins::SignInGuard::new(config.sign_ins.clone()),
             store,
             config,
         })
-    }
-
-    /// The user a bearer token names, if it is valid and not revoked. Blocking.
-    pub fn authenticate(&self, token: &str) -> ServiceResult<User> {
-        self.store.authenticate(token)?.ok_or_else(|| ServiceError::unauthenticated("invalid or revoked token"))
     }
 }
 

@@ -1,9 +1,14 @@
-//! Users, their global roles and their tokens: the admin's side of the server. Every
-//! operation is for admins only, checked here, whatever the front end shows.
+//! Users, their global roles and their tokens: the admin's side of the server, where every
+//! operation is for admins only (checked here, whatever the front end shows), and each user's own
+//! personal tokens, which always expire.
 
 use crate::{ServiceError, ServiceResult, Services, access};
 use milkglass_core::Role;
-use milkglass_store::{IssuedToken, TokenInfo, User, UserInfo};
+use milkglass_store::{IssuedToken, TokenInfo, TokenSpec, User, UserInfo};
+
+/// How long a personal token lasts when its owner does not say, and at most.
+pub const PERSONAL_TOKEN_DAYS: i64 = 90;
+pub const PERSONAL_TOKEN_MAX_DAYS: i64 = 365;
 
 /// Every user, revoked ones too. Blocking.
 pub fn list(services: &Services, admin: &User) -> ServiceResult<Vec<UserInfo>> {
@@ -47,13 +52,49 @@ pub fn tokens(services: &Services, admin: &User, name: &str) -> ServiceResult<Ve
 /// Issues another token for an active user; its text is answered this once. Blocking.
 pub fn issue_token(services: &Services, admin: &User, name: &str) -> ServiceResult<IssuedToken> {
     access::require_admin(admin)?;
-    Ok(services.store.new_token(name)?)
+    Ok(services.store.new_token(name, &TokenSpec::default())?)
 }
 
 /// Revokes one token of a user's. Blocking.
 pub fn revoke_token(services: &Services, admin: &User, name: &str, id: i64) -> ServiceResult<()> {
     access::require_admin(admin)?;
     Ok(services.store.revoke_token(name, id)?)
+}
+
+/// The caller's own tokens. Blocking.
+pub fn own_tokens(services: &Services, user: &User) -> ServiceResult<Vec<TokenInfo>> {
+    Ok(services.store.user_tokens(&user.name)?)
+}
+
+/// A personal token for the caller (for the SDK, a notebook): it carries the caller's own rights
+/// and expires after `days` (default [`PERSONAL_TOKEN_DAYS`], at most [`PERSONAL_TOKEN_MAX_DAYS`]).
+/// Its text is answered this once. Blocking.
+pub fn mint_own_token(
+    services: &Services,
+    user: &User,
+    days: Option<i64>,
+    label: Option<String>,
+) -> ServiceResult<IssuedToken> {
+    let days = days.unwrap_or(PERSONAL_TOKEN_DAYS);
+    if !(1..=PERSONAL_TOKEN_MAX_DAYS).contains(&days) {
+        return Err(ServiceError::invalid(
+            "expires_in_days",
+            format!("must be between 1 and {PERSONAL_TOKEN_MAX_DAYS} (personal tokens always expire)"),
+        ));
+    }
+    let label = label.map(|l| l.trim().to_string()).filter(|l| !l.is_empty());
+    if let Some(label) = &label
+        && (label.chars().count() > 100 || label.chars().any(char::is_control))
+    {
+        return Err(ServiceError::invalid("label", "must be at most 100 characters, without control characters"));
+    }
+    let spec = TokenSpec { valid_for: Some(chrono::Duration::days(days)), label };
+    Ok(services.store.new_token(&user.name, &spec)?)
+}
+
+/// Revokes one of the caller's own tokens (the one in use too: that is signing out). Blocking.
+pub fn revoke_own_token(services: &Services, user: &User, id: i64) -> ServiceResult<()> {
+    Ok(services.store.revoke_token(&user.name, id)?)
 }
 
 fn info(services: &Services, name: &str) -> ServiceResult<UserInfo> {

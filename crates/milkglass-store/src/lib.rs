@@ -8,6 +8,9 @@
 //! - `embeddings/<dataset id>/{frames,labels}.f32`: append-only little-endian f32
 //!   vectors, memory-mapped for reading; rows refer to vectors by ordinal.
 //!
+//! - `catalog-secrets.key` (and, after a rotation, `.previous`): the key that seals the
+//!   secrets in `catalog.db` (see `secrets`).
+//!
 //! Atomicity: a batch appends its vectors and syncs them *before* the SQLite
 //! transaction that references them commits. A crash leaves at most an
 //! unreferenced tail in a vector file, which is harmless and trimmed on open.
@@ -15,6 +18,7 @@
 mod access;
 mod answered;
 mod audit;
+pub mod backup;
 mod catalog;
 mod db;
 mod dp_ledger;
@@ -24,11 +28,13 @@ mod frame_index;
 mod guarded;
 mod ingest;
 mod insight;
+pub mod key_file;
 mod migrations;
 mod publications;
 mod reviews;
 mod rows;
 mod scores;
+mod secrets;
 mod snapshot;
 mod users;
 
@@ -47,8 +53,9 @@ pub use publications::{DatasetPublication, dataset_table_name};
 pub use reviews::{Reveals, ReviewRequest};
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
 pub use scores::{InsightScores, IssueScore, PointScore, SCORE_COLUMNS, is_score_table};
+pub use secrets::Rotation;
 pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
-pub use users::{IssuedToken, TokenInfo, User, UserInfo};
+pub use users::{IssuedToken, TokenInfo, TokenSpec, User, UserInfo};
 
 use db::Db;
 use std::path::{Path, PathBuf};
@@ -64,6 +71,7 @@ struct Inner {
     dir: PathBuf,
     db: Db,
     embeddings: embeddings::EmbeddingFiles,
+    secrets: secrets::Secrets,
 }
 
 impl Store {
@@ -73,8 +81,10 @@ impl Store {
         std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         let db = Db::open(&dir.join("catalog.db"))?;
         let embeddings = embeddings::EmbeddingFiles::new(dir.join("embeddings"));
-        let store = Store { inner: Arc::new(Inner { dir, db, embeddings }) };
+        let secrets = secrets::Secrets::open(&dir)?;
+        let store = Store { inner: Arc::new(Inner { dir, db, embeddings, secrets }) };
         store.sweep_staging();
+        store.seal_secrets_written_in_clear()?;
         Ok(store)
     }
 
@@ -84,6 +94,10 @@ impl Store {
 
     pub(crate) fn db(&self) -> &Db {
         &self.inner.db
+    }
+
+    pub(crate) fn secrets(&self) -> &secrets::Secrets {
+        &self.inner.secrets
     }
 
     /// Runs SQLite's own consistency check; returns its report (`["ok"]` when healthy).
@@ -97,5 +111,11 @@ impl Store {
 }
 
 pub(crate) fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    timestamp(chrono::Utc::now())
+}
+
+/// The one text form of times in the catalog: RFC 3339 in UTC with milliseconds, which sorts as
+/// text in time order (SQL compares them as strings).
+pub(crate) fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

@@ -319,6 +319,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE review_requests ADD COLUMN reveals TEXT;
     "#,
+    // 13: tokens may expire (personal tokens and sign-in sessions always do) and say what they
+    // are for; users signed in through an identity provider are found by the provider's subject,
+    // never by name.
+    r#"
+    ALTER TABLE tokens ADD COLUMN expires_at TEXT;
+    ALTER TABLE tokens ADD COLUMN label TEXT;
+    CREATE TABLE external_identities (
+        issuer TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        user_id INTEGER NOT NULL UNIQUE REFERENCES users(id),
+        created_at TEXT NOT NULL,
+        signed_in_at TEXT NOT NULL,
+        PRIMARY KEY (issuer, subject)
+    );
+    "#,
 ];
 
 /// Brings the schema to the newest version. Refuses a database written by a newer milkglass.

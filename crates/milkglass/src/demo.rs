@@ -59,7 +59,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         "or try: curl -H 'Authorization: Bearer {}' http://{addr}/api/projects/shapes/datasets/shapes/status",
         tokens[0].2
     );
-    runtime()?.block_on(serve(state, listener, flight))
+    runtime()?.block_on(serve(state, listener, flight, None))
 }
 
 fn add_users(store: &Store) -> Result<Vec<(String, Role, String)>> {

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API over a data directory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a fresh data directory with sample data and serve it.
     Demo(DemoArgs),
     /// Manage users and their tokens (works on the data directory directly).
@@ -65,6 +65,32 @@ enum Command {
     },
     /// Serve a local directory to the browser (CORS, Range requests), for data URLs in experiments.
     ServeFiles(ServeFilesArgs),
+    /// TLS certificates for `serve --tls-cert/--tls-key`.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+    /// Back a data directory up into a new directory, online: uploads and queries go on meanwhile.
+    Backup {
+        /// Where the backup goes (a new or empty directory).
+        dest: PathBuf,
+        /// The data directory to back up.
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Restore a backup into a new data directory, checking every file, the counts and the audit chain.
+    Restore {
+        /// The backup (a directory made by `milkglass backup`).
+        backup: PathBuf,
+        /// The data directory to create (must not exist, or be empty).
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// The key that seals the catalog's secrets (works on the data directory directly).
+    Secrets {
+        #[command(subcommand)]
+        command: SecretsCommand,
+    },
     /// Measure milkglass against a reference, on this machine.
     Bench {
         #[command(subcommand)]
@@ -117,6 +143,69 @@ struct ServeArgs {
     /// Guarded queries the server runs at once, all users together.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     queries_total: u64,
+    /// Failed sign-ins (wrong or revoked tokens) one address may make in a minute; past them it is
+    /// refused, right tokens too, until the minute ends. Each failure is audited.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    failed_sign_ins_per_minute: u32,
+    /// Single sign-on for the web app: the OpenID Connect provider's issuer URL (Okta, Entra ID,
+    /// Keycloak, Google...). Users are created on their first sign-in, with the role --oidc-role maps.
+    #[arg(long, env = "MILKGLASS_OIDC_ISSUER", requires = "oidc_client_id")]
+    oidc_issuer: Option<String>,
+    /// The client id registered with the provider.
+    #[arg(long, env = "MILKGLASS_OIDC_CLIENT_ID")]
+    oidc_client_id: Option<String>,
+    /// The client secret, if the provider gave one (better given as MILKGLASS_OIDC_CLIENT_SECRET).
+    #[arg(long, env = "MILKGLASS_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    oidc_client_secret: Option<String>,
+    /// This server's URL as browsers reach it; register PUBLIC_URL/auth/oidc/callback with the
+    /// provider. Default: http(s)://HTTP_ADDR.
+    #[arg(long, env = "MILKGLASS_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// The claim whose values --oidc-role maps (a list of groups, or one string).
+    #[arg(long, default_value = "groups")]
+    oidc_role_claim: String,
+    /// VALUE=ROLE: users whose role claim holds VALUE get ROLE (the strongest wins), e.g.
+    /// --oidc-role ml-admins=admin,data-owners=owner,ml=scientist.
+    #[arg(long, value_delimiter = ',', value_parser = parse_role_rule)]
+    oidc_role: Vec<(String, Role)>,
+    /// The role of users no --oidc-role matches; without it, they may not sign in.
+    #[arg(long, value_parser = parse_role)]
+    oidc_default_role: Option<Role>,
+    /// How long a web sign-in lasts, in hours.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..=720))]
+    oidc_session_hours: u64,
+    /// PEM certificate chain: the HTTP API and Flight SQL then speak only TLS (reloaded on SIGHUP).
+    /// `milkglass tls self-signed` makes one for a first try.
+    #[arg(long, env = "MILKGLASS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MILKGLASS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Write a self-signed certificate and its key (cert.pem, key.pem) for a first try; clients must
+    /// be told to trust this certificate (curl --cacert, requests' verify=, ADBC's tls_root_certs).
+    SelfSigned {
+        /// Directory to write cert.pem and key.pem into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Host names and IP addresses the certificate is for.
+        #[arg(long = "name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Seal every stored secret (fetch headers, S3 credentials) under a new key; the old key is kept
+    /// as catalog-secrets.key.previous until the next rotation. Safe while a server runs.
+    Rotate {
+        /// The data directory.
+        #[arg(long, env = "MILKGLASS_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -221,22 +310,55 @@ fn run(cli: Cli) -> Result<()> {
                     per_user: args.queries_per_user as usize,
                     total: args.queries_total as usize,
                 },
+                sign_ins: milkglass_server::SignInLimits {
+                    failures: args.failed_sign_ins_per_minute,
+                    window: std::time::Duration::from_secs(60),
+                },
             };
             milkglass_server::check_fetch_allow(&config.fetch_allow)
                 .map_err(|e| anyhow::anyhow!("--fetch-allow: {e}"))?;
+            let tls = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(milkglass_server::TlsCerts::load(cert, key).map_err(anyhow::Error::msg)?)
+                }
+                _ => None,
+            };
+            let (http_scheme, grpc_scheme) = if tls.is_some() { ("https", "grpc+tls") } else { ("http", "grpc") };
             let listener = bind(args.http_addr)?;
             let flight = bind(args.flight_addr)?;
-            let config = ServerConfig { flight_url: Some(format!("grpc://{}", flight.local_addr()?)), ..config };
+            let config =
+                ServerConfig { flight_url: Some(format!("{grpc_scheme}://{}", flight.local_addr()?)), ..config };
             // Made before anything is announced, so an unusable asset store stops the start.
-            let state = AppState::new(store, config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+            let mut state = AppState::new(store, config).map_err(|e| anyhow::anyhow!("cannot start: {e}"))?;
+            let runtime = runtime()?;
+            if let Some(issuer) = &args.oidc_issuer {
+                let settings = milkglass_server::OidcSettings {
+                    issuer: issuer.clone(),
+                    client_id: args.oidc_client_id.clone().unwrap_or_default(),
+                    client_secret: args.oidc_client_secret.clone(),
+                    public_url: args
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{http_scheme}://{}", listener.local_addr().expect("bound"))),
+                    mapping: milkglass_service::sso::RoleMapping {
+                        claim: args.oidc_role_claim.clone(),
+                        rules: args.oidc_role.clone(),
+                        default: args.oidc_default_role,
+                    },
+                    session: std::time::Duration::from_secs(args.oidc_session_hours * 3600),
+                };
+                let oidc = runtime.block_on(milkglass_server::Oidc::discover(settings)).map_err(anyhow::Error::msg)?;
+                state = state.with_oidc(oidc);
+            }
             println!(
-                "milkglass serving {} on http://{} (Flight SQL on grpc://{})",
+                "milkglass serving {} on {http_scheme}://{} (Flight SQL on {grpc_scheme}://{})",
                 args.data_dir.display(),
                 listener.local_addr()?,
                 flight.local_addr()?
             );
-            runtime()?.block_on(serve(state, listener, flight))
+            runtime.block_on(serve(state, listener, flight, tls))
         }
+        Command::Tls { command: TlsCommand::SelfSigned { out, names } } => self_signed(&out, &names),
         Command::Demo(args) => demo::run(args),
         Command::User { command } => user(command),
         Command::Table { command, remote } => remote::table(&remote, command),
@@ -244,6 +366,37 @@ fn run(cli: Cli) -> Result<()> {
         Command::Audit { args, remote } => remote::audit(&remote, args),
         Command::Embed { args, remote } => remote::embed(&remote, args),
         Command::ServeFiles(args) => serve_files(args),
+        Command::Backup { dest, data_dir } => {
+            let bar = ByteProgress::new("backing up");
+            let manifest = open_store(&data_dir)?.backup_to(&dest, &bar).context("backing up")?;
+            bar.0.finish_and_clear();
+            println!(
+                "backed up {} files ({} frames, {} audit entries) into {}",
+                manifest.files.len(),
+                manifest.counts["frames"],
+                manifest.counts["audit_log"],
+                dest.display()
+            );
+            Ok(())
+        }
+        Command::Restore { backup, data_dir } => {
+            let bar = ByteProgress::new("restoring");
+            let manifest = milkglass_store::backup::restore(&backup, &data_dir, &bar).context("restoring")?;
+            bar.0.finish_and_clear();
+            println!(
+                "restored {} files ({} frames, {} audit entries, chain verified) into {}",
+                manifest.files.len(),
+                manifest.counts["frames"],
+                manifest.counts["audit_log"],
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Secrets { command: SecretsCommand::Rotate { data_dir } } => {
+            let rotation = open_store(&data_dir)?.rotate_secrets_key().context("rotating the secrets key")?;
+            println!("sealed {} stored secrets under the new key {}", rotation.values, rotation.key_id);
+            Ok(())
+        }
         Command::Bench { command } => bench::run(command),
     }
 }
@@ -265,6 +418,41 @@ fn serve_files(args: ServeFilesArgs) -> Result<()> {
     })
 }
 
+/// A progress bar in bytes for backups and restores.
+struct ByteProgress(indicatif::ProgressBar);
+
+impl ByteProgress {
+    fn new(what: &str) -> ByteProgress {
+        let bar = indicatif::ProgressBar::new(0).with_message(what.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta} left)",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        ByteProgress(bar)
+    }
+}
+
+impl milkglass_store::backup::Progress for ByteProgress {
+    fn files(&self, total_bytes: u64) {
+        self.0.set_length(total_bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+/// `VALUE=ROLE`, as --oidc-role takes it.
+fn parse_role_rule(text: &str) -> std::result::Result<(String, Role), String> {
+    let (value, role) = text.split_once('=').ok_or_else(|| format!("{text:?} is not VALUE=ROLE"))?;
+    if value.is_empty() {
+        return Err(format!("{text:?} names no claim value before '='"));
+    }
+    Ok((value.to_string(), parse_role(role)?))
+}
+
 fn open_store(dir: &std::path::Path) -> Result<Store> {
     Store::open(dir).with_context(|| format!("cannot open the data directory {}", dir.display()))
 }
@@ -283,10 +471,48 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
 }
 
 /// Serves HTTP and Flight SQL on bound listeners until Ctrl-C or SIGTERM.
-async fn serve(state: AppState, http: std::net::TcpListener, flight: std::net::TcpListener) -> Result<()> {
+async fn serve(
+    state: AppState,
+    http: std::net::TcpListener,
+    flight: std::net::TcpListener,
+    tls: Option<std::sync::Arc<milkglass_server::TlsCerts>>,
+) -> Result<()> {
     let http = tokio::net::TcpListener::from_std(http)?;
     let flight = tokio::net::TcpListener::from_std(flight)?;
-    milkglass_server::serve_all(http, Some(flight), state, shutdown_signal()).await?;
+    #[cfg(unix)]
+    if let Some(certs) = tls.clone() {
+        // A renewed certificate is read on SIGHUP and served to new connections; one that does not
+        // load leaves the working one in place.
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match certs.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => tracing::error!("TLS certificate not reloaded, the previous one stays: {e}"),
+                }
+            }
+        });
+    }
+    milkglass_server::serve_all(http, Some(flight), state, tls, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `milkglass tls self-signed`: cert.pem and key.pem (mode 0600) in `out`.
+fn self_signed(out: &std::path::Path, names: &[String]) -> Result<()> {
+    let (cert, key) = milkglass_server::self_signed(names).map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let (cert_path, key_path) = (out.join("cert.pem"), out.join("key.pem"));
+    std::fs::write(&cert_path, cert).with_context(|| format!("cannot write {}", cert_path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(
+        &mut options.open(&key_path).with_context(|| format!("cannot write {}", key_path.display()))?,
+        key.as_bytes(),
+    )?;
+    println!("wrote {} and {} for {}", cert_path.display(), key_path.display(), names.join(", "));
+    println!("serve with: milkglass serve --tls-cert {} --tls-key {}", cert_path.display(), key_path.display());
     Ok(())
 }
 
@@ -327,7 +553,7 @@ fn user(command: UserCommand) -> Result<()> {
             println!("revoked {name:?} and all of its tokens");
         }
         UserCommand::Token { name, data_dir } => {
-            let token = open_store(&data_dir)?.new_token(&name)?.token;
+            let token = open_store(&data_dir)?.new_token(&name, &Default::default())?.token;
             println!("new token for {name:?} (shown only once):\n{token}");
         }
         UserCommand::Pool { name, pool, data_dir } => {

@@ -95,3 +95,43 @@ fn nobody_but_an_admin_manages_users() {
     assert!(!out.contains("mallory"), "{out}");
     expect_error(server.client.get(server.url("/api/users")).send().unwrap(), 401);
 }
+
+#[test]
+fn anyone_mints_expiring_personal_tokens_of_their_own_and_revokes_them() {
+    let (server, _admin) = Server::start(&[]);
+    let sam = add_user(&server.dir, "sam", "scientist");
+    let other = add_user(&server.dir, "tess", "scientist");
+    let minted = server.post_json(&sam, "/api/tokens", &json!({"expires_in_days": 30, "label": "notebook"}));
+    assert_eq!(minted.status(), 201);
+    let minted: Value = minted.json().unwrap();
+    let personal = minted["token"].as_str().unwrap().to_string();
+    let expires = minted["expires_at"].as_str().expect("personal tokens always expire");
+    let days = (chrono_days(expires) - chrono_days(minted["created_at"].as_str().unwrap())).round();
+    assert_eq!(days, 30.0, "{minted}");
+    let whoami: Value = server.get(&personal, "/api/whoami").json().unwrap();
+    assert_eq!(whoami["name"], "sam", "the token carries its owner's rights");
+    // The default lasts 90 days; no token lasts over a year, or forever.
+    let default: Value = server.post_json(&sam, "/api/tokens", &json!({})).json().unwrap();
+    assert!(default["expires_at"].is_string(), "{default}");
+    for bad in [json!({"expires_in_days": 0}), json!({"expires_in_days": 400}), json!({"label": "a\nb"})] {
+        let e = expect_error(server.post_json(&sam, "/api/tokens", &bad), 400);
+        assert!(e["field"] == "expires_in_days" || e["field"] == "label", "{e}");
+    }
+    let listed: Value = server.get(&sam, "/api/tokens").json().unwrap();
+    let labels: Vec<&Value> = listed["tokens"].as_array().unwrap().iter().map(|t| &t["label"]).collect();
+    assert_eq!(labels, [&Value::Null, &json!("notebook"), &Value::Null], "{listed}");
+    assert!(!listed.to_string().contains(&personal), "a token's text is shown once");
+    // Another user cannot revoke it; its owner can.
+    let id = minted["id"].as_i64().unwrap();
+    expect_error(server.request(Method::DELETE, &other, &format!("/api/tokens/{id}")).send().unwrap(), 404);
+    assert_eq!(server.get(&personal, "/api/whoami").status(), 200);
+    let r = server.request(Method::DELETE, &sam, &format!("/api/tokens/{id}")).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(server.get(&personal, "/api/whoami").status(), 401);
+    assert_eq!(server.get(&sam, "/api/whoami").status(), 200, "the other tokens keep working");
+}
+
+/// Days since the epoch of an RFC 3339 time.
+fn chrono_days(rfc3339: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().timestamp() as f64 / 86_400.0
+}

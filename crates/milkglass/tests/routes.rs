@@ -39,7 +39,7 @@ fn declared_routes() -> BTreeSet<(String, String)> {
         ("{project}", "/api/projects/{project}".to_string()),
     ];
     let mut routes = BTreeSet::new();
-    for file in ["routes", "tables", "users", "insight", "raw"] {
+    for file in ["routes", "tables", "users", "insight", "raw", "oidc"] {
         let path = format!("{}/../milkglass-server/src/{file}.rs", env!("CARGO_MANIFEST_DIR"));
         let source = std::fs::read_to_string(path).unwrap();
         for call in source.split(".route(").skip(1) {

@@ -4,7 +4,7 @@
 import { useLayoutEffect, useRef, useState } from "preact/hooks";
 import { api, enc, type Project } from "../api";
 import { me } from "../session";
-import { Empty, ErrorBox, HeadRow, Spinner, fmt, useAction, useAsync } from "../ui";
+import { Confirmed, Empty, ErrorBox, HeadRow, Spinner, fmt, useAction, useAsync } from "../ui";
 import { NotYours } from "./tables";
 
 interface UserInfo {
@@ -158,31 +158,6 @@ function TokenOnce({ minted, onDone }: { minted: Minted; onDone: () => void }) {
 }
 
 /** A destructive button that asks once more. */
-function Confirmed({ label, name, onConfirm }: { label: string; name: string; onConfirm: () => void }) {
-  const [asking, setAsking] = useState(false);
-  const sure = useRef<HTMLButtonElement>(null);
-  useLayoutEffect(() => {
-    if (asking) sure.current?.focus();
-  }, [asking]);
-  if (!asking) {
-    return (
-      <button type="button" class="danger" name={name} onClick={() => setAsking(true)}>
-        {label}…
-      </button>
-    );
-  }
-  return (
-    <span role="group" aria-label={`${label}?`} onKeyDown={(e) => e.key === "Escape" && setAsking(false)}>
-      <button type="button" class="danger" name={`confirm_${name}`} ref={sure} onClick={() => (setAsking(false), onConfirm())}>
-        {label}: sure
-      </button>{" "}
-      <button type="button" name="cancel" onClick={() => setAsking(false)}>
-        Cancel
-      </button>
-    </span>
-  );
-}
-
 function NewUser({ onCreated }: { onCreated: (m: Minted) => void }) {
   const [name, setName] = useState("");
   const [role, setRole] = useState("scientist");

@@ -2,6 +2,7 @@
 // to milkglass: signing happens in the page, and only the bucket's host sees the signed URLs.
 import { useState } from "preact/hooks";
 import { aws, forgetCredentials, gcs, setAws, setGcs } from "../raw/credentials";
+import { PersonalTokens } from "./tokens";
 
 const mask = (s: string) => (s.length > 8 ? `${s.slice(0, 4)}…${s.slice(-2)}` : "…");
 
@@ -137,6 +138,7 @@ export function Settings() {
       >
         Forget credentials
       </button>
+      <PersonalTokens />
     </main>
   );
 }

@@ -1,5 +1,6 @@
 import { useState } from "preact/hooks";
 import { api, setToken } from "../api";
+import { useAsync } from "../ui";
 import { navigate } from "../route";
 import { me } from "../session";
 
@@ -7,6 +8,9 @@ export function SignIn({ next }: { next: string }) {
   const [value, setValue] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  const methods = useAsync((signal) => api<{ sso: { login_url: string } | null }>("/api/auth", { signal }), []);
+  const ssoError = new URLSearchParams(location.search).get("sso_error");
+  const sso = methods.data?.sso;
   const submit = async (e: Event) => {
     e.preventDefault();
     setBusy(true);
@@ -26,6 +30,18 @@ export function SignIn({ next }: { next: string }) {
     <main class="signin">
       <form onSubmit={submit} aria-labelledby="signin-title">
         <h1 id="signin-title">Sign in to milkglass</h1>
+        {ssoError && (
+          <p class="state error" role="alert" data-sso-error>
+            {ssoError}
+          </p>
+        )}
+        {sso && (
+          <p>
+            <a class="button primary" href={`${sso.login_url}?next=${encodeURIComponent(next || "/")}`} data-sso>
+              Sign in with single sign-on
+            </a>
+          </p>
+        )}
         <label>
           Access token
           <input

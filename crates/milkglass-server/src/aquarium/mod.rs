@@ -190,7 +190,8 @@ impl FromRequestParts<AppState> for AqCaller {
             ))
         })?;
         let (services, token) = (state.services.clone(), token.to_string());
-        Ok(AqCaller(blocking(move || services.authenticate(&token)).await?))
+        let attempt = crate::auth::http_attempt(parts);
+        Ok(AqCaller(blocking(move || services.authenticate(&token, &attempt)).await?))
     }
 }
 
