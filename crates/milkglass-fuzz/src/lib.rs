@@ -99,10 +99,22 @@ pub async fn answer(sql: &str, secrets: [&str; 3]) -> String {
     match prepared.execute().await {
         Ok(outcome) => {
             let decision = prepared.decide(Some(&outcome), &policies, "fuzzer");
-            format!("{decision:?} {:?}", outcome.batches)
+            format!("{decision:?}\n{}", rows_in_any_order(&outcome.batches))
         }
         Err(e) => format!("failed: {e}"),
     }
+}
+
+/// The rows as sorted lines of text: batches come in whatever order the partitions finished, and
+/// without an ORDER BY the rows may too.
+fn rows_in_any_order(batches: &[RecordBatch]) -> String {
+    let table = match arrow::util::pretty::pretty_format_batches(batches) {
+        Ok(table) => table.to_string(),
+        Err(e) => return format!("cannot show the rows: {e}"),
+    };
+    let mut lines: Vec<&str> = table.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
 }
 
 fn people(secrets: [&str; 3]) -> ProtectedTable {
