@@ -113,6 +113,28 @@ pub enum BenchCommand {
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
+    /// A working day on loopback: analysts querying a guarded table over HTTP and Flight SQL,
+    /// uploaders adding frames and UI users browsing, all at once, against one server process:
+    /// latency per route, errors, memory over time, and the audit log checked afterwards.
+    Load {
+        /// Analysts querying at once (each with a user of their own).
+        #[arg(long, default_value_t = 50)]
+        analysts: usize,
+        /// Uploaders adding 100 frames per upload.
+        #[arg(long, default_value_t = 4)]
+        uploaders: usize,
+        /// UI users browsing the dataset.
+        #[arg(long, default_value_t = 2)]
+        browsers: usize,
+        /// How long the load runs, in seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        /// Frames in the dataset before the load starts.
+        #[arg(long, default_value_t = 20_000)]
+        frames: usize,
+        #[arg(long, default_value = "./bench-work")]
+        dir: PathBuf,
+    },
     /// What the differencing memory costs each answered query: filtered GROUP BYs over a
     /// generated table through the guard (which records the rows each answer covered),
     /// each compared with every earlier answer's set through the store, against the
@@ -138,6 +160,16 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::DatasetSql { frames, boxes, runs, dir } => dataset_sql(frames, boxes, runs, &dir),
         BenchCommand::Api { frames, requests, index_wait, dir } => api(frames, requests, index_wait, &dir),
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
+        BenchCommand::Load { analysts, uploaders, browsers, seconds, frames, dir } => {
+            let plan = crate::load::LoadPlan {
+                analysts,
+                uploaders,
+                browsers,
+                duration: std::time::Duration::from_secs(seconds),
+                frames,
+            };
+            crate::load::load(&plan, &dir)
+        }
     }
 }
 
@@ -757,11 +789,14 @@ fn dataset_sql(frames: usize, boxes: usize, runs: usize, dir: &Path) -> Result<(
 }
 
 /// A `milkglass serve` process on the bench store, for `bench api`.
-struct BenchServer {
+/// `milkglass serve` in a process of its own on free loopback ports, with an admin token.
+pub(crate) struct BenchServer {
     child: std::process::Child,
-    base: String,
-    token: String,
-    client: reqwest::blocking::Client,
+    pub(crate) base: String,
+    /// The Flight SQL endpoint, as an http:// URI for tonic.
+    pub(crate) flight: String,
+    pub(crate) token: String,
+    pub(crate) client: reqwest::blocking::Client,
 }
 
 impl Drop for BenchServer {
@@ -773,6 +808,11 @@ impl Drop for BenchServer {
 
 impl BenchServer {
     fn start(store_dir: &Path) -> Result<BenchServer> {
+        BenchServer::start_with(store_dir, &[])
+    }
+
+    /// The server with `extra` flags of `milkglass serve`.
+    pub(crate) fn start_with(store_dir: &Path, extra: &[&str]) -> Result<BenchServer> {
         use std::io::BufRead;
         let token = {
             let store = Store::open(store_dir)?;
@@ -781,27 +821,44 @@ impl BenchServer {
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(["serve", "--data-dir", &store_dir.to_string_lossy(), "--http-addr", "127.0.0.1:0"])
             .args(["--flight-addr", "127.0.0.1:0"])
+            .args(extra)
             .env("MILKGLASS_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let mut reader = std::io::BufReader::new(child.stdout.take().context("server stdout")?);
         let mut line = String::new();
-        let base = loop {
+        let (base, flight) = loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
                 bail!("the server exited before serving");
             }
             if let Some(addr) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-                break addr.to_string();
+                let flight = line
+                    .split_whitespace()
+                    .find(|w| w.starts_with("grpc://"))
+                    .map(|w| w.trim_end_matches(')').replace("grpc://", "http://"))
+                    .unwrap_or_default();
+                break (addr.to_string(), flight);
             }
         };
         std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
         let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(600)).build()?;
-        Ok(BenchServer { child, base, token, client })
+        Ok(BenchServer { child, base, flight, token, client })
+    }
+
+    /// The server's resident memory now (Linux).
+    pub(crate) fn resident_bytes(&self) -> Option<u64> {
+        self.status_kib("VmRSS:").map(|kib| kib * 1024)
+    }
+
+    fn status_kib(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
     }
 
     /// One request: seconds, bytes of the body and the body when it is JSON.
-    fn call(
+    pub(crate) fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -825,10 +882,8 @@ impl BenchServer {
         Ok((secs, bytes.len(), value))
     }
 
-    fn peak_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    pub(crate) fn peak_bytes(&self) -> Option<u64> {
+        self.status_kib("VmHWM:").map(|kib| kib * 1024)
     }
 }
 

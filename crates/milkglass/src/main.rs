@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod load;
 mod remote;
 
 use anyhow::{Context, Result, bail};
