@@ -54,6 +54,12 @@ try {
   await page.waitForSelector(".settings");
   await page.fill("input[name=aws_endpoint]", "http://127.0.0.1:9000");
   await shot("07-settings");
+  // The signed-in user's own tokens: a personal token just minted (shown once), and the list.
+  await page.fill("input[name=label]", "notebook");
+  await page.click("button[name=mint_own_token]");
+  await page.waitForSelector("[data-minted]");
+  await page.evaluate(() => document.getElementById("tokens-h")?.scrollIntoView({ block: "start" }));
+  await shot("20-tokens");
 
   // The insight views of the dataset page.
   const ds = `${demo.url}/p/shapes/d/shapes`;
