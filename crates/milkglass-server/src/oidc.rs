@@ -156,7 +156,7 @@ impl Oidc {
         // else from the user info endpoint, which answers for the access token of this exchange.
         let mut values = serde_json::to_value(id_token)
             .ok()
-            .and_then(|jwt| jwt.as_str().and_then(jwt_claim(claim)))
+            .and_then(|jwt| jwt.as_str().and_then(|jwt| jwt_claim(jwt, claim)))
             .map(claim_values);
         if values.is_none()
             && let Ok(request) = self.client.user_info(tokens.access_token().to_owned(), Some(claims.subject().clone()))
@@ -190,14 +190,12 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// One claim of a JWT's payload. Only for a token the library has verified.
-fn jwt_claim(claim: &str) -> impl Fn(&str) -> Option<Value> + '_ {
-    move |jwt| {
-        use base64::Engine;
-        let payload = jwt.split('.').nth(1)?;
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
-        let claims: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-        claims.get(claim).cloned()
-    }
+fn jwt_claim(jwt: &str, claim: &str) -> Option<Value> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let mut claims: serde_json::Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
+    claims.remove(claim)
 }
 
 /// A claim as a list of values: a string is one, a list of strings is each.
@@ -352,6 +350,6 @@ mod tests {
         assert!(claim_values(json!({"a": 1})).is_empty());
         use base64::Engine;
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"groups":["x"]}"#);
-        assert_eq!(jwt_claim("groups")(&format!("h.{payload}.s")), Some(json!(["x"])));
+        assert_eq!(jwt_claim(&format!("h.{payload}.s"), "groups"), Some(json!(["x"])));
     }
 }

@@ -61,6 +61,11 @@ fn hash_token(token: &str) -> Vec<u8> {
     Sha256::digest(token.as_bytes()).to_vec()
 }
 
+/// Whether `token` has the form milkglass gives tokens; anything else is looked up nowhere.
+fn could_be_token(token: &str) -> bool {
+    token.starts_with(TOKEN_PREFIX) && token.len() <= 256
+}
+
 fn new_token() -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -192,7 +197,7 @@ impl Store {
 
     /// The user a bearer token belongs to, if the token is valid and not revoked.
     pub fn authenticate(&self, token: &str) -> StoreResult<Option<User>> {
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
+        if !could_be_token(token) {
             return Ok(None);
         }
         let hash = hash_token(token);
@@ -212,7 +217,7 @@ impl Store {
     /// Whose a token that no longer works was, and why it does not (`revoked token`, `expired
     /// token`): who tried a credential that once worked.
     pub fn failed_token_owner(&self, token: &str) -> StoreResult<Option<(String, &'static str)>> {
-        if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
+        if !could_be_token(token) {
             return Ok(None);
         }
         let hash = hash_token(token);
