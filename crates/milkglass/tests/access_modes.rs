@@ -391,3 +391,32 @@ fn fetch_secrets_are_sealed_at_rest_and_a_rotated_key_keeps_them_working() {
     assert_eq!(shown["s3"]["secret_access_key"], "(set)", "{shown}");
     assert!(!data_dir_holds(&server.dir, header_secret) && !data_dir_holds(&server.dir, s3_secret));
 }
+
+/// The URL check after an upload is coalesced: uploads that land while one check runs ask for one
+/// more check, not one each. Checked with a slow image server, so that twenty uploads land during
+/// the first check: one check per upload would probe 1 + 2 + ... + 20 = 210 URLs.
+#[test]
+fn a_burst_of_uploads_costs_one_more_url_check_not_one_each() {
+    let images = ImageServer::start(|path| {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        Some(image_bytes(path))
+    });
+    let (server, admin) = Server::start(&["--fetch-allow", "127.0.0.1"]);
+    create(&server, &admin, "burst", "public");
+    for i in 0..20 {
+        upload(&server, &admin, "burst", &[frame_with(&format!("f{i}"), &images.url(&format!("f{i}.png")))]);
+    }
+    // The last check reports all twenty frames once it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = server.get(&admin, "/api/projects/burst/datasets/d/url_report");
+        if r.status() == 200 && r.json::<Value>().unwrap()["counts"]["reachable"] == 20 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no report of the twenty frames");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let probes = images.count();
+    assert!((20..=60).contains(&probes), "{probes} probes for 20 uploads (210 if each upload had its own check)");
+}

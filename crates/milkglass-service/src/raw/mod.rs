@@ -44,6 +44,9 @@ pub struct RawData {
     hosted: HostedStore,
     /// One lock per mirror target being fetched, this server's only.
     mirror_locks: mirror::MirrorLocks,
+    /// Datasets whose URLs are being checked after an upload, each with whether another upload
+    /// asked for a check since (see [`url_check::check_after_upload`]).
+    checks_after_upload: std::sync::Mutex<std::collections::HashMap<(String, String), bool>>,
 }
 
 impl RawData {
@@ -57,7 +60,14 @@ impl RawData {
             Fetcher::new(rules.clone(), Limits::default(), AwsKeys::from_env()).map_err(std::io::Error::other)?;
         let signer = signer::Signer::load_or_create(&store.dir().join("asset-signing.key"))?;
         let hosted = HostedStore::open(asset_store, store.dir()).map_err(std::io::Error::other)?;
-        Ok(RawData { fetcher, rules, signer, hosted, mirror_locks: mirror::MirrorLocks::default() })
+        Ok(RawData {
+            fetcher,
+            rules,
+            signer,
+            hosted,
+            mirror_locks: mirror::MirrorLocks::default(),
+            checks_after_upload: Default::default(),
+        })
     }
 
     /// The one way to the fetcher. Anonymous projects get a refusal that says why, so no feature

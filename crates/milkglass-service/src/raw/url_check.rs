@@ -220,25 +220,51 @@ pub fn url_report(services: &Services, user: &User, project: &str, dataset: &str
 /// (from `url_report`) which images will not load; a mirrored project mirrors first, so the check
 /// finds the copies and the user's server still sees one request per asset. A dataset deleted
 /// meanwhile ends the check quietly.
+///
+/// Coalesced per dataset: while a check runs, further uploads ask for one more check after it
+/// (of the dataset as it is then), not one each, so a burst of uploads cannot pile up probes.
 pub fn check_after_upload(services: &Arc<Services>, project: &str, dataset: &str) {
-    let (services, project, dataset) = (services.clone(), project.to_string(), dataset.to_string());
+    let key = (project.to_string(), dataset.to_string());
+    {
+        let mut checks = services.raw.checks_after_upload.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(again) = checks.get_mut(&key) {
+            *again = true;
+            return;
+        }
+        checks.insert(key.clone(), false);
+    }
+    let services = services.clone();
     tokio::spawn(async move {
-        let run = async {
-            let name = project.clone();
-            let info = on_store(&services, move |store| Ok(store.project(&name)?)).await?;
-            if info.access_mode == AccessMode::Mirrored {
-                run_mirror(&services, &info, &dataset).await?;
+        loop {
+            check_once(&services, &key.0, &key.1).await;
+            let mut checks = services.raw.checks_after_upload.lock().unwrap_or_else(|e| e.into_inner());
+            match checks.get_mut(&key) {
+                Some(again) if *again => *again = false,
+                _ => {
+                    checks.remove(&key);
+                    return;
+                }
             }
-            run_url_check(&services, &info, &dataset).await
-        };
-        match run.await {
-            Ok(_) => {}
-            Err(e) if e.kind == crate::ErrorKind::NotFound => {
-                tracing::debug!("URL check after an upload to {project}/{dataset}: {}", e.message);
-            }
-            Err(e) => tracing::warn!("URL check after an upload to {project}/{dataset}: {}", e.message),
         }
     });
+}
+
+async fn check_once(services: &Arc<Services>, project: &str, dataset: &str) {
+    let run = async {
+        let name = project.to_string();
+        let info = on_store(services, move |store| Ok(store.project(&name)?)).await?;
+        if info.access_mode == AccessMode::Mirrored {
+            run_mirror(services, &info, dataset).await?;
+        }
+        run_url_check(services, &info, dataset).await
+    };
+    match run.await {
+        Ok(_) => {}
+        Err(e) if e.kind == crate::ErrorKind::NotFound => {
+            tracing::debug!("URL check after an upload to {project}/{dataset}: {}", e.message);
+        }
+        Err(e) => tracing::warn!("URL check after an upload to {project}/{dataset}: {}", e.message),
+    }
 }
 
 #[cfg(test)]
