@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub queries: QueryLimits,
     /// Failed sign-ins an address may make before it is refused for a while.
     pub sign_ins: SignInLimits,
+    /// Threads that prepare new dataset versions in the background, below requests' priority.
+    pub preparation_workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             asset_store: None,
             queries: QueryLimits::default(),
             sign_ins: SignInLimits::default(),
+            preparation_workers: 1,
         }
     }
 }
@@ -97,6 +100,7 @@ impl AppState {
             batch_size: config.batch_size,
             max_upload_bytes: config.max_upload_bytes,
             sign_ins: config.sign_ins.clone(),
+            preparation_workers: config.preparation_workers,
         };
         let services = Arc::new(Services::new(store, service_config)?);
         Ok(AppState { config: Arc::new(config), services, aquarium: Arc::default(), oidc: None })

@@ -129,6 +129,9 @@ pub struct StatusAnswer {
 /// What the background work after an upload has made ready for the current version.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Preparation {
+    /// The background preparation of the newest version (counts, indexes, map, SQL tables):
+    /// `queued` behind other datasets, `running`, or `idle`.
+    pub version: crate::Warming,
     /// The filter index frame listings are answered from.
     pub filter_index: Preparing,
     /// The similarity index of frame embeddings (cosine); `none` also below the size where
@@ -148,6 +151,7 @@ pub fn status(services: &Services, user: &User, project: &str, name: &str) -> Se
     access::project(&services.store, user, project, ProjectRole::Viewer)?;
     let status = services.store.dataset_status(project, name)?;
     let preparation = Preparation {
+        version: services.preparer.state(project, name),
         filter_index: services.frame_indexes.state(&services.store, &status.dataset),
         similarity_index: services.indexes.similarity_state(&status.dataset),
     };

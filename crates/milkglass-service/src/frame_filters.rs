@@ -46,18 +46,35 @@ impl FrameIndexes {
         }
     }
 
-    /// Starts a build in the background unless one runs for the dataset.
+    /// Starts a build in the background, below requests' priority, unless one runs for the dataset.
     pub(crate) fn start(self: &Arc<Self>, store: &Store, dataset: &DatasetInfo) {
-        if !self.building.lock().unwrap_or_else(|e| e.into_inner()).insert(dataset.id) {
+        if !self.claim(dataset) {
             return;
         }
         let (this, store, dataset) = (self.clone(), store.clone(), dataset.clone());
         std::thread::spawn(move || {
-            if let Err(e) = this.build(&store, &dataset) {
-                tracing::debug!("frame index of {}/{}: {e}", dataset.project, dataset.name);
-            }
-            this.building.lock().unwrap_or_else(|e| e.into_inner()).remove(&dataset.id);
+            crate::preparation::lower_priority();
+            this.build_claimed(&store, &dataset);
         });
+    }
+
+    /// Builds on the calling thread (a preparation worker's) unless a build runs for the dataset.
+    pub(crate) fn build_here(&self, store: &Store, dataset: &DatasetInfo) {
+        if self.claim(dataset) {
+            self.build_claimed(store, dataset);
+        }
+    }
+
+    /// Marks the dataset's build as running; false when one runs already.
+    fn claim(&self, dataset: &DatasetInfo) -> bool {
+        self.building.lock().unwrap_or_else(|e| e.into_inner()).insert(dataset.id)
+    }
+
+    fn build_claimed(&self, store: &Store, dataset: &DatasetInfo) {
+        if let Err(e) = self.build(store, dataset) {
+            tracing::debug!("frame index of {}/{}: {e}", dataset.project, dataset.name);
+        }
+        self.building.lock().unwrap_or_else(|e| e.into_inner()).remove(&dataset.id);
     }
 
     /// Builds the index now (blocking) and keeps it if its version is still current.

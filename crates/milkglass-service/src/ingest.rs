@@ -13,6 +13,7 @@ use milkglass_store::User;
 use milkglass_store::{BatchReport, EmbeddingRecord, EmbeddingTarget, Store, Upload, UploadKind};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Read};
+use std::sync::Arc;
 
 /// Body formats an upload accepts, chosen by Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,24 +152,30 @@ pub fn upload(
         batches: upload.batches,
     };
     if summary.version.is_some() {
-        // The new version's counts, filter index, map and SQL tables, made now in the background so that its
-        // first requests do not wait for them.
-        let (store, indexes, frame_indexes) = (store.clone(), services.indexes.clone(), services.frame_indexes.clone());
-        let (project, name) = (target.project.to_string(), target.dataset.to_string());
-        std::thread::spawn(move || {
-            let warmed = store.dataset_status(&project, &name).map_err(ServiceError::from).and_then(|status| {
-                frame_indexes.start(&store, &status.dataset);
-                indexes.warm(&store, &status.dataset)?;
-                crate::dataset_tables::prepare(&indexes, &store, &status.dataset)
-            });
-            if let Err(e) = warmed {
-                tracing::debug!("preparing {project}/{name} after an upload: {e}");
-            }
-        });
+        services.preparer.request(target.project, target.dataset);
     }
     match result {
         Ok(()) => Ok(summary),
         Err(e) => Err(e.with_details(serde_json::json!({ "committed": summary }))),
+    }
+}
+
+/// What a new version's first requests would wait for, made ahead of them: its counts,
+/// filter index, map, similarity index and SQL tables. Run by the preparation queue, which
+/// calls it once for a burst of uploads; it reads the version that is current when it runs.
+pub(crate) fn prepare_newest(
+    store: &Store,
+    indexes: &Arc<crate::insights::IndexCache>,
+    frame_indexes: &crate::frame_filters::FrameIndexes,
+    (project, name): &crate::preparation::DatasetKey,
+) {
+    let prepared = store.dataset_status(project, name).map_err(ServiceError::from).and_then(|status| {
+        frame_indexes.build_here(store, &status.dataset);
+        indexes.warm(store, &status.dataset)?;
+        crate::dataset_tables::prepare(indexes, store, &status.dataset)
+    });
+    if let Err(e) = prepared {
+        tracing::debug!("preparing {project}/{name} after an upload: {e}");
     }
 }
 

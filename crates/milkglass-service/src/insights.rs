@@ -1058,6 +1058,7 @@ fn ready_index(
             positions: HashMap::new(),
         };
         std::thread::spawn(move || {
+            crate::preparation::lower_priority();
             let built = refresh_index(&store, &dataset, space, metric, data, previous);
             let mut indexes = cache.slots();
             let entry = indexes.entry(key).or_insert((None, false));

@@ -17,6 +17,7 @@ mod error;
 mod frame_filters;
 pub mod ingest;
 pub mod insights;
+mod preparation;
 pub mod query;
 pub mod raw;
 pub mod reviews;
@@ -26,6 +27,7 @@ pub mod tables;
 pub mod users;
 
 pub use error::{ErrorKind, ServiceError, ServiceResult};
+pub use preparation::Warming;
 pub use query::{Answer, MAX_REVIEW_WAIT};
 pub use raw::check_fetch_allow;
 pub use sign_ins::{Attempt, SignInLimits, UNKNOWN_CALLER};
@@ -62,6 +64,8 @@ pub struct ServiceConfig {
     pub max_upload_bytes: u64,
     /// Failed sign-ins an address may make before it is refused for a while.
     pub sign_ins: SignInLimits,
+    /// Threads that prepare new dataset versions in the background, below requests' priority.
+    pub preparation_workers: usize,
 }
 
 impl Default for ServiceConfig {
@@ -74,6 +78,7 @@ impl Default for ServiceConfig {
             batch_size: 5000,
             max_upload_bytes: 16 << 30,
             sign_ins: SignInLimits::default(),
+            preparation_workers: 1,
         }
     }
 }
@@ -115,6 +120,8 @@ pub struct Services {
     raw: Arc<raw::RawData>,
     /// Failed sign-ins by address.
     sign_ins: sign_ins::SignInGuard,
+    /// New versions waiting to be prepared, coalesced per dataset.
+    preparer: preparation::Preparer,
 }
 
 /// Runs store work on tokio's blocking pool, so that SQLite never holds up an async
@@ -132,12 +139,22 @@ impl Services {
     /// the asset signing key or the hosted store is unusable.
     pub fn new(store: Store, config: ServiceConfig) -> std::io::Result<Self> {
         let raw = raw::RawData::new(&store, &config.fetch_allow, config.asset_store.as_deref())?;
+        let indexes = Arc::new(insights::IndexCache::new());
+        let frame_indexes = Arc::<frame_filters::FrameIndexes>::default();
+        let preparer = {
+            let (store, indexes, frame_indexes) = (store.clone(), indexes.clone(), frame_indexes.clone());
+            let job = move |dataset: &preparation::DatasetKey| {
+                ingest::prepare_newest(&store, &indexes, &frame_indexes, dataset)
+            };
+            preparation::Preparer::start(config.preparation_workers, Arc::new(job))?
+        };
         Ok(Services {
             query_gate: query::QueryGate::new(&config.queries),
             query_runtime: QueryRuntime::new()?,
             reviews_decided: Notify::new(),
-            indexes: Arc::new(insights::IndexCache::new()),
-            frame_indexes: Arc::default(),
+            indexes,
+            frame_indexes,
+            preparer,
             embedder: embedding::ModelSlot::default(),
             raw: Arc::new(raw),
             sign_ins: sign_ins::SignInGuard::new(config.sign_ins.clone()),

@@ -148,6 +148,11 @@ struct ServeArgs {
     /// refused, right tokens too, until the minute ends. Each failure is audited.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     failed_sign_ins_per_minute: u32,
+    /// Threads that prepare each new dataset version after its upload (counts, filter index, map,
+    /// similarity index, SQL tables). They run below requests' priority, and a burst of uploads
+    /// to one dataset costs one preparation of its newest version.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    preparation_workers: u64,
     /// Single sign-on for the web app: the OpenID Connect provider's issuer URL (Okta, Entra ID,
     /// Keycloak, Google...). Users are created on their first sign-in, with the role --oidc-role maps.
     #[arg(long, env = "MILKGLASS_OIDC_ISSUER", requires = "oidc_client_id")]
@@ -315,6 +320,7 @@ fn run(cli: Cli) -> Result<()> {
                     failures: args.failed_sign_ins_per_minute,
                     window: std::time::Duration::from_secs(60),
                 },
+                preparation_workers: args.preparation_workers as usize,
             };
             milkglass_server::check_fetch_allow(&config.fetch_allow)
                 .map_err(|e| anyhow::anyhow!("--fetch-allow: {e}"))?;
