@@ -1,6 +1,7 @@
 //! `milkglass bench load`: a server under the load of a working day, on loopback. Analysts query a
 //! guarded table (half their queries over HTTP, half over Flight SQL; a third of them refused by the
-//! policy, as real analysts' are), uploaders add frames to a dataset, and UI users browse it (status,
+//! policy, as real analysts' are), uploaders add frames to a dataset (and, once each
+//! has added its share, upload them again as new revisions), and UI users browse it (status,
 //! pages, one frame, the map, similar frames), all at once and without pauses, for a set time. It
 //! reports latency per route, every error, the server's memory over time, and afterwards checks the
 //! audit log: its chain verifies and it holds exactly one entry per query sent.
@@ -24,6 +25,10 @@ const QUERIES: [(&str, bool); 3] = [
     ("SELECT * FROM titanic LIMIT 5", false),
 ];
 const FRAMES_PER_UPLOAD: usize = 100;
+/// Frames each uploader owns: once it has added them all it uploads them again (new revisions of
+/// the same frames), so the dataset's size stays put over a long run and the server's memory over
+/// time shows what the load costs, not how large the dataset has grown.
+const FRAMES_PER_UPLOADER: usize = 10_000;
 const DIM: usize = 16;
 
 /// Latencies and failures by route, from every worker.
@@ -178,21 +183,22 @@ impl Setup {
         )?;
         server.call(Method::POST, "/api/projects/load/datasets", Some(&json!({"name": "d"})))?;
         for start in (0..plan.frames).step_by(1000) {
-            let body = frame_lines("seed", start, (plan.frames - start).min(1000));
+            let body = frame_lines("seed", start, (plan.frames - start).min(1000), 0);
             upload(&server.client, &server.base, &server.token, body)?;
         }
         Ok(Setup { analysts })
     }
 }
 
-fn frame_lines(prefix: &str, start: usize, n: usize) -> String {
+/// Frames `start..start + n`; `round` goes into their metadata, so a frame uploaded again is a change.
+fn frame_lines(prefix: &str, start: usize, n: usize, round: usize) -> String {
     let mut body = String::new();
     for i in start..start + n {
         let embedding: Vec<f32> = (0..DIM).map(|d| ((i * 31 + d * 7) % 97) as f32 / 97.0).collect();
         let line = json!({
             "frame_id": format!("{prefix}-{i}"),
             "sensors": [{"sensor_id": "cam", "kind": "image", "url": format!("https://img.example.com/{prefix}/{i}.png")}],
-            "metadata": {"split": if i % 5 == 0 { "val" } else { "train" }, "speed": (i % 40) as f64},
+            "metadata": {"split": if i % 5 == 0 { "val" } else { "train" }, "speed": (i % 40) as f64, "round": round},
             "labels": [{"label_id": format!("{prefix}-{i}-l"), "class": "cat",
                         "geometry": {"kind": "box2d", "top": 1.0, "left": 2.0, "width": 10.0, "height": 12.0}}],
             "embedding": embedding,
@@ -299,7 +305,9 @@ fn uploader(i: usize, base: &str, token: &str, tally: &Mutex<Tally>, stop: &Atom
     let http = http_client();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
-        let body = frame_lines(&format!("up{i}"), n * FRAMES_PER_UPLOAD, FRAMES_PER_UPLOAD);
+        let first = (n * FRAMES_PER_UPLOAD) % FRAMES_PER_UPLOADER;
+        let body =
+            frame_lines(&format!("up{i}"), first, FRAMES_PER_UPLOAD, n * FRAMES_PER_UPLOAD / FRAMES_PER_UPLOADER);
         n += 1;
         let started = Instant::now();
         record(tally, "POST frames (100 per upload)", started, upload(&http, base, token, body));
