@@ -146,15 +146,14 @@ impl<'a> DataUrl<'a> {
                 })
             }
             "hosted" if scheme != "hosted" => Err(Invalid::new(field, "write the hosted: scheme in lower case")),
-            "hosted" => {
-                if rest.is_empty()
-                    || rest.starts_with('/')
-                    || rest.split('/').any(|part| part == ".." || part.is_empty())
-                {
-                    return Err(Invalid::new(field, "hosted keys are relative paths without '..' or empty parts"));
-                }
-                Ok(DataUrl::Hosted { key: rest })
-            }
+            "hosted" => match crate::paths::key_refusal(rest) {
+                // The rule the hosted store serves by, so that no frame names a key it would refuse.
+                Some(why) => Err(Invalid::new(
+                    field,
+                    format!("hosted keys are relative paths without '..' or empty parts ({why})"),
+                )),
+                None => Ok(DataUrl::Hosted { key: rest }),
+            },
             other => Err(Invalid::new(
                 field,
                 format!("unsupported scheme {other:?}; use http(s)://, s3://, gs:// or hosted:KEY"),
