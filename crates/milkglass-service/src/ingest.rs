@@ -263,10 +263,12 @@ fn decode(
             }
         }
         Format::ArrowStream => {
-            let reader = StreamReader::try_new(std::io::BufReader::with_capacity(1 << 20, body), None)
+            let body = std::io::BufReader::with_capacity(1 << 20, body);
+            let mut reader = milkglass_store::decode_untrusted(|| StreamReader::try_new(body, None))
                 .map_err(|e| ServiceError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
-            for batch in reader {
-                let batch = batch.map_err(arrow_read_error)?;
+            while let Some(batch) =
+                milkglass_store::decode_untrusted(|| reader.next().transpose()).map_err(arrow_read_error)?
+            {
                 let mut start = 0;
                 while start < batch.num_rows() {
                     // Cut slices so that every flushed batch holds exactly `batch_size` records.

@@ -40,6 +40,7 @@ pub use milkglass_store::{
     AuditEntry, DatasetInfo, DatasetPatch, DatasetStatus, FrameFilter, FramePage, FrameRow, GuardedTableInfo,
     InferenceSetInfo, IssuedToken, LabelRow, MAX_PAGE, MetaPredicate, ProjectInfo, ProjectPatch, Reveals,
     ReviewRequest, Segment, SegmentSpec, Space, Store, StoredFrame, TableFormat, TokenInfo, UploadKind, User, UserInfo,
+    decode_untrusted,
 };
 
 use serde::de::DeserializeOwned;

@@ -456,9 +456,11 @@ impl Store {
 
 fn read_arrow_ipc(path: &Path) -> Result<Vec<arrow::array::RecordBatch>, arrow::error::ArrowError> {
     let bytes = std::fs::read(path)?;
-    if bytes.starts_with(b"ARROW1") {
-        arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
-    } else {
-        arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
-    }
+    crate::decode_untrusted(|| {
+        if bytes.starts_with(b"ARROW1") {
+            arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
+        } else {
+            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
+        }
+    })
 }

@@ -36,6 +36,7 @@ mod rows;
 mod scores;
 mod secrets;
 mod snapshot;
+mod untrusted;
 mod users;
 
 pub use access::{FetchSettings, S3Settings};
@@ -55,6 +56,7 @@ pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, Met
 pub use scores::{InsightScores, IssueScore, PointScore, SCORE_COLUMNS, is_score_table};
 pub use secrets::Rotation;
 pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
+pub use untrusted::decode_untrusted;
 pub use users::{IssuedToken, TokenInfo, TokenSpec, User, UserInfo};
 
 use db::Db;

@@ -310,3 +310,17 @@ fn token_for_another_project() {
     expect_error(server.request(Method::DELETE, &other, "/api/projects/p").send().unwrap(), 403);
     assert_unchanged(&server, &admin, before);
 }
+
+/// A stream the upload_arrow fuzz target found: arrow-ipc panicked on it (a buffer pointing past
+/// its message). Through the server it is a refused body, and nothing is written.
+#[test]
+fn arrow_that_made_the_decoder_panic() {
+    let (server, admin, before) = seeded(&[]);
+    let body = include_bytes!("../../../fuzz/corpus/upload_arrow/buffer_past_its_body").to_vec();
+    let e = expect_error(
+        raw_upload(&server, &admin, &format!("{D}/frames"), "application/vnd.apache.arrow.stream", body),
+        400,
+    );
+    assert!(e["message"].as_str().unwrap().contains("malformed Arrow IPC"), "{e}");
+    assert_unchanged(&server, &admin, before);
+}

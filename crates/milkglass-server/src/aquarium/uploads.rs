@@ -527,11 +527,13 @@ impl EmbeddingFiles {
     fn read(&mut self, path: &std::path::Path, field: &str, frames: bool, crops: bool) -> ServiceResult<()> {
         let bad = |e: String| ServiceError::invalid(field, format!("not an Arrow IPC file of embeddings: {e}"));
         let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-        let reader =
-            arrow::ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(|e| bad(e.to_string()))?;
+        let mut reader =
+            milkglass_service::decode_untrusted(|| arrow::ipc::reader::FileReader::try_new(BufReader::new(file), None))
+                .map_err(|e| bad(e.to_string()))?;
         let vector_type = DataType::List(Arc::new(Field::new("item", DataType::Float32, true)));
-        for batch in reader {
-            let batch = batch.map_err(|e| bad(e.to_string()))?;
+        while let Some(batch) =
+            milkglass_service::decode_untrusted(|| reader.next().transpose()).map_err(|e| bad(e.to_string()))?
+        {
             let column = |name: &str, to: &DataType| -> ServiceResult<Option<arrow::array::ArrayRef>> {
                 batch
                     .column_by_name(name)
