@@ -263,7 +263,7 @@ fn decode(
             }
         }
         Format::ArrowStream => {
-            let body = std::io::BufReader::with_capacity(1 << 20, body);
+            let body = milkglass_store::CheckedIpcStream::new(std::io::BufReader::with_capacity(1 << 20, body));
             let mut reader = milkglass_store::decode_untrusted(|| StreamReader::try_new(body, None))
                 .map_err(|e| ServiceError::invalid("body", format!("not an Arrow IPC stream: {e}")))?;
             while let Some(batch) =

@@ -460,7 +460,8 @@ fn read_arrow_ipc(path: &Path) -> Result<Vec<arrow::array::RecordBatch>, arrow::
         if bytes.starts_with(b"ARROW1") {
             arrow::ipc::reader::FileReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
         } else {
-            arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?.collect()
+            let stream = crate::CheckedIpcStream::new(std::io::Cursor::new(bytes));
+            arrow::ipc::reader::StreamReader::try_new(stream, None)?.collect()
         }
     })
 }
