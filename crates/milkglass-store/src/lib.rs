@@ -56,7 +56,7 @@ pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, Met
 pub use scores::{InsightScores, IssueScore, PointScore, SCORE_COLUMNS, is_score_table};
 pub use secrets::Rotation;
 pub use snapshot::{DatasetSnapshot, MATCH_IOU, SnapshotTable, metadata_column};
-pub use untrusted::{CheckedIpcStream, MAX_IPC_MESSAGE_BYTES, decode_untrusted};
+pub use untrusted::{CheckedIpcStream, decode_untrusted};
 pub use users::{IssuedToken, TokenInfo, TokenSpec, User, UserInfo};
 
 use db::Db;

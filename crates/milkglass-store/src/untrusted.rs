@@ -14,13 +14,13 @@ pub fn decode_untrusted<T>(step: impl FnOnce() -> Result<T, ArrowError>) -> Resu
 
 /// The largest metadata or body one message of an Arrow IPC stream from outside may declare. A
 /// record batch of an upload is a few megabytes; the bound only has to stop absurd lengths.
-pub const MAX_IPC_MESSAGE_BYTES: u64 = 1 << 30;
+const MAX_IPC_MESSAGE_BYTES: u64 = 1 << 30;
 
 /// An Arrow IPC stream from outside, with each message's declared lengths checked before the
 /// decoder sees them. arrow-ipc allocates (zeroed) the body length a message declares before it
 /// reads a byte of that body, so a body of a few bytes could otherwise ask for terabytes and end
 /// the process (found by the `upload_arrow` fuzz target). A length past
-/// [`MAX_IPC_MESSAGE_BYTES`], or metadata that is not a message, is an `InvalidData` error.
+/// `MAX_IPC_MESSAGE_BYTES` (1 GiB), or metadata that is not a message, is an `InvalidData` error.
 pub struct CheckedIpcStream<R> {
     inner: R,
     /// Bytes of the current message's prefix and metadata, checked, not yet handed on.

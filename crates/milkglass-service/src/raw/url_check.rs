@@ -249,7 +249,7 @@ pub fn check_after_upload(services: &Arc<Services>, project: &str, dataset: &str
     });
 }
 
-async fn check_once(services: &Arc<Services>, project: &str, dataset: &str) {
+async fn check_once(services: &Services, project: &str, dataset: &str) {
     let run = async {
         let name = project.to_string();
         let info = on_store(services, move |store| Ok(store.project(&name)?)).await?;
