@@ -9,11 +9,10 @@
 //!     [Filter] [SubqueryAlias] TableScan(the table)
 //! ```
 //!
-//! It then runs as one DataFusion plan that groups by the query's keys *and* the privacy
-//! unit, so that each person's contribution to each group is one row; keeps at most
-//! `max_groups_per_unit` of each person's groups (a window), bounds each part
-//! (`max_rows_per_unit` rows, sums clamped to the owner's bounds) and sums the parts per
-//! group: bounding and aggregation in the engine, only one row per group reaches Rust. The noise is opendp's
+//! It then runs as the query's own scan and filters, reading the privacy unit along, into
+//! one fused pass ([`dp_bound`]) that keeps at most `max_groups_per_unit` of each person's
+//! groups, bounds each part (`max_rows_per_unit` rows, sums clamped to the owner's bounds)
+//! and sums the parts per group: no sort, no second aggregate, one row per group out. The noise is opendp's
 //! Laplace mechanism over the vector of every released quantity, each scaled by its own
 //! sensitivity, with the privacy loss checked through opendp's privacy map before anything
 //! is released. Groups over keys the owner did not declare public are released only where
@@ -25,6 +24,7 @@
 //! the question, so that variants of one question (aliases, spacing, column order,
 //! conjunct order, ORDER BY) get the same noise and spend the budget once.
 
+use crate::dp_bound;
 use crate::sanitize::NullingTable;
 use crate::{GuardError, ROW_ID};
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
@@ -34,8 +34,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::execution::SessionState;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, SortExpr, lit, when};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, SortExpr, lit, when};
 use milkglass_core::DpPolicy;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +49,8 @@ pub(crate) struct DpTable {
     pub sanitized: Vec<String>,
     /// With [`ROW_ID`]: the unit for dataset tables and for tables without a privacy unit.
     pub internal: Arc<dyn TableProvider>,
+    /// Each row has an id of its own (a dataset table's rows share their frame's).
+    pub unique_row_ids: bool,
 }
 
 /// What a released number is made of: one noisy quantity per (aggregate input, kind).
@@ -57,6 +58,8 @@ pub(crate) struct DpTable {
 enum Quantity {
     /// Rows (`COUNT(*)`).
     Rows,
+    /// Persons (`COUNT(DISTINCT unit)`): each person's part is 1.
+    Persons,
     /// Non-null values of a column (`COUNT(c)`, AVG's denominator).
     Count(String),
     /// Sum of a column's clamped values (`SUM(c)`, AVG's numerator).
@@ -69,6 +72,7 @@ impl Quantity {
     fn describe(&self) -> String {
         match self {
             Quantity::Rows => "rows".into(),
+            Quantity::Persons => "persons".into(),
             Quantity::Count(c) => format!("count({c})"),
             Quantity::Sum(c) => format!("sum({c})"),
             Quantity::SumSquares(c) => format!("sumsq({c})"),
@@ -117,11 +121,13 @@ pub struct DpQuery {
     outputs: Vec<(String, Output)>,
     sort: Vec<(usize, bool, bool)>,
     limit: Option<usize>,
-    /// The plan that returns each (keys, unit) contribution.
-    contributions: LogicalPlan,
+    /// The plan that returns the rows to bound, in [`dp_bound::Layout`]'s shape.
+    rows: LogicalPlan,
     policy: DpPolicy,
     /// Declared values of every key, when all keys are public.
     public: Option<Vec<Vec<ScalarValue>>>,
+    /// Every row is a person of its own (no privacy unit, and unique row ids).
+    row_is_unit: bool,
 }
 
 /// What EXPLAIN PRIVACY says about a query.
@@ -307,9 +313,6 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         let expr = &aggregate.aggr_expr[i - keys.len()];
         let Expr::AggregateFunction(f) = expr else { return Err(refuse(SHAPE)) };
         let p = &f.params;
-        if p.distinct {
-            return Err(refuse("COUNT(DISTINCT ...) is not available under differential privacy yet"));
-        }
         if p.filter.is_some() || !p.order_by.is_empty() {
             return Err(refuse("aggregates take no FILTER or ORDER BY here"));
         }
@@ -323,10 +326,27 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
             }
             _ => return Err(refuse("aggregates take one plain column (or * for COUNT)")),
         };
+        if p.distinct {
+            // The number of persons is what the bounding counts anyway; other distinct
+            // counts would need each person's distinct values bounded, which it does not do.
+            match (function.as_str(), &column) {
+                // Only the table's own column: under a projection the name could be another's.
+                ("count", Some(c)) if unit_column.as_deref() == Some(c.as_str()) && projections.is_empty() => {
+                    by_name.insert(field.name().clone(), Output::Count(quantity(Quantity::Persons)));
+                    continue;
+                }
+                _ => {
+                    return Err(refuse(
+                        "COUNT(DISTINCT ...) is answered only for the privacy unit (the number of persons) \
+                         under differential privacy",
+                    ));
+                }
+            }
+        }
         if let Some(c) = &column
             && unit_column.as_deref() == Some(c.as_str())
         {
-            return Err(refuse("the privacy unit cannot be aggregated"));
+            return Err(refuse("the privacy unit cannot be aggregated (COUNT(DISTINCT unit) counts persons)"));
         }
         let bounds = |c: &str| {
             policy.bounds.get(c).copied().ok_or_else(|| {
@@ -447,11 +467,7 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
 
     let epsilon = policy.per_query_epsilon();
     let delta = if keys.is_empty() || public.is_some() { 0.0 } else { policy.per_query_delta() };
-    // Where the declared keys make fewer groups than a person may join, no person can pass
-    // the bound and the ranking is skipped.
-    let groups_possible = public.as_ref().map(|declared| declared.iter().map(Vec::len).product::<usize>());
-    let ranked = !keys.is_empty() && groups_possible.is_none_or(|n| n > policy.max_groups_per_unit as usize);
-    let contributions = contributions_plan(table, &aggregate.input, &keys, &quantities, &columns, ranked)?;
+    let rows = rows_plan(table, &aggregate.input, &keys, &quantities, &columns)?;
 
     let mut conjuncts: Vec<String> = predicates.iter().map(unqualified).collect();
     conjuncts.sort();
@@ -477,34 +493,34 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         outputs,
         sort: sorted,
         limit,
-        contributions,
+        rows,
         policy: policy.clone(),
         public,
+        row_is_unit: policy.privacy_unit.is_none() && table.unique_row_ids,
     })
 }
 
-/// The plan returning, per (keys, unit): its rows and, per quantity, its count or clamped sum.
-/// It is the query's own input with the scan replaced by one that also reads the privacy
-/// unit, carried up through every projection as `__mg_unit`.
-fn contributions_plan(
+/// The plan returning each row the bounding reads ([`dp_bound::Layout`]): the keys, the
+/// person (`__mg_unit`), then per quantity the row's value of it as a non-null Float64 (1
+/// or 0 for counts, the clamped value or its square for sums). It is the query's own input
+/// with the scan replaced by one that also reads the privacy unit, carried up through every
+/// projection.
+fn rows_plan(
     table: &DpTable,
     input: &LogicalPlan,
     keys: &[(Column, DataType)],
     quantities: &[Quantity],
     columns: &HashMap<String, Column>,
-    ranked: bool,
 ) -> Result<LogicalPlan, GuardError> {
     let plan_error = |e: datafusion::error::DataFusionError| GuardError::Invalid(e.to_string());
     let builder = LogicalPlanBuilder::from(with_unit(input, table).map_err(plan_error)?);
-    let unit = Expr::Column(Column::new_unqualified("__mg_unit"));
-    let mut group: Vec<Expr> = keys.iter().map(|(k, _)| Expr::Column(k.clone())).collect();
-    group.push(unit);
+    let mut exprs: Vec<Expr> = keys.iter().map(|(k, _)| Expr::Column(k.clone())).collect();
+    exprs.push(Expr::Column(Column::new_unqualified("__mg_unit")));
     let column = |name: &str| Expr::Column(columns.get(name).cloned().unwrap_or_else(|| Column::new_unqualified(name)));
-    let mut aggregates = Vec::new();
     for (i, q) in quantities.iter().enumerate() {
-        let expr = match q {
-            Quantity::Rows => count(lit(1i64)),
-            Quantity::Count(c) => count(column(c)),
+        let value = match q {
+            Quantity::Rows | Quantity::Persons => lit(1.0),
+            Quantity::Count(c) => when(column(c).is_null(), lit(0.0)).otherwise(lit(1.0)).map_err(plan_error)?,
             Quantity::Sum(c) | Quantity::SumSquares(c) => {
                 let [lo, hi] = table.policy.bounds[c];
                 let value = Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(column(c)), DataType::Float64));
@@ -512,66 +528,34 @@ fn contributions_plan(
                     .when(value.clone().gt(lit(hi)), lit(hi))
                     .otherwise(value)
                     .map_err(plan_error)?;
-                match q {
-                    Quantity::SumSquares(_) => sum(clamped.clone() * clamped),
-                    _ => sum(clamped),
-                }
+                let value = match q {
+                    Quantity::SumSquares(_) => clamped.clone() * clamped,
+                    _ => clamped,
+                };
+                datafusion::functions::expr_fn::coalesce(vec![value, lit(0.0)])
             }
         };
-        aggregates.push(expr.alias(format!("__mg_q{i}")));
+        exprs.push(value.alias(format!("__mg_q{i}")));
     }
-    // Each person's part of each group, one row per (keys, person).
-    let mut plan = builder.aggregate(group, aggregates).map_err(plan_error)?;
-    let policy = &table.policy;
-    if ranked {
-        // At most `max_groups_per_unit` groups per person, chosen at random (a choice that
-        // depends on that person's rows and fresh randomness only, so the bound is a stable
-        // transformation; by key order it would favour the smallest keys).
-        // The draw is a column of its own: a sort on `random()` itself may be planned away.
-        let mut columns: Vec<Expr> =
-            plan.schema().iter().map(|(q, f)| Expr::Column(Column::new(q.cloned(), f.name()))).collect();
-        columns.push(datafusion::functions::expr_fn::random().alias("__mg_pick"));
-        plan = plan.project(columns).map_err(plan_error)?;
-        let order = vec![Expr::Column(Column::new_unqualified("__mg_pick")).sort(true, true)];
-        let rank = datafusion::functions_window::expr_fn::row_number()
-            .partition_by(vec![Expr::Column(Column::new_unqualified("__mg_unit"))])
-            .order_by(order)
-            .build()
-            .map_err(plan_error)?
-            .alias("__mg_rank");
-        plan = plan
-            .window(vec![rank])
-            .map_err(plan_error)?
-            .filter(
-                Expr::Column(Column::new_unqualified("__mg_rank")).lt_eq(lit(i64::from(policy.max_groups_per_unit))),
-            )
-            .map_err(plan_error)?;
-    }
-    // Each part bounded (rows per person, clamped sums), then summed per group with the
-    // number of persons in it.
+    builder.project(exprs).map_err(plan_error)?.build().map_err(plan_error)
+}
+
+/// Each quantity's bounds for one person's part of one group: `max_rows_per_unit` rows'
+/// worth of it.
+fn part_bounds(policy: &DpPolicy, quantities: &[Quantity]) -> Vec<(f64, f64)> {
     let m = f64::from(policy.max_rows_per_unit);
-    let mut bounded = vec![count(lit(1i64)).alias("__mg_units")];
-    for (i, q) in quantities.iter().enumerate() {
-        let part = Expr::Cast(datafusion::logical_expr::Cast::new(
-            Box::new(Expr::Column(Column::new_unqualified(format!("__mg_q{i}")))),
-            DataType::Float64,
-        ));
-        let (lo, hi) = match q {
+    quantities
+        .iter()
+        .map(|q| match q {
             Quantity::Rows | Quantity::Count(_) => (0.0, m),
+            Quantity::Persons => (0.0, 1.0),
             Quantity::Sum(c) => {
                 let [lo, hi] = policy.bounds[c];
                 (m * lo.min(0.0), m * hi.max(0.0))
             }
             Quantity::SumSquares(c) => (0.0, m * max_square(policy.bounds[c])),
-        };
-        let clamped = when(part.clone().lt(lit(lo)), lit(lo))
-            .when(part.clone().gt(lit(hi)), lit(hi))
-            .otherwise(datafusion::functions::expr_fn::coalesce(vec![part, lit(0.0)]))
-            .map_err(plan_error)?;
-        bounded.push(sum(clamped).alias(format!("__mg_q{i}")));
-    }
-    let keys: Vec<Expr> = keys.iter().map(|(k, _)| Expr::Column(k.clone())).collect();
-    plan.aggregate(keys, bounded).map_err(plan_error)?.build().map_err(plan_error)
+        })
+        .collect()
 }
 
 /// `plan` (checked by [`inspect_input`]) reading the privacy unit along as `__mg_unit`.
@@ -623,6 +607,7 @@ impl DpQuery {
             .iter()
             .map(|q| match q {
                 Quantity::Rows | Quantity::Count(_) => m,
+                Quantity::Persons => 1.0,
                 Quantity::Sum(c) => {
                     let [lo, hi] = self.policy.bounds[c];
                     m * lo.abs().max(hi.abs())
@@ -700,17 +685,24 @@ impl DpQuery {
         }
     }
 
-    /// Runs the contributions plan, bounds each person's part, adds noise and selects
-    /// groups: the core answer (keys, then one Float64 column per quantity).
+    /// Runs the rows plan, bounds each person's part in one pass ([`dp_bound`]), adds noise
+    /// and selects groups: the core answer (keys, then one Float64 column per quantity).
     pub(crate) async fn measure(&self, state: &SessionState) -> Result<RecordBatch, GuardError> {
         let failed = |e: datafusion::error::DataFusionError| GuardError::Execution(e.to_string());
         // Analysed (type coercion) and optimized as the caller's plan was, then with
         // data-dependent errors turned into NULLs, as everywhere in the guard.
-        let optimized = state.optimize(&self.contributions).map_err(|e| GuardError::Invalid(e.to_string()))?;
+        let optimized = state.optimize(&self.rows).map_err(|e| GuardError::Invalid(e.to_string()))?;
         let plan = crate::no_errors::without_data_errors(optimized).map_err(|e| GuardError::Invalid(e.to_string()))?;
         let physical = state.query_planner().create_physical_plan(&plan, state).await.map_err(failed)?;
-        let batches = datafusion::physical_plan::collect(physical, state.task_ctx()).await.map_err(failed)?;
-        self.release(&batches)
+        let layout = dp_bound::Layout {
+            keys: self.keys.len(),
+            quantities: self.quantities.len(),
+            max_groups: self.policy.max_groups_per_unit.max(1) as usize,
+            part_bounds: part_bounds(&self.policy, &self.quantities),
+            row_is_unit: self.row_is_unit,
+        };
+        let sums = dp_bound::bounded_sums(physical, state.task_ctx(), layout).await?;
+        self.release(std::slice::from_ref(&sums))
     }
 
     fn release(&self, batches: &[RecordBatch]) -> Result<RecordBatch, GuardError> {

@@ -11,6 +11,7 @@
 
 mod coverage;
 pub mod dp;
+mod dp_bound;
 mod lineage;
 mod no_errors;
 mod sanitize;
@@ -347,6 +348,7 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
                     policy: policy.clone(),
                     sanitized: table.policy.sanitized_columns.clone(),
                     internal: table.internal.clone(),
+                    unique_row_ids: !table.shared_ids,
                 },
             );
         }

@@ -1,0 +1,452 @@
+//! Bounding each person's contribution, fused with the aggregation: one hash pass.
+//!
+//! The DP mode needs, per group, the sum over persons of each person's *bounded* part:
+//! at most `max_groups_per_unit` groups per person, and within a group at most
+//! `max_rows_per_unit` rows' worth of each quantity. Written as SQL that is an aggregate by
+//! (keys, person), a window ranking each person's groups at random and a second aggregate,
+//! which sorts millions of pairs; here it is one pass over the rows instead.
+//!
+//! Each person keeps a small set of at most `k` (rank, group, parts) entries. A pair's rank
+//! is a hash of its key values and its person's value under a seed drawn afresh for each
+//! query, so the kept groups are the `k` with the lowest hash: a uniformly random choice
+//! that depends on that person's own rows and the seed only (the bound is then a stable
+//! transformation: adding or removing one person changes no one else's choice). A pair
+//! dropped once can never come back, because its rank stays above the set's largest.
+//!
+//! Bottom-k sets merge: a pair missing from one partition's set ranks above that set's
+//! `k`th entry, hence above the merged set's, so merging the partitions' sets gives exactly
+//! the set one pass over all rows would. Partitions therefore run in parallel, each with
+//! its own tables, and merge by value (never by the partition's local group numbers).
+
+use crate::GuardError;
+use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::common::hash_utils::{QualityRandomState, create_hashes};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::EmitTo;
+use datafusion::physical_plan::aggregates::group_values::{GroupValues, new_group_values};
+use datafusion::physical_plan::aggregates::order::GroupOrdering;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::StreamExt;
+use std::sync::Arc;
+
+/// The shape of the rows the bounding reads: `keys` key columns, then the person, then one
+/// non-null Float64 column per quantity (a row's value of it: 1 for a count, the clamped
+/// value for a sum).
+#[derive(Clone)]
+pub(crate) struct Layout {
+    pub keys: usize,
+    pub quantities: usize,
+    /// Each person's most groups.
+    pub max_groups: usize,
+    /// Each quantity's bounds for one person's part of one group.
+    pub part_bounds: Vec<(f64, f64)>,
+    /// Every row is a person of its own (no privacy unit named): nothing to bound per person.
+    pub row_is_unit: bool,
+}
+
+/// Everything one pass (one partition) has seen.
+struct Bounder {
+    layout: Layout,
+    keys: Box<dyn GroupValues>,
+    units: Box<dyn GroupValues>,
+    /// Per person, at most `max_groups` kept groups, packed in one allocation: each as its
+    /// rank, its group number and its parts (f64 bits), so that finding and updating one
+    /// costs one cache miss, not one for the entry and one for its parts.
+    persons: Vec<Vec<u64>>,
+    /// Words in use in `persons` (a Vec holds at most twice its length).
+    kept_words: usize,
+    /// Per person, the rank a new group must stay under to get in: the highest kept rank
+    /// once the person has `max_groups`, else `u64::MAX`. Dense, so that the many rows a
+    /// full person turns away cost one look here and none at the entries.
+    admits_below: Vec<u64>,
+    /// For `row_is_unit`: per group, persons and each quantity's sum, bounded per row.
+    direct: Vec<f64>,
+}
+
+fn failed(e: impl std::fmt::Display) -> GuardError {
+    GuardError::Execution(e.to_string())
+}
+
+impl Bounder {
+    fn new(layout: &Layout, schema: &SchemaRef) -> Result<Self, GuardError> {
+        let fields = |range: std::ops::Range<usize>| {
+            Arc::new(Schema::new(range.map(|i| schema.field(i).clone()).collect::<Vec<Field>>()))
+        };
+        // Without keys every row is in the one group: a constant key of its own.
+        let keys = if layout.keys == 0 {
+            new_group_values(
+                Arc::new(Schema::new(vec![Field::new("one", arrow::datatypes::DataType::Boolean, false)])),
+                &GroupOrdering::None,
+            )
+        } else {
+            new_group_values(fields(0..layout.keys), &GroupOrdering::None)
+        }
+        .map_err(failed)?;
+        let units = new_group_values(fields(layout.keys..layout.keys + 1), &GroupOrdering::None).map_err(failed)?;
+        Ok(Bounder {
+            layout: layout.clone(),
+            keys,
+            units,
+            persons: Vec::new(),
+            kept_words: 0,
+            admits_below: Vec::new(),
+            direct: Vec::new(),
+        })
+    }
+
+    /// Bytes held, for the query's memory limit.
+    fn size(&self) -> usize {
+        self.keys.size()
+            + self.units.size()
+            + self.persons.capacity() * (std::mem::size_of::<Vec<u64>>() + 8)
+            + self.kept_words * 2 * 8
+            + self.direct.capacity() * 8
+    }
+
+    fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
+        if self.layout.keys == 0 {
+            vec![Arc::new(arrow::array::BooleanArray::from(vec![true; batch.num_rows()])) as ArrayRef]
+        } else {
+            batch.columns()[..self.layout.keys].to_vec()
+        }
+    }
+
+    fn add(&mut self, batch: &RecordBatch, seed: &QualityRandomState, scratch: &mut Scratch) -> Result<(), GuardError> {
+        let (k, q) = (self.layout.keys, self.layout.quantities);
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(());
+        }
+        let values: Vec<&[f64]> = (0..q)
+            .map(|j| {
+                batch
+                    .column(k + 1 + j)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .map(|a| a.values().as_ref())
+                    .ok_or_else(|| GuardError::Execution("the bounded quantities arrive as Float64".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        scratch.groups.clear();
+        self.keys.intern(&self.key_columns(batch), &mut scratch.groups).map_err(failed)?;
+        if self.layout.row_is_unit {
+            // Each row its own person: its part is the row itself, bounded as a part.
+            self.direct.resize(self.keys.len() * (q + 1), 0.0);
+            for (row, &g) in scratch.groups.iter().enumerate() {
+                let at = g * (q + 1);
+                self.direct[at] += 1.0;
+                for (j, (column, &(lo, hi))) in values.iter().zip(&self.layout.part_bounds).enumerate() {
+                    self.direct[at + 1 + j] += column[row].clamp(lo, hi);
+                }
+            }
+            return Ok(());
+        }
+        scratch.units.clear();
+        self.units.intern(&batch.columns()[k..=k], &mut scratch.units).map_err(failed)?;
+        scratch.hashes.clear();
+        scratch.hashes.resize(rows, 0);
+        create_hashes(&batch.columns()[..=k], seed, &mut scratch.hashes).map_err(failed)?;
+        self.grow_persons();
+        // First the rows that can change anything: a rank under the person's bound as the
+        // batch starts (bounds only fall, so none that could get in is passed over). Most of
+        // a person's rows fail here, at one look into a dense array.
+        scratch.candidates.clear();
+        scratch.candidates.extend(
+            (0..rows).filter(|&row| scratch.hashes[row] <= self.admits_below[scratch.units[row]]).map(|row| row as u32),
+        );
+        // Then those in order.
+        scratch.row.resize(q, 0.0);
+        for &row in &scratch.candidates {
+            let row = row as usize;
+            for (part, column) in scratch.row.iter_mut().zip(&values) {
+                *part = column[row];
+            }
+            self.offer(scratch.units[row], scratch.groups[row] as u32, scratch.hashes[row], &scratch.row);
+        }
+        Ok(())
+    }
+
+    fn grow_persons(&mut self) {
+        if self.persons.len() < self.units.len() {
+            self.persons.resize_with(self.units.len(), Vec::new);
+            self.admits_below.resize(self.units.len(), u64::MAX);
+        }
+    }
+
+    /// Adds `parts` to `person`'s entry for `group`, making one if the group's rank earns it
+    /// a place among the person's lowest `max_groups`.
+    fn offer(&mut self, person: usize, group: u32, rank: u64, parts: &[f64]) {
+        // A kept group's rank is at most the highest kept, so a higher one is not kept.
+        if rank > self.admits_below[person] {
+            return;
+        }
+        let stride = 2 + self.layout.quantities;
+        let group = u64::from(group);
+        let kept = &mut self.persons[person];
+        let at = match kept.chunks_exact(stride).position(|entry| entry[1] == group) {
+            Some(i) => i * stride,
+            None if kept.len() / stride < self.layout.max_groups => {
+                kept.extend([rank, group]);
+                kept.resize(kept.len() + stride - 2, 0.0f64.to_bits());
+                self.kept_words += stride;
+                if kept.len() / stride == self.layout.max_groups {
+                    self.admits_below[person] = highest_rank(kept, stride).1;
+                }
+                kept.len() - stride
+            }
+            None => {
+                let (i, highest) = highest_rank(kept, stride);
+                if rank >= highest {
+                    return;
+                }
+                let at = i * stride;
+                kept[at] = rank;
+                kept[at + 1] = group;
+                kept[at + 2..at + stride].fill(0.0f64.to_bits());
+                self.admits_below[person] = highest_rank(kept, stride).1;
+                at
+            }
+        };
+        for (bits, part) in kept[at + 2..at + stride].iter_mut().zip(parts) {
+            *bits = (f64::from_bits(*bits) + part).to_bits();
+        }
+    }
+
+    /// `other`'s entries and groups added into this one, matched by value.
+    fn merge(&mut self, mut other: Bounder) -> Result<(), GuardError> {
+        let q = self.layout.quantities;
+        let mut group_of = Vec::new();
+        let other_keys = other.keys.emit(EmitTo::All).map_err(failed)?;
+        self.keys.intern(&other_keys, &mut group_of).map_err(failed)?;
+        if self.layout.row_is_unit {
+            self.direct.resize(self.keys.len() * (q + 1), 0.0);
+            for (local, &g) in group_of.iter().enumerate() {
+                for j in 0..=q {
+                    self.direct[g * (q + 1) + j] += other.direct[local * (q + 1) + j];
+                }
+            }
+            return Ok(());
+        }
+        let mut person_of = Vec::new();
+        let other_units = other.units.emit(EmitTo::All).map_err(failed)?;
+        self.units.intern(&other_units, &mut person_of).map_err(failed)?;
+        self.grow_persons();
+        let mut parts = vec![0.0; q];
+        for (local, kept) in other.persons.iter().enumerate() {
+            for entry in kept.chunks_exact(2 + q) {
+                for (part, bits) in parts.iter_mut().zip(&entry[2..]) {
+                    *part = f64::from_bits(*bits);
+                }
+                self.offer(person_of[local], group_of[entry[1] as usize] as u32, entry[0], &parts);
+            }
+        }
+        Ok(())
+    }
+
+    /// One row per group: the key columns, the number of persons in it, then each quantity
+    /// summed over its persons' bounded parts.
+    fn finish(mut self) -> Result<RecordBatch, GuardError> {
+        let (k, q) = (self.layout.keys, self.layout.quantities);
+        let groups = self.keys.len();
+        let mut totals = vec![0.0f64; groups * (q + 1)];
+        if self.layout.row_is_unit {
+            totals.copy_from_slice(&self.direct[..groups * (q + 1)]);
+        } else {
+            for kept in &self.persons {
+                for entry in kept.chunks_exact(2 + q) {
+                    let at = entry[1] as usize * (q + 1);
+                    totals[at] += 1.0;
+                    for (j, (bits, &(lo, hi))) in entry[2..].iter().zip(&self.layout.part_bounds).enumerate() {
+                        totals[at + 1 + j] += f64::from_bits(*bits).clamp(lo, hi);
+                    }
+                }
+            }
+        }
+        let mut columns: Vec<ArrayRef> =
+            if k == 0 { Vec::new() } else { self.keys.emit(EmitTo::All).map_err(failed)? };
+        for j in 0..=q {
+            columns.push(Arc::new(Float64Array::from_iter_values((0..groups).map(|g| totals[g * (q + 1) + j]))));
+        }
+        let mut fields: Vec<Field> = columns[..k]
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Field::new(format!("key{i}"), c.data_type().clone(), true))
+            .collect();
+        fields.extend((0..=q).map(|j| Field::new(format!("q{j}"), arrow::datatypes::DataType::Float64, false)));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)
+    }
+}
+
+/// The position and rank of the highest-ranked of a person's kept groups.
+fn highest_rank(kept: &[u64], stride: usize) -> (usize, u64) {
+    kept.chunks_exact(stride).map(|entry| entry[0]).enumerate().max_by_key(|&(_, rank)| rank).unwrap_or((0, u64::MAX))
+}
+
+/// Buffers reused from batch to batch.
+#[derive(Default)]
+struct Scratch {
+    candidates: Vec<u32>,
+    groups: Vec<usize>,
+    units: Vec<usize>,
+    hashes: Vec<u64>,
+    row: Vec<f64>,
+}
+
+/// Runs `plan` (rows in [`Layout`]'s shape), one task per partition, and returns one row per
+/// group: its keys, its number of persons, and each quantity's bounded sum. The tables it
+/// builds count against the query's memory pool, so a query with too many persons or groups
+/// stops with the same resources error as any other.
+pub(crate) async fn bounded_sums(
+    plan: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+    layout: Layout,
+) -> Result<RecordBatch, GuardError> {
+    // The ranks' hash, keyed afresh for each query from the thread's CSPRNG (ChaCha, seeded
+    // by the operating system), so no one can arrange which of their groups are kept.
+    let seed: u64 = rand::random();
+    let schema = plan.schema();
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in 0..plan.output_partitioning().partition_count() {
+        let (plan, context, layout, schema) = (plan.clone(), context.clone(), layout.clone(), schema.clone());
+        tasks.spawn(async move {
+            let seed = QualityRandomState::with_seed(seed);
+            let reservation: MemoryReservation =
+                MemoryConsumer::new(format!("dp bounding[{partition}]")).register(context.memory_pool());
+            let mut bounder = Bounder::new(&layout, &schema)?;
+            let mut scratch = Scratch::default();
+            let mut stream = plan.execute(partition, context).map_err(failed)?;
+            while let Some(batch) = stream.next().await {
+                bounder.add(&batch.map_err(failed)?, &seed, &mut scratch)?;
+                reservation.try_resize(bounder.size()).map_err(|e| GuardError::Stopped(resources(e)))?;
+            }
+            Ok::<_, GuardError>((bounder, reservation))
+        });
+    }
+    let mut merged: Option<(Bounder, Vec<MemoryReservation>)> = None;
+    while let Some(done) = tasks.join_next().await {
+        let (bounder, reservation) = done.map_err(failed)??;
+        merged = Some(match merged {
+            None => (bounder, vec![reservation]),
+            Some((mut into, mut held)) => {
+                into.merge(bounder)?;
+                held.push(reservation);
+                (into, held)
+            }
+        });
+    }
+    match merged {
+        Some((bounder, _held)) => bounder.finish(),
+        None => Bounder::new(&layout, &schema)?.finish(),
+    }
+}
+
+fn resources(e: datafusion::error::DataFusionError) -> String {
+    format!("the query needs more memory than it may use ({e}); narrow it and try again")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use datafusion::prelude::SessionContext;
+    use std::collections::{HashMap, HashSet};
+
+    /// Rows (key, person, value) through a plan of `partitions` partitions.
+    async fn run(rows: &[(i64, i64, f64)], partitions: usize, layout: Layout) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", arrow::datatypes::DataType::Int64, true),
+            Field::new("u", arrow::datatypes::DataType::Int64, true),
+            Field::new("v", arrow::datatypes::DataType::Float64, false),
+        ]));
+        let chunk = rows.len().div_ceil(partitions * 3).max(1);
+        let batches: Vec<RecordBatch> = rows
+            .chunks(chunk)
+            .map(|c| {
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.0))),
+                        Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.1))),
+                        Arc::new(Float64Array::from_iter_values(c.iter().map(|r| r.2))),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let per: Vec<Vec<RecordBatch>> =
+            (0..partitions).map(|p| batches.iter().skip(p).step_by(partitions).cloned().collect()).collect();
+        let table = datafusion::datasource::MemTable::try_new(schema, per).unwrap();
+        let ctx = SessionContext::new();
+        let plan = ctx.read_table(Arc::new(table)).unwrap().create_physical_plan().await.unwrap();
+        bounded_sums(plan, ctx.task_ctx(), layout).await.unwrap()
+    }
+
+    fn by_key(batch: &RecordBatch) -> HashMap<i64, (f64, f64)> {
+        let keys = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let units = batch.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        let sums = batch.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        (0..batch.num_rows()).map(|i| (keys.value(i), (units.value(i), sums.value(i)))).collect()
+    }
+
+    fn layout(max_groups: usize, max_rows: f64) -> Layout {
+        Layout { keys: 1, quantities: 1, max_groups, part_bounds: vec![(0.0, max_rows)], row_is_unit: false }
+    }
+
+    /// With no person over a bound the answer is the plain GROUP BY's, whatever the
+    /// partitioning: persons counted once per group, every row counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_bound_to_apply_it_is_the_plain_group_by() {
+        let rows: Vec<(i64, i64, f64)> = (0..3000).map(|i| (i % 7, i % 100, 1.0)).collect();
+        for partitions in [1, 2, 3] {
+            let got = by_key(&run(&rows, partitions, layout(7, 1000.0)).await);
+            for k in 0..7 {
+                let persons: HashSet<i64> = rows.iter().filter(|r| r.0 == k).map(|r| r.1).collect();
+                let count = rows.iter().filter(|r| r.0 == k).count() as f64;
+                assert_eq!(got[&k], (persons.len() as f64, count), "key {k}, {partitions} partitions");
+            }
+        }
+    }
+
+    /// Each person adds to at most `max_groups` groups and at most `max_rows` to each, and
+    /// the choice is the same whether the rows come in one partition or several (the sets
+    /// merge to what one pass would keep): the totals obey the bounds exactly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_person_adds_to_at_most_k_groups_whatever_the_partitioning() {
+        // 50 persons, each in 40 groups with 3 rows in each.
+        let rows: Vec<(i64, i64, f64)> =
+            (0..50).flat_map(|u| (0..40).flat_map(move |k| (0..3).map(move |_| (k, u, 1.0)))).collect();
+        for partitions in [1, 2, 4] {
+            let got = run(&rows, partitions, layout(4, 2.0)).await;
+            let totals = by_key(&got);
+            let persons: f64 = totals.values().map(|t| t.0).sum();
+            let rows_counted: f64 = totals.values().map(|t| t.1).sum();
+            assert_eq!(persons, 50.0 * 4.0, "{partitions} partitions: each person in exactly 4 groups");
+            assert_eq!(rows_counted, 50.0 * 4.0 * 2.0, "{partitions} partitions: 2 rows per person and group");
+        }
+    }
+
+    /// The kept groups are a uniform choice: over 40 persons with the same 20 keys, each
+    /// key is kept about equally often (no favouring of the first or smallest keys).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_kept_groups_are_not_the_first_or_the_smallest() {
+        let rows: Vec<(i64, i64, f64)> = (0..400).flat_map(|u| (0..20).map(move |k| (k, u, 1.0))).collect();
+        let totals = by_key(&run(&rows, 2, layout(2, 1.0)).await);
+        // 400 persons x 2 groups over 20 keys: 40 each on average, binomial sd about 6.
+        for k in 0..20 {
+            let n = totals.get(&k).map_or(0.0, |t| t.0);
+            assert!((10.0..=75.0).contains(&n), "key {k} kept by {n} persons");
+        }
+    }
+
+    /// A table without a privacy unit bounds each row as a person of its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_as_persons_are_clamped_one_by_one() {
+        let rows: Vec<(i64, i64, f64)> = (0..100).map(|i| (i % 2, 0, if i < 10 { 500.0 } else { 1.0 })).collect();
+        let layout = Layout { row_is_unit: true, ..layout(1, 5.0) };
+        let totals = by_key(&run(&rows, 2, layout).await);
+        assert_eq!(totals[&0], (50.0, 5.0 * 5.0 + 45.0));
+        assert_eq!(totals[&1], (50.0, 5.0 * 5.0 + 45.0));
+    }
+}
