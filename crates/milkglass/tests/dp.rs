@@ -286,6 +286,44 @@ fn a_person_with_many_rows_counts_once_and_in_one_group() {
     assert!(rows[0]["n"].as_i64().unwrap() >= 99, "{body}");
 }
 
+/// `COUNT(DISTINCT unit)` counts persons: one per person however many rows they have, so
+/// with noise below one it is the number of people, where `COUNT(*)` (one row per person
+/// and group) is too. Distinct counts of anything else, or of a renamed column, are refused.
+#[test]
+fn count_distinct_of_the_privacy_unit_counts_persons_once() {
+    let (server, owner, scientist) = setup();
+    // 60 people in town A, 40 in B; each has 5 visits.
+    let mut csv = String::from("PassengerId,Name,Town,Age\n");
+    for i in 1..=100 {
+        let town = if i <= 60 { "A" } else { "B" };
+        for _ in 0..5 {
+            csv.push_str(&format!("{i},p{i},{town},40\n"));
+        }
+    }
+    let policy = dp_policy(json!({"epsilon": 1e6, "query_epsilon": 1e5, "privacy_unit": "PassengerId",
+                                   "max_rows_per_unit": 10, "bounds": {"Age": [0, 100]},
+                                   "public_keys": {"Town": ["A", "B"]}}));
+    upload(&server, &owner, "visits", csv, &policy);
+    let body = answer(
+        &server,
+        &scientist,
+        "SELECT Town, COUNT(DISTINCT PassengerId) AS persons, COUNT(*) AS visits FROM visits GROUP BY Town ORDER BY Town",
+    );
+    let rows = body["rows"].as_array().unwrap();
+    assert_eq!((rows[0]["persons"].as_i64(), rows[0]["visits"].as_i64()), (Some(60), Some(300)), "{body}");
+    assert_eq!((rows[1]["persons"].as_i64(), rows[1]["visits"].as_i64()), (Some(40), Some(200)), "{body}");
+    let total = answer(&server, &scientist, "SELECT COUNT(DISTINCT PassengerId) AS persons FROM visits");
+    assert_eq!(total["rows"][0]["persons"], 100, "{total}");
+    for sql in [
+        "SELECT COUNT(DISTINCT Age) AS n FROM visits",
+        "SELECT COUNT(DISTINCT PassengerId) AS n FROM (SELECT Age AS PassengerId FROM visits)",
+        "SELECT SUM(DISTINCT Age) AS n FROM visits",
+    ] {
+        let error = expect_error(query(&server, &scientist, sql), 403);
+        assert!(error["message"].as_str().unwrap().contains("differential privacy"), "{sql}: {error}");
+    }
+}
+
 #[test]
 fn the_tables_total_cap_holds_across_analysts() {
     let (server, owner, sam) = setup();
