@@ -91,6 +91,8 @@ enum Output {
         count: usize,
         bounds: [f64; 2],
     },
+    /// A quantile: the index into [`DpQuery::quantiles`].
+    Quantile(usize),
     /// `VAR_POP`/`VAR_SAMP` (`sample`), or their square root (`root`: `STDDEV...`).
     Variance {
         sum: usize,
@@ -118,6 +120,11 @@ pub struct DpQuery {
     pub delta: f64,
     keys: Vec<(Column, DataType)>,
     quantities: Vec<Quantity>,
+    /// Columns whose bounded values are kept per person and group, for quantiles.
+    samples: Vec<String>,
+    /// Each quantile released: (index into `samples`, the fraction asked for), in a
+    /// canonical order; the core answer holds one column for each after the quantities.
+    quantiles: Vec<(usize, f64)>,
     outputs: Vec<(String, Output)>,
     sort: Vec<(usize, bool, bool)>,
     limit: Option<usize>,
@@ -141,6 +148,53 @@ pub struct PrivacyExplanation {
     pub errors: Vec<(String, Option<f64>)>,
     /// Groups with fewer persons than this are likely suppressed (about half are at it).
     pub selection_threshold: Option<f64>,
+}
+
+/// The most rows per person and group a quantile query may keep (each is held in memory).
+const MAX_SAMPLED_ROWS: u32 = 64;
+
+/// Evenly spaced candidates a quantile is chosen among, over the column's bounds.
+const QUANTILE_CANDIDATES: usize = 1001;
+
+/// The aggregate functions the DP mode answers as quantiles.
+pub const QUANTILE_FUNCTIONS: &[&str] =
+    &["median", "approx_median", "percentile_cont", "quantile_cont", "approx_percentile_cont"];
+
+/// `Some((column, fraction))` when the aggregate is a quantile of one plain column:
+/// `MEDIAN(c)`, `APPROX_MEDIAN(c)`, `PERCENTILE_CONT(c, f)` / `QUANTILE_CONT` /
+/// `APPROX_PERCENTILE_CONT` (also written `... (f) WITHIN GROUP (ORDER BY c)`).
+fn quantile_of(
+    function: &str,
+    params: &datafusion::logical_expr::expr::AggregateFunctionParams,
+) -> Result<Option<(Column, f64)>, GuardError> {
+    let (column, fraction) = match (function, params.args.as_slice()) {
+        ("median" | "approx_median", [Expr::Column(c)]) => (c.clone(), 0.5),
+        ("percentile_cont" | "quantile_cont" | "approx_percentile_cont", [Expr::Column(c), Expr::Literal(f, _)]) => {
+            let fraction = match f {
+                ScalarValue::Float64(Some(f)) => *f,
+                ScalarValue::Float32(Some(f)) => f64::from(*f),
+                other => other.to_string().parse::<f64>().map_err(|_| refuse("a percentile is a number in [0, 1]"))?,
+            };
+            if !(0.0..=1.0).contains(&fraction) {
+                return Err(refuse("a percentile is a number in [0, 1]"));
+            }
+            (c.clone(), fraction)
+        }
+        ("median" | "approx_median" | "percentile_cont" | "quantile_cont" | "approx_percentile_cont", _) => {
+            return Err(refuse("a quantile takes one plain column and a literal fraction"));
+        }
+        _ => return Ok(None),
+    };
+    if params.distinct || params.filter.is_some() {
+        return Err(refuse("quantiles take no DISTINCT or FILTER here"));
+    }
+    // WITHIN GROUP (ORDER BY c) names the column again; descending order is not taken.
+    match params.order_by.as_slice() {
+        [] => {}
+        [sort] if sort.asc && matches!(&sort.expr, Expr::Column(o) if o.name == column.name) => {}
+        _ => return Err(refuse("a quantile's ORDER BY is its own column, ascending")),
+    }
+    Ok(Some((column, fraction)))
 }
 
 fn refuse(why: impl Into<String>) -> GuardError {
@@ -303,6 +357,8 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
     };
     // Each aggregate of the Aggregate node, by its output name.
     let mut by_name: HashMap<String, Output> = HashMap::new();
+    let mut samples: Vec<String> = Vec::new();
+    let mut quantiles: Vec<(usize, f64)> = Vec::new();
     // Each aggregated column as the aggregate names it (qualified by the input's alias).
     let mut columns: HashMap<String, Column> = HashMap::new();
     for (i, (qualifier, field)) in aggregate.schema.iter().enumerate() {
@@ -313,10 +369,45 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         let expr = &aggregate.aggr_expr[i - keys.len()];
         let Expr::AggregateFunction(f) = expr else { return Err(refuse(SHAPE)) };
         let p = &f.params;
+        let function = f.func.name().to_ascii_lowercase();
+        if let Some((c, fraction)) = quantile_of(&function, p)? {
+            if !policy.bounds.contains_key(&c.name) {
+                return Err(refuse(format!(
+                    "column {:?} has no clamping bounds in the policy, so it has no quantiles",
+                    c.name
+                )));
+            }
+            if unit_column.as_deref() == Some(c.name.as_str()) {
+                return Err(refuse("the privacy unit cannot be aggregated"));
+            }
+            if policy.max_rows_per_unit > MAX_SAMPLED_ROWS {
+                return Err(refuse(format!(
+                    "quantiles keep each person's values, so they need max_rows_per_unit at most {MAX_SAMPLED_ROWS} \
+                     (this table's is {})",
+                    policy.max_rows_per_unit
+                )));
+            }
+            columns.insert(c.name.clone(), c.clone());
+            let sample = match samples.iter().position(|s| *s == c.name) {
+                Some(i) => i,
+                None => {
+                    samples.push(c.name.clone());
+                    samples.len() - 1
+                }
+            };
+            let at = match quantiles.iter().position(|&(s, f)| s == sample && f == fraction) {
+                Some(i) => i,
+                None => {
+                    quantiles.push((sample, fraction));
+                    quantiles.len() - 1
+                }
+            };
+            by_name.insert(field.name().clone(), Output::Quantile(at));
+            continue;
+        }
         if p.filter.is_some() || !p.order_by.is_empty() {
             return Err(refuse("aggregates take no FILTER or ORDER BY here"));
         }
-        let function = f.func.name().to_ascii_lowercase();
         let column = match p.args.as_slice() {
             [] => None,
             [Expr::Literal(v, _)] if !v.is_null() && function == "count" => None,
@@ -377,7 +468,8 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
             }
             (other, _) => {
                 return Err(refuse(format!(
-                    "{other} is not available under differential privacy; use COUNT, SUM, AVG, VARIANCE or STDDEV"
+                    "{other} is not available under differential privacy; use COUNT, SUM, AVG, VARIANCE, STDDEV, \
+                     MEDIAN or PERCENTILE_CONT"
                 )));
             }
         };
@@ -416,9 +508,24 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         p
     };
     let quantities: Vec<Quantity> = order.iter().map(|&i| quantities[i].clone()).collect();
+    let mut quantile_order: Vec<usize> = (0..quantiles.len()).collect();
+    quantile_order.sort_by(|&a, &b| {
+        let (sa, fa) = quantiles[a];
+        let (sb, fb) = quantiles[b];
+        samples[sa].cmp(&samples[sb]).then(fa.total_cmp(&fb))
+    });
+    let quantile_position: Vec<usize> = {
+        let mut p = vec![0; quantile_order.len()];
+        for (new, &old) in quantile_order.iter().enumerate() {
+            p[old] = new;
+        }
+        p
+    };
+    let quantiles: Vec<(usize, f64)> = quantile_order.iter().map(|&i| quantiles[i]).collect();
     for (_, output) in &mut outputs {
         match output {
             Output::Key(_) => {}
+            Output::Quantile(i) => *i = quantile_position[*i],
             Output::Count(q) | Output::Sum(q) => *q = position[*q],
             Output::Avg { sum, count, .. } => {
                 *sum = position[*sum];
@@ -467,7 +574,7 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
 
     let epsilon = policy.per_query_epsilon();
     let delta = if keys.is_empty() || public.is_some() { 0.0 } else { policy.per_query_delta() };
-    let rows = rows_plan(table, &aggregate.input, &keys, &quantities, &columns)?;
+    let rows = rows_plan(table, &aggregate.input, &keys, &quantities, &samples, &columns)?;
 
     let mut conjuncts: Vec<String> = predicates.iter().map(unqualified).collect();
     conjuncts.sort();
@@ -476,6 +583,7 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         "table": name,
         "keys": keys.iter().map(|(k, _)| k.name.clone()).collect::<Vec<_>>(),
         "quantities": quantities.iter().map(Quantity::describe).collect::<Vec<_>>(),
+        "quantiles": quantiles.iter().map(|&(s, f)| format!("quantile({}, {f})", samples[s])).collect::<Vec<_>>(),
         "where": conjuncts,
         "select": projections,
         "epsilon": epsilon,
@@ -490,6 +598,8 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
         delta,
         keys,
         quantities,
+        samples,
+        quantiles,
         outputs,
         sort: sorted,
         limit,
@@ -502,7 +612,8 @@ pub(crate) fn analyse(plan: &LogicalPlan, name: &str, table: &DpTable) -> Result
 
 /// The plan returning each row the bounding reads ([`dp_bound::Layout`]): the keys, the
 /// person (`__mg_unit`), then per quantity the row's value of it as a non-null Float64 (1
-/// or 0 for counts, the clamped value or its square for sums). It is the query's own input
+/// or 0 for counts, the clamped value or its square for sums), then per sampled column its
+/// clamped value (NULL kept). It is the query's own input
 /// with the scan replaced by one that also reads the privacy unit, carried up through every
 /// projection.
 fn rows_plan(
@@ -510,6 +621,7 @@ fn rows_plan(
     input: &LogicalPlan,
     keys: &[(Column, DataType)],
     quantities: &[Quantity],
+    samples: &[String],
     columns: &HashMap<String, Column>,
 ) -> Result<LogicalPlan, GuardError> {
     let plan_error = |e: datafusion::error::DataFusionError| GuardError::Invalid(e.to_string());
@@ -536,6 +648,16 @@ fn rows_plan(
             }
         };
         exprs.push(value.alias(format!("__mg_q{i}")));
+    }
+    // Then each sampled column's value, clamped, NULL where the row has none.
+    for (i, c) in samples.iter().enumerate() {
+        let [lo, hi] = table.policy.bounds[c];
+        let value = Expr::Cast(datafusion::logical_expr::Cast::new(Box::new(column(c)), DataType::Float64));
+        let clamped = when(value.clone().lt(lit(lo)), lit(lo))
+            .when(value.clone().gt(lit(hi)), lit(hi))
+            .otherwise(value)
+            .map_err(plan_error)?;
+        exprs.push(clamped.alias(format!("__mg_s{i}")));
     }
     builder.project(exprs).map_err(plan_error)?.build().map_err(plan_error)
 }
@@ -626,10 +748,27 @@ impl DpQuery {
         if self.selects() { (self.epsilon / 2.0, self.epsilon / 2.0) } else { (self.epsilon, 0.0) }
     }
 
-    /// Laplace scale in units of each quantity's sensitivity.
+    /// Laplace scale in units of each quantity's sensitivity. The values' epsilon is shared
+    /// equally by the noisy quantities and the quantiles; the quantities' part is spread
+    /// over the groups a person may join.
     fn scale(&self) -> f64 {
         let (eps_values, _) = self.split();
-        f64::from(self.policy.max_groups_per_unit) * self.quantities.len() as f64 / eps_values
+        f64::from(self.policy.max_groups_per_unit) * self.released() as f64 / eps_values
+    }
+
+    /// Noisy quantities and quantiles, each one share of the values' epsilon.
+    fn released(&self) -> usize {
+        self.quantities.len() + self.quantiles.len()
+    }
+
+    /// The epsilon of the Laplace vector over every group's quantities.
+    fn laplace_epsilon(&self) -> f64 {
+        self.split().0 * self.quantities.len() as f64 / self.released().max(1) as f64
+    }
+
+    /// The epsilon of one quantile in one group: its share, over the groups a person may join.
+    fn quantile_epsilon(&self) -> f64 {
+        self.split().0 / self.released().max(1) as f64 / f64::from(self.policy.max_groups_per_unit)
     }
 
     /// The Laplace scale of the noisy person counts, and how many a group needs to be released.
@@ -647,7 +786,8 @@ impl DpQuery {
             .iter()
             .map(|(name, o)| {
                 let error = match o {
-                    Output::Key(_) => None,
+                    // A quantile's error is in rank, not value (PRIVACY.md): none stated.
+                    Output::Key(_) | Output::Quantile(_) => None,
                     Output::Count(q) | Output::Sum(q) => Some(half(*q)),
                     // The ratio's error depends on the count; stated for one where the
                     // count's noise is a tenth of the count.
@@ -670,11 +810,13 @@ impl DpQuery {
                 (name.clone(), error)
             })
             .collect();
-        let mechanism = if self.selects() {
-            "Laplace (opendp) on bounded contributions; Laplace partition selection".to_string()
-        } else {
-            "Laplace (opendp) on bounded contributions".to_string()
-        };
+        let mut mechanism = "Laplace (opendp) on bounded contributions".to_string();
+        if !self.quantiles.is_empty() {
+            mechanism.push_str("; quantiles by noisy max over candidate scores (opendp)");
+        }
+        if self.selects() {
+            mechanism.push_str("; Laplace partition selection");
+        }
         PrivacyExplanation {
             table: self.table.clone(),
             epsilon: self.epsilon,
@@ -686,7 +828,8 @@ impl DpQuery {
     }
 
     /// Runs the rows plan, bounds each person's part in one pass ([`dp_bound`]), adds noise
-    /// and selects groups: the core answer (keys, then one Float64 column per quantity).
+    /// and selects groups: the core answer (keys, then one Float64 column per quantity, then
+    /// one per quantile).
     pub(crate) async fn measure(&self, state: &SessionState) -> Result<RecordBatch, GuardError> {
         let failed = |e: datafusion::error::DataFusionError| GuardError::Execution(e.to_string());
         // Analysed (type coercion) and optimized as the caller's plan was, then with
@@ -700,18 +843,22 @@ impl DpQuery {
             max_groups: self.policy.max_groups_per_unit.max(1) as usize,
             part_bounds: part_bounds(&self.policy, &self.quantities),
             row_is_unit: self.row_is_unit,
+            samples: self.samples.len(),
+            max_rows: self.policy.max_rows_per_unit as usize,
         };
-        let sums = dp_bound::bounded_sums(physical, state.task_ctx(), layout).await?;
-        self.release(std::slice::from_ref(&sums))
+        let bounded = dp_bound::bounded_sums(physical, state.task_ctx(), layout).await?;
+        self.release(&bounded)
     }
 
-    fn release(&self, batches: &[RecordBatch]) -> Result<RecordBatch, GuardError> {
+    fn release(&self, bounded: &dp_bound::Bounded) -> Result<RecordBatch, GuardError> {
         let k = self.keys.len();
         let q = self.quantities.len();
         let corrupt = |e: datafusion::error::DataFusionError| GuardError::Execution(e.to_string());
-        // One row per group: keys, persons, then each bounded quantity.
-        let mut groups: HashMap<Vec<ScalarValue>, (f64, Vec<f64>)> = HashMap::new();
-        for batch in batches {
+        let no_samples = || vec![Vec::new(); self.samples.len()];
+        // One row per group: keys, persons, then each bounded quantity; and its samples.
+        let mut groups: HashMap<Vec<ScalarValue>, Group> = HashMap::new();
+        {
+            let batch = &bounded.sums;
             let casted: Vec<ArrayRef> = (0..=q)
                 .map(|i| arrow::compute::cast(batch.column(k + i), &DataType::Float64))
                 .collect::<Result<_, _>>()
@@ -726,28 +873,27 @@ impl DpQuery {
                 let value = |c: &Float64Array| if c.is_null(row) { 0.0 } else { c.value(row) };
                 let units = value(numbers[0]);
                 let sums = numbers[1..].iter().map(|c| value(c)).collect();
-                groups.insert(key, (units, sums));
+                let samples = bounded.samples.get(row).cloned().unwrap_or_else(no_samples);
+                groups.insert(key, (units, sums, samples));
             }
         }
         // The groups to release: every declared combination, every data group (selected
         // below), or the one group of a query without keys.
-        let mut candidates: Vec<(Vec<ScalarValue>, f64, Vec<f64>)> = match &self.public {
+        let empty = || (0.0, vec![0.0; q], no_samples());
+        let mut candidates: Vec<(Vec<ScalarValue>, Group)> = match &self.public {
             Some(declared) => cartesian(declared)
                 .into_iter()
                 .map(|key| {
-                    let (units, sums) = groups.get(&key).cloned().unwrap_or((0.0, vec![0.0; q]));
-                    (key, units, sums)
+                    let group = groups.remove(&key).unwrap_or_else(empty);
+                    (key, group)
                 })
                 .collect(),
-            None if k == 0 => {
-                let (units, sums) = groups.remove(&Vec::new()).unwrap_or((0.0, vec![0.0; q]));
-                vec![(Vec::new(), units, sums)]
-            }
-            None => groups.into_iter().map(|(key, (units, sums))| (key, units, sums)).collect(),
+            None if k == 0 => vec![(Vec::new(), groups.remove(&Vec::new()).unwrap_or_else(empty))],
+            None => groups.into_iter().collect(),
         };
         candidates.sort_by(|a, b| compare_keys(&a.0, &b.0));
         if let Some((scale, threshold)) = self.threshold() {
-            let units: Vec<f64> = candidates.iter().map(|c| c.1).collect();
+            let units: Vec<f64> = candidates.iter().map(|c| c.1.0).collect();
             let noisy = laplace(&units, scale, f64::from(self.policy.max_groups_per_unit), self.split().1)?;
             let mut kept = Vec::new();
             for (candidate, n) in candidates.into_iter().zip(noisy) {
@@ -761,9 +907,22 @@ impl DpQuery {
         // (so that one person moves the whole vector by at most groups x quantities in L1).
         let sensitivity = self.sensitivities();
         let normalized: Vec<f64> =
-            candidates.iter().flat_map(|c| c.2.iter().zip(&sensitivity).map(|(v, s)| v / s)).collect();
+            candidates.iter().flat_map(|c| c.1.1.iter().zip(&sensitivity).map(|(v, s)| v / s)).collect();
         let bound = f64::from(self.policy.max_groups_per_unit) * q as f64;
-        let noisy = laplace(&normalized, self.scale(), bound, self.split().0)?;
+        let noisy = laplace(&normalized, self.scale(), bound, self.laplace_epsilon())?;
+        // Each quantile of each group from its own kept values: a person is in at most
+        // `max_groups_per_unit` groups with at most `max_rows_per_unit` values in each.
+        let mut quantiles: Vec<Vec<f64>> = Vec::with_capacity(self.quantiles.len());
+        for &(sample, fraction) in &self.quantiles {
+            let bounds = self.policy.bounds[&self.samples[sample]];
+            let values = candidates
+                .iter()
+                .map(|c| {
+                    quantile(&c.1.2[sample], bounds, fraction, self.policy.max_rows_per_unit, self.quantile_epsilon())
+                })
+                .collect::<Result<Vec<f64>, GuardError>>()?;
+            quantiles.push(values);
+        }
 
         let mut fields: Vec<Field> =
             self.keys.iter().map(|(c, t)| Field::new(c.name.clone(), t.clone(), true)).collect();
@@ -781,6 +940,8 @@ impl DpQuery {
             let values: Vec<f64> = (0..candidates.len()).map(|g| noisy[g * q + j] * sensitivity[j]).collect();
             columns.push(Arc::new(Float64Array::from(values)));
         }
+        fields.extend((0..self.quantiles.len()).map(|i| Field::new(format!("__mg_p{i}"), DataType::Float64, false)));
+        columns.extend(quantiles.into_iter().map(|values| Arc::new(Float64Array::from(values)) as ArrayRef));
         RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| GuardError::Execution(e.to_string()))
     }
 
@@ -789,6 +950,7 @@ impl DpQuery {
         let mut fields: Vec<Field> =
             self.keys.iter().map(|(c, t)| Field::new(c.name.clone(), t.clone(), true)).collect();
         fields.extend((0..self.quantities.len()).map(|i| Field::new(format!("__mg_q{i}"), DataType::Float64, false)));
+        fields.extend((0..self.quantiles.len()).map(|i| Field::new(format!("__mg_p{i}"), DataType::Float64, false)));
         let empty = RecordBatch::new_empty(Arc::new(Schema::new(fields)));
         match self.finish(&empty) {
             Ok(batch) => batch.schema(),
@@ -816,6 +978,9 @@ impl DpQuery {
                     (Field::new(name, DataType::Int64, false), Arc::new(values))
                 }
                 Output::Sum(q) => (Field::new(name, DataType::Float64, false), Arc::new(quantity(*q).clone())),
+                Output::Quantile(i) => {
+                    (Field::new(name, DataType::Float64, false), core.column(k + self.quantities.len() + i).clone())
+                }
                 Output::Avg { sum, count, bounds } => {
                     let values: Float64Array = quantity(*sum)
                         .iter()
@@ -882,6 +1047,44 @@ impl DpQuery {
         }
         Ok(batch)
     }
+}
+
+/// A group before release: its persons, its bounded quantities and its kept values.
+type Group = (f64, Vec<f64>, Vec<Vec<f64>>);
+
+/// One group's `fraction` quantile of `values` (clamped into `bounds`), chosen by opendp's
+/// quantile mechanism (candidate scores, then noisy max) among evenly spaced candidates,
+/// with the noise scale set so that `max_rows` values more or fewer cost at most `epsilon`
+/// (checked with the mechanism's own privacy map before it runs).
+fn quantile(values: &[f64], bounds: [f64; 2], fraction: f64, max_rows: u32, epsilon: f64) -> Result<f64, GuardError> {
+    use opendp::domains::{AtomDomain, VectorDomain};
+    use opendp::measurements::make_private_quantile;
+    use opendp::measures::MaxDivergence;
+    use opendp::metrics::SymmetricDistance;
+    let failed = |e: opendp::error::Error| GuardError::Execution(format!("the quantile mechanism failed: {e}"));
+    let [lo, hi] = bounds;
+    let step = (hi - lo) / (QUANTILE_CANDIDATES - 1) as f64;
+    let candidates: Vec<f64> = (0..QUANTILE_CANDIDATES).map(|i| lo + step * i as f64).collect();
+    let make = |scale: f64| {
+        make_private_quantile(
+            VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+            SymmetricDistance,
+            MaxDivergence,
+            candidates.clone(),
+            fraction,
+            scale,
+        )
+        .map_err(failed)
+    };
+    // The loss falls as 1 / scale: measure it at scale 1, then scale to the budget.
+    let at_one = make(1.0)?.map(&max_rows).map_err(failed)?;
+    let measurement = make(at_one / epsilon)?;
+    let loss = measurement.map(&max_rows).map_err(failed)?;
+    if loss > epsilon * (1.0 + 1e-9) {
+        return Err(GuardError::Execution(format!("the quantile mechanism would cost {loss}, more than {epsilon}")));
+    }
+    let values: Vec<f64> = values.iter().map(|v| v.clamp(lo, hi)).collect();
+    measurement.invoke(&values).map_err(failed)
 }
 
 /// Partition selection's noise scale and threshold. A person is in at most `k` groups, so

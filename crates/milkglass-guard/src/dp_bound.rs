@@ -33,7 +33,8 @@ use std::sync::Arc;
 
 /// The shape of the rows the bounding reads: `keys` key columns, then the person, then one
 /// non-null Float64 column per quantity (a row's value of it: 1 for a count, the clamped
-/// value for a sum).
+/// value for a sum), then one Float64 column per sampled column (for quantiles; NULL where
+/// the row has no value).
 #[derive(Clone)]
 pub(crate) struct Layout {
     pub keys: usize,
@@ -44,6 +45,30 @@ pub(crate) struct Layout {
     pub part_bounds: Vec<(f64, f64)>,
     /// Every row is a person of its own (no privacy unit named): nothing to bound per person.
     pub row_is_unit: bool,
+    /// Sampled columns: of each, a person's group keeps at most `max_rows` values, those
+    /// whose hash is lowest (a choice by value, so it is the same in every partition).
+    pub samples: usize,
+    pub max_rows: usize,
+}
+
+impl Layout {
+    /// Words of one kept group: rank, group, parts, then per sampled column a count and
+    /// `max_rows` (hash, value) pairs.
+    fn stride(&self) -> usize {
+        2 + self.quantities + self.samples * self.sample_words()
+    }
+
+    fn sample_words(&self) -> usize {
+        1 + 2 * self.max_rows
+    }
+}
+
+/// What the bounding returns: one row per group (its keys, its number of persons, each
+/// quantity's bounded sum) and, per group in the same order, per sampled column the values
+/// its persons keep.
+pub(crate) struct Bounded {
+    pub sums: RecordBatch,
+    pub samples: Vec<Vec<Vec<f64>>>,
 }
 
 /// Everything one pass (one partition) has seen.
@@ -63,6 +88,10 @@ struct Bounder {
     admits_below: Vec<u64>,
     /// For `row_is_unit`: per group, persons and each quantity's sum, bounded per row.
     direct: Vec<f64>,
+    /// For `row_is_unit`: per group and sampled column, every value.
+    direct_samples: Vec<Vec<f64>>,
+    /// Keys the hash that picks which values a person's group keeps.
+    value_seed: u64,
 }
 
 fn failed(e: impl std::fmt::Display) -> GuardError {
@@ -93,6 +122,8 @@ impl Bounder {
             kept_words: 0,
             admits_below: Vec::new(),
             direct: Vec::new(),
+            direct_samples: Vec::new(),
+            value_seed: 0,
         })
     }
 
@@ -103,6 +134,7 @@ impl Bounder {
             + self.persons.capacity() * (std::mem::size_of::<Vec<u64>>() + 8)
             + self.kept_words * 2 * 8
             + self.direct.capacity() * 8
+            + self.direct_samples.iter().map(|v| v.capacity() * 8 + 24).sum::<usize>()
     }
 
     fn key_columns(&self, batch: &RecordBatch) -> Vec<ArrayRef> {
@@ -129,9 +161,27 @@ impl Bounder {
                     .ok_or_else(|| GuardError::Execution("the bounded quantities arrive as Float64".into()))
             })
             .collect::<Result<_, _>>()?;
+        let samples: Vec<&Float64Array> = (0..self.layout.samples)
+            .map(|s| {
+                batch
+                    .column(k + 1 + q + s)
+                    .as_any()
+                    .downcast_ref::<Float64Array>()
+                    .ok_or_else(|| GuardError::Execution("sampled values arrive as Float64".into()))
+            })
+            .collect::<Result<_, _>>()?;
         scratch.groups.clear();
         self.keys.intern(&self.key_columns(batch), &mut scratch.groups).map_err(failed)?;
         if self.layout.row_is_unit {
+            let width = self.layout.samples;
+            self.direct_samples.resize_with(self.keys.len() * width, Vec::new);
+            for (row, &g) in scratch.groups.iter().enumerate() {
+                for (s, column) in samples.iter().enumerate() {
+                    if column.is_valid(row) {
+                        self.direct_samples[g * width + s].push(column.value(row));
+                    }
+                }
+            }
             // Each row its own person: its part is the row itself, bounded as a part.
             self.direct.resize(self.keys.len() * (q + 1), 0.0);
             for (row, &g) in scratch.groups.iter().enumerate() {
@@ -163,7 +213,16 @@ impl Bounder {
             for (part, column) in scratch.row.iter_mut().zip(&values) {
                 *part = column[row];
             }
-            self.offer(scratch.units[row], scratch.groups[row] as u32, scratch.hashes[row], &scratch.row);
+            let person = scratch.units[row];
+            let Some(at) = self.offer(person, scratch.groups[row] as u32, scratch.hashes[row], &scratch.row) else {
+                continue;
+            };
+            for (s, column) in samples.iter().enumerate() {
+                if column.is_valid(row) {
+                    let value = column.value(row).to_bits();
+                    self.keep_value(person, at, s, value_hash(value, self.value_seed), value);
+                }
+            }
         }
         Ok(())
     }
@@ -177,12 +236,14 @@ impl Bounder {
 
     /// Adds `parts` to `person`'s entry for `group`, making one if the group's rank earns it
     /// a place among the person's lowest `max_groups`.
-    fn offer(&mut self, person: usize, group: u32, rank: u64, parts: &[f64]) {
+    /// Returns where the entry is in the person's words, if the group is kept.
+    fn offer(&mut self, person: usize, group: u32, rank: u64, parts: &[f64]) -> Option<usize> {
         // A kept group's rank is at most the highest kept, so a higher one is not kept.
         if rank > self.admits_below[person] {
-            return;
+            return None;
         }
-        let stride = 2 + self.layout.quantities;
+        let stride = self.layout.stride();
+        let parts_end = 2 + self.layout.quantities;
         let group = u64::from(group);
         let kept = &mut self.persons[person];
         let at = match kept.chunks_exact(stride).position(|entry| entry[1] == group) {
@@ -199,7 +260,7 @@ impl Bounder {
             None => {
                 let (i, highest) = highest_rank(kept, stride);
                 if rank >= highest {
-                    return;
+                    return None;
                 }
                 let at = i * stride;
                 kept[at] = rank;
@@ -209,8 +270,30 @@ impl Bounder {
                 at
             }
         };
-        for (bits, part) in kept[at + 2..at + stride].iter_mut().zip(parts) {
+        for (bits, part) in kept[at + 2..at + parts_end].iter_mut().zip(parts) {
             *bits = (f64::from_bits(*bits) + part).to_bits();
+        }
+        Some(at)
+    }
+
+    /// Keeps `value` (f64 bits) among the entry's values of sampled column `sample` if it is
+    /// among the `max_rows` lowest by (hash, value).
+    fn keep_value(&mut self, person: usize, at: usize, sample: usize, hash: u64, value: u64) {
+        let m = self.layout.max_rows;
+        let base = at + 2 + self.layout.quantities + sample * self.layout.sample_words();
+        let kept = &mut self.persons[person][base..base + self.layout.sample_words()];
+        let n = kept[0] as usize;
+        if n < m {
+            kept[1 + 2 * n] = hash;
+            kept[2 + 2 * n] = value;
+            kept[0] += 1;
+            return;
+        }
+        let pairs = |i: usize| (kept[1 + 2 * i], kept[2 + 2 * i]);
+        let Some(highest) = (0..m).max_by_key(|&i| pairs(i)) else { return };
+        if (hash, value) < pairs(highest) {
+            kept[1 + 2 * highest] = hash;
+            kept[2 + 2 * highest] = value;
         }
     }
 
@@ -222,9 +305,15 @@ impl Bounder {
         self.keys.intern(&other_keys, &mut group_of).map_err(failed)?;
         if self.layout.row_is_unit {
             self.direct.resize(self.keys.len() * (q + 1), 0.0);
+            let width = self.layout.samples;
+            self.direct_samples.resize_with(self.keys.len() * width, Vec::new);
             for (local, &g) in group_of.iter().enumerate() {
                 for j in 0..=q {
                     self.direct[g * (q + 1) + j] += other.direct[local * (q + 1) + j];
+                }
+                for s in 0..width {
+                    let values = std::mem::take(&mut other.direct_samples[local * width + s]);
+                    self.direct_samples[g * width + s].extend(values);
                 }
             }
             return Ok(());
@@ -234,12 +323,22 @@ impl Bounder {
         self.units.intern(&other_units, &mut person_of).map_err(failed)?;
         self.grow_persons();
         let mut parts = vec![0.0; q];
+        let (stride, words) = (self.layout.stride(), self.layout.sample_words());
         for (local, kept) in other.persons.iter().enumerate() {
-            for entry in kept.chunks_exact(2 + q) {
+            let person = person_of[local];
+            for entry in kept.chunks_exact(stride) {
                 for (part, bits) in parts.iter_mut().zip(&entry[2..]) {
                     *part = f64::from_bits(*bits);
                 }
-                self.offer(person_of[local], group_of[entry[1] as usize] as u32, entry[0], &parts);
+                let Some(at) = self.offer(person, group_of[entry[1] as usize] as u32, entry[0], &parts) else {
+                    continue;
+                };
+                for s in 0..self.layout.samples {
+                    let values = &entry[2 + q + s * words..][..words];
+                    for i in 0..values[0] as usize {
+                        self.keep_value(person, at, s, values[1 + 2 * i], values[2 + 2 * i]);
+                    }
+                }
             }
         }
         Ok(())
@@ -247,16 +346,30 @@ impl Bounder {
 
     /// One row per group: the key columns, the number of persons in it, then each quantity
     /// summed over its persons' bounded parts.
-    fn finish(mut self) -> Result<RecordBatch, GuardError> {
+    fn finish(mut self) -> Result<Bounded, GuardError> {
         let (k, q) = (self.layout.keys, self.layout.quantities);
         let groups = self.keys.len();
         let mut totals = vec![0.0f64; groups * (q + 1)];
+        let width = self.layout.samples;
+        let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); width]; groups];
         if self.layout.row_is_unit {
             totals.copy_from_slice(&self.direct[..groups * (q + 1)]);
+            self.direct_samples.resize_with(groups * width, Vec::new);
+            for (g, group) in samples.iter_mut().enumerate() {
+                for (s, values) in group.iter_mut().enumerate() {
+                    *values = std::mem::take(&mut self.direct_samples[g * width + s]);
+                }
+            }
         } else {
+            let (stride, words) = (self.layout.stride(), self.layout.sample_words());
             for kept in &self.persons {
-                for entry in kept.chunks_exact(2 + q) {
-                    let at = entry[1] as usize * (q + 1);
+                for entry in kept.chunks_exact(stride) {
+                    let group = entry[1] as usize;
+                    for (s, values) in samples[group].iter_mut().enumerate() {
+                        let kept = &entry[2 + q + s * words..][..words];
+                        values.extend((0..kept[0] as usize).map(|i| f64::from_bits(kept[2 + 2 * i])));
+                    }
+                    let at = group * (q + 1);
                     totals[at] += 1.0;
                     for (j, (bits, &(lo, hi))) in entry[2..].iter().zip(&self.layout.part_bounds).enumerate() {
                         totals[at + 1 + j] += f64::from_bits(*bits).clamp(lo, hi);
@@ -275,8 +388,17 @@ impl Bounder {
             .map(|(i, c)| Field::new(format!("key{i}"), c.data_type().clone(), true))
             .collect();
         fields.extend((0..=q).map(|j| Field::new(format!("q{j}"), arrow::datatypes::DataType::Float64, false)));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)
+        let sums = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)?;
+        Ok(Bounded { sums, samples })
     }
+}
+
+/// The hash that orders a person's values of one group (splitmix64's finalizer, keyed).
+fn value_hash(value: u64, seed: u64) -> u64 {
+    let mut z = value ^ seed;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// The position and rank of the highest-ranked of a person's kept groups.
@@ -302,10 +424,10 @@ pub(crate) async fn bounded_sums(
     plan: Arc<dyn ExecutionPlan>,
     context: Arc<TaskContext>,
     layout: Layout,
-) -> Result<RecordBatch, GuardError> {
+) -> Result<Bounded, GuardError> {
     // The ranks' hash, keyed afresh for each query from the thread's CSPRNG (ChaCha, seeded
     // by the operating system), so no one can arrange which of their groups are kept.
-    let seed: u64 = rand::random();
+    let (seed, value_seed): (u64, u64) = (rand::random(), rand::random());
     let schema = plan.schema();
     let mut tasks = tokio::task::JoinSet::new();
     for partition in 0..plan.output_partitioning().partition_count() {
@@ -315,6 +437,7 @@ pub(crate) async fn bounded_sums(
             let reservation: MemoryReservation =
                 MemoryConsumer::new(format!("dp bounding[{partition}]")).register(context.memory_pool());
             let mut bounder = Bounder::new(&layout, &schema)?;
+            bounder.value_seed = value_seed;
             let mut scratch = Scratch::default();
             let mut stream = plan.execute(partition, context).map_err(failed)?;
             while let Some(batch) = stream.next().await {
@@ -353,12 +476,14 @@ mod tests {
     use datafusion::prelude::SessionContext;
     use std::collections::{HashMap, HashSet};
 
-    /// Rows (key, person, value) through a plan of `partitions` partitions.
-    async fn run(rows: &[(i64, i64, f64)], partitions: usize, layout: Layout) -> RecordBatch {
+    /// Rows (key, person, value) through a plan of `partitions` partitions; the value is
+    /// also the sampled column, NULL where negative.
+    async fn run(rows: &[(i64, i64, f64)], partitions: usize, layout: Layout) -> Bounded {
         let schema = Arc::new(Schema::new(vec![
             Field::new("k", arrow::datatypes::DataType::Int64, true),
             Field::new("u", arrow::datatypes::DataType::Int64, true),
             Field::new("v", arrow::datatypes::DataType::Float64, false),
+            Field::new("s", arrow::datatypes::DataType::Float64, true),
         ]));
         let chunk = rows.len().div_ceil(partitions * 3).max(1);
         let batches: Vec<RecordBatch> = rows
@@ -370,6 +495,7 @@ mod tests {
                         Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.0))),
                         Arc::new(Int64Array::from_iter_values(c.iter().map(|r| r.1))),
                         Arc::new(Float64Array::from_iter_values(c.iter().map(|r| r.2))),
+                        Arc::new(Float64Array::from_iter(c.iter().map(|r| (r.2 >= 0.0).then_some(r.2)))),
                     ],
                 )
                 .unwrap()
@@ -391,7 +517,15 @@ mod tests {
     }
 
     fn layout(max_groups: usize, max_rows: f64) -> Layout {
-        Layout { keys: 1, quantities: 1, max_groups, part_bounds: vec![(0.0, max_rows)], row_is_unit: false }
+        Layout {
+            keys: 1,
+            quantities: 1,
+            max_groups,
+            part_bounds: vec![(0.0, max_rows)],
+            row_is_unit: false,
+            samples: 0,
+            max_rows: 1,
+        }
     }
 
     /// With no person over a bound the answer is the plain GROUP BY's, whatever the
@@ -400,7 +534,7 @@ mod tests {
     async fn without_a_bound_to_apply_it_is_the_plain_group_by() {
         let rows: Vec<(i64, i64, f64)> = (0..3000).map(|i| (i % 7, i % 100, 1.0)).collect();
         for partitions in [1, 2, 3] {
-            let got = by_key(&run(&rows, partitions, layout(7, 1000.0)).await);
+            let got = by_key(&run(&rows, partitions, layout(7, 1000.0)).await.sums);
             for k in 0..7 {
                 let persons: HashSet<i64> = rows.iter().filter(|r| r.0 == k).map(|r| r.1).collect();
                 let count = rows.iter().filter(|r| r.0 == k).count() as f64;
@@ -418,8 +552,7 @@ mod tests {
         let rows: Vec<(i64, i64, f64)> =
             (0..50).flat_map(|u| (0..40).flat_map(move |k| (0..3).map(move |_| (k, u, 1.0)))).collect();
         for partitions in [1, 2, 4] {
-            let got = run(&rows, partitions, layout(4, 2.0)).await;
-            let totals = by_key(&got);
+            let totals = by_key(&run(&rows, partitions, layout(4, 2.0)).await.sums);
             let persons: f64 = totals.values().map(|t| t.0).sum();
             let rows_counted: f64 = totals.values().map(|t| t.1).sum();
             assert_eq!(persons, 50.0 * 4.0, "{partitions} partitions: each person in exactly 4 groups");
@@ -432,7 +565,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_kept_groups_are_not_the_first_or_the_smallest() {
         let rows: Vec<(i64, i64, f64)> = (0..400).flat_map(|u| (0..20).map(move |k| (k, u, 1.0))).collect();
-        let totals = by_key(&run(&rows, 2, layout(2, 1.0)).await);
+        let totals = by_key(&run(&rows, 2, layout(2, 1.0)).await.sums);
         // 400 persons x 2 groups over 20 keys: 40 each on average, binomial sd about 6.
         for k in 0..20 {
             let n = totals.get(&k).map_or(0.0, |t| t.0);
@@ -445,8 +578,34 @@ mod tests {
     async fn rows_as_persons_are_clamped_one_by_one() {
         let rows: Vec<(i64, i64, f64)> = (0..100).map(|i| (i % 2, 0, if i < 10 { 500.0 } else { 1.0 })).collect();
         let layout = Layout { row_is_unit: true, ..layout(1, 5.0) };
-        let totals = by_key(&run(&rows, 2, layout).await);
+        let totals = by_key(&run(&rows, 2, layout).await.sums);
         assert_eq!(totals[&0], (50.0, 5.0 * 5.0 + 45.0));
         assert_eq!(totals[&1], (50.0, 5.0 * 5.0 + 45.0));
+    }
+
+    /// For quantiles each person's group keeps at most `max_rows` of its values, the same
+    /// ones however the rows are partitioned (chosen by value), and only values it has.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_person_keeps_at_most_m_values_per_group() {
+        // 30 persons in 2 groups, 6 rows each: values 100 * person + row, one of them NULL.
+        let rows: Vec<(i64, i64, f64)> = (0..30)
+            .flat_map(|u| {
+                (0..2).flat_map(move |k| (0..6).map(move |r| (k, u, if r == 0 { -1.0 } else { (100 * u + r) as f64 })))
+            })
+            .collect();
+        let layout = Layout { samples: 1, max_rows: 3, ..layout(2, 100.0) };
+        for partitions in [1, 2, 3] {
+            let bounded = run(&rows, partitions, layout.clone()).await;
+            let keys = bounded.sums.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            for (g, group) in bounded.samples.iter().enumerate() {
+                let values = &group[0];
+                assert_eq!(values.len(), 30 * 3, "group {}, {partitions} partitions", keys.value(g));
+                for person in 0..30 {
+                    let mine = values.iter().filter(|v| (**v as i64) / 100 == person).count();
+                    assert_eq!(mine, 3, "person {person}");
+                }
+                assert!(values.iter().all(|v| *v >= 0.0 && (*v as i64) % 100 >= 1), "only values the rows have");
+            }
+        }
     }
 }

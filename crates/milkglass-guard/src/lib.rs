@@ -425,7 +425,13 @@ pub async fn prepare_within(sql: &str, tables: Vec<ProtectedTable>, limits: Limi
     let dp = match scans.iter().find(|t| dp_tables.contains_key(*t)) {
         None => None,
         Some(name) => {
-            let sanitized_use = findings.iter().any(|f| !matches!(f, Finding::Unanalysable { .. }));
+            // Quantiles can return one row's value, so the threshold guard flags them; the DP
+            // mode answers them with a mechanism of its own (or refuses them, from the plan).
+            let sanitized_use = findings.iter().any(|f| match f {
+                Finding::Unanalysable { .. } => false,
+                Finding::Revealing { function, .. } => !dp::QUANTILE_FUNCTIONS.contains(&function.as_str()),
+                _ => true,
+            });
             Some(if sanitized_use {
                 Err(format!(
                     "Refused under differential privacy: the query uses a sanitized column or a function that singles rows out ({})",

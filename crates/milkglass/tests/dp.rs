@@ -324,6 +324,65 @@ fn count_distinct_of_the_privacy_unit_counts_persons_once() {
     }
 }
 
+/// Quantiles (`MEDIAN`, `PERCENTILE_CONT` in both spellings) come from opendp's quantile
+/// mechanism over each group's bounded values: with a large epsilon they are the true
+/// quantile to within the candidates' spacing; a fraction outside [0, 1], a descending
+/// order, an expression and the privacy unit are refused from the plan.
+#[test]
+fn quantiles_are_released_near_the_truth_and_malformed_ones_refused() {
+    let (server, owner, scientist) = setup();
+    let (csv, ages) = people(2000, 17, 2);
+    let policy = dp_policy(json!({"epsilon": 1e6, "query_epsilon": 1e5, "privacy_unit": "PassengerId",
+                                   "bounds": {"Age": [0, 100]}, "public_keys": {"Town": ["town_0", "town_1"]}}));
+    upload(&server, &owner, "people", csv, &policy);
+    let mut sorted = ages.clone();
+    sorted.sort_by(f64::total_cmp);
+    let truth = |f: f64| sorted[((sorted.len() - 1) as f64 * f).round() as usize];
+    let body = answer(
+        &server,
+        &scientist,
+        "SELECT MEDIAN(Age) AS m, PERCENTILE_CONT(Age, 0.9) AS p90, \
+         percentile_cont(0.1) WITHIN GROUP (ORDER BY Age) AS p10 FROM people",
+    );
+    let row = &body["rows"][0];
+    for (column, fraction) in [("m", 0.5), ("p90", 0.9), ("p10", 0.1)] {
+        let got = row[column].as_f64().unwrap_or(f64::NAN);
+        assert!((got - truth(fraction)).abs() <= 1.5, "{column}: {got} against {}: {body}", truth(fraction));
+    }
+    // Per group too, each from its own people.
+    let grouped = answer(&server, &scientist, "SELECT Town, MEDIAN(Age) AS m FROM people GROUP BY Town ORDER BY Town");
+    let rows = grouped["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{grouped}");
+    for row in rows {
+        let town = row["Town"].as_str().unwrap();
+        let (csv, _) = people(2000, 17, 2);
+        let mut mine: Vec<f64> = csv
+            .lines()
+            .skip(1)
+            .filter(|l| l.ends_with(&format!(",{town}")))
+            .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+            .collect();
+        mine.sort_by(f64::total_cmp);
+        let median = mine[(mine.len() - 1) / 2];
+        assert!((row["m"].as_f64().unwrap() - median).abs() <= 1.5, "{town}: {grouped} against {median}");
+    }
+    for sql in [
+        "SELECT PERCENTILE_CONT(Age, 1.5) AS p FROM people",
+        "SELECT MEDIAN(PassengerId) AS m FROM people",
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY Age DESC) AS p FROM people",
+        "SELECT MEDIAN(Age * 2) AS m FROM people",
+    ] {
+        let response = query(&server, &scientist, sql);
+        let status = response.status().as_u16();
+        let body: Value = response.json().unwrap();
+        assert_eq!(status, 403, "{sql}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains("differential privacy"), "{sql}: {body}");
+    }
+    // EXPLAIN PRIVACY names the quantile mechanism.
+    let explained = answer(&server, &scientist, "EXPLAIN PRIVACY SELECT MEDIAN(Age) AS m FROM people");
+    assert!(explained.to_string().contains("quantiles by noisy max"), "{explained}");
+}
+
 #[test]
 fn the_tables_total_cap_holds_across_analysts() {
     let (server, owner, sam) = setup();
