@@ -6,7 +6,7 @@ import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import { api, enc, token, type FrameDetail, type Project } from "../api";
 import { navigate, withQuery } from "../route";
 import { resolveSources } from "../raw/resolve";
-import { Empty, ErrorBox, Spinner, fmt, isTyping } from "../ui";
+import { Empty, ErrorBox, fmt, isTyping } from "../ui";
 import { primarySensor } from "../explorer/tile";
 import { putList } from "../explorer/lists";
 import { SegmentPicker } from "../explorer/segment-picker";
@@ -16,6 +16,27 @@ import { PointsRenderer, type ViewTransform } from "./points-gl";
 
 type Layout = "pca" | "umap";
 type Space = "frames" | "labels";
+
+/** How many points and where they lie: all the main thread keeps of them. */
+interface Bounds {
+  n: number;
+  x0: number;
+  y0: number;
+  x1: number;
+  y1: number;
+}
+
+function bounds(xy: Float32Array): Bounds {
+  let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+  for (let i = 0; i < xy.length; i += 2) {
+    const x = xy[i], y = xy[i + 1];
+    if (x < x0) x0 = x;
+    if (x > x1) x1 = x;
+    if (y < y0) y0 = y;
+    if (y > y1) y1 = y;
+  }
+  return { n: xy.length / 2, x0, y0, x1, y1 };
+}
 
 /** The map's points: little-endian f32 pairs, as many as `x-milkglass-points` says. */
 async function fetchPoints(url: string, signal: AbortSignal): Promise<Float32Array> {
@@ -49,7 +70,9 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
   const canvas = useRef<HTMLCanvasElement>(null);
   const renderer = useRef<PointsRenderer | null>(null);
   const worker = useRef<Worker | null>(null);
-  const positions = useRef<Float32Array | null>(null);
+  // What the main thread keeps of the points: how many and their bounds. The positions themselves go
+  // to the GPU and then to the worker (transferred, not copied).
+  const points = useRef<Bounds | null>(null);
   const tf = useRef<ViewTransform>({ cx: 0, cy: 0, scale: 1 });
   const fitScale = useRef(1);
   const [shownLayout, setShownLayout] = useState<Layout | null>(null);
@@ -76,7 +99,7 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
   const movingFlag = useRef(false);
   const draws = useRef(0);
   const pointSize = () => {
-    const n = positions.current ? positions.current.length / 2 : 0;
+    const n = points.current?.n ?? 0;
     const base = n <= 2_000 ? 6 : n <= 20_000 ? 4 : n <= 200_000 ? 2.5 : 1.5;
     return Math.min(12, base * Math.max(1, Math.sqrt(tf.current.scale / fitScale.current)));
   };
@@ -103,34 +126,27 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
     if (moving) idle.current = window.setTimeout(() => requestDraw(false), 180);
   };
 
-  const fit = (xy: Float32Array) => {
-    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
-    for (let i = 0; i < xy.length; i += 2) {
-      const x = xy[i], y = xy[i + 1];
-      if (x < x0) x0 = x;
-      if (x > x1) x1 = x;
-      if (y < y0) y0 = y;
-      if (y > y1) y1 = y;
-    }
+  const fit = (b: Bounds) => {
     const c = canvas.current!;
     const w = c.clientWidth || 800, h = c.clientHeight || 600;
-    const scale = xy.length ? 0.9 * Math.min(w / (x1 - x0 || 1), h / (y1 - y0 || 1)) : 1;
-    tf.current = { cx: xy.length ? (x0 + x1) / 2 : 0, cy: xy.length ? (y0 + y1) / 2 : 0, scale };
+    const scale = b.n ? 0.9 * Math.min(w / (b.x1 - b.x0 || 1), h / (b.y1 - b.y0 || 1)) : 1;
+    tf.current = { cx: b.n ? (b.x0 + b.x1) / 2 : 0, cy: b.n ? (b.y0 + b.y1) / 2 : 0, scale };
     fitScale.current = scale;
   };
 
+  // One short task: the positions go to the GPU (one buffer upload), their bounds are taken, and the
+  // array itself is handed to the worker (which indexes it for hover and lasso). No copy, no per-point
+  // objects; colours follow from the worker once the ids are in.
   const show = (xy: Float32Array, which: Layout) => {
     canvas.current!.dataset.pointsAt = performance.now().toFixed(0); // for the benchmark
-    positions.current = xy;
     renderer.current!.setPositions(xy);
-    fit(xy);
+    points.current = bounds(xy);
+    fit(points.current);
     setCount(xy.length / 2);
     setShownLayout(which);
     shown.current = which;
     setSelection(null);
-    // The worker gets its own copy (it indexes it); the renderer's stays here.
-    const copy = xy.slice();
-    post({ type: "positions", positions: copy }, [copy.buffer]);
+    post({ type: "positions", positions: xy }, [xy.buffer]);
     requestDraw(false);
   };
   const post = (m: ToWorker, transfer: Transferable[] = []) => worker.current?.postMessage(m, transfer);
@@ -148,7 +164,7 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
     w.onmessage = (e: MessageEvent<FromWorker>) => {
       const m = e.data;
       if (m.type === "colors") {
-        if (positions.current && m.colors.length === (positions.current.length / 2) * 4) {
+        if (points.current && m.colors.length === points.current.n * 4) {
           renderer.current?.setColors(m.colors);
           requestDraw(false);
         }
@@ -179,7 +195,7 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
     const ctl = new AbortController();
     const url = (l: Layout) => `${base}/insights/map?space=${space}&layout=${l}`;
     (async () => {
-      if (!positions.current) show(await fetchPoints(url("pca"), ctl.signal), "pca");
+      if (!points.current) show(await fetchPoints(url("pca"), ctl.signal), "pca");
       if (layout === "umap" && shown.current !== "umap") {
         const t0 = performance.now();
         setUmapWait(0);
@@ -202,10 +218,14 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
     if (colorBy.startsWith("meta.")) a.push(colorBy);
     return a;
   }, [hasSets, inferenceSet, space, colorBy]);
+  // Asked for once the points are in: at a million frames the ids and attributes (about 19 MB of JSON)
+  // would otherwise share the server and the browser's CPU with the points, which the first paint needs.
+  const havePoints = count != null;
   useEffect(() => {
+    if (!havePoints) return;
     const u = `${base}/insights/map/ids?space=${space}${inferenceSet ? `&inference_set=${enc(inferenceSet)}` : ""}`;
     post({ type: "ids", url: u, token: token.value, attributes: wanted });
-  }, [base, space, inferenceSet, wanted.join(",")]);
+  }, [havePoints, base, space, inferenceSet, wanted.join(",")]);
   useEffect(() => post({ type: "color", by: colorBy, classes: project.classes }), [colorBy, project]);
 
   // ---- Pointer input. ----
@@ -222,7 +242,7 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
   const boxCorners = (a: [number, number], b: [number, number]): [number, number][] => [a, [b[0], a[1]], b, [a[0], b[1]]];
 
   const onPointerDown = (e: PointerEvent) => {
-    if (e.button !== 0 || !positions.current) return;
+    if (e.button !== 0 || !points.current) return;
     const p = local(e);
     const mode = e.shiftKey ? "box" : tool;
     drag.current = { mode, x: p[0], y: p[1], cx: tf.current.cx, cy: tf.current.cy, pts: [p] };
@@ -290,8 +310,8 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
       if (isTyping(e.target) || e.altKey || e.ctrlKey || e.metaKey || picking) return;
       if (e.key === "l") setTool("lasso");
       else if (e.key === "p") setTool("pan");
-      else if (e.key === "0" && positions.current) {
-        fit(positions.current);
+      else if (e.key === "0" && points.current) {
+        fit(points.current);
         requestDraw(false);
       } else if (e.key === "Escape") {
         setSelection(null);
@@ -361,7 +381,7 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
         <span class="spacer" />
         {umapWait != null && (
           <span class="muted" role="status">
-            <span class="spinner inline-spin" aria-hidden="true" /> computing the UMAP layout… {umapWait} s (PCA shown meanwhile)
+            computing the UMAP layout… {umapWait} s (PCA shown meanwhile)
           </span>
         )}
         <span class="count">{count == null ? "loading points…" : `${fmt(count)} ${noun}${shownLayout ? ` · ${shownLayout.toUpperCase()}` : ""}`}</span>
@@ -387,12 +407,12 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
           )}
           {hover?.id && !drag.current && <HoverCard base={base} project={project} space={space} hover={hover} />}
           {count === 0 && <Empty>No embeddings in this dataset yet: upload frame embeddings (or run `embed`) to see the map.</Empty>}
-          {count == null && !error && <div class="map-loading"><Spinner label="Loading the map…" /></div>}
+          {count == null && !error && <div class="map-loading"><Waiting label="Loading the map…" /></div>}
         </div>
         <aside class="map-side" aria-label="legend">
           <h2>{legend?.by.startsWith("meta.") ? legend.by.slice(5) : (legend?.by ?? colorBy).replace("_", " ")}</h2>
           {!legend || !idsReady ? (
-            <Spinner label="Loading ids…" />
+            <Waiting label="Loading ids…" />
           ) : (
             <ul class="legend map-legend">
               {legend.entries.map((e) => (
@@ -456,6 +476,28 @@ function MapBody({ base, project, space, inferenceSet, hasSets }: { base: string
           }}
         />
       )}
+    </div>
+  );
+}
+
+/**
+ * A loading line that counts seconds instead of spinning. In headless Chromium on SwiftShader (no GPU:
+ * the tests and benchmarks) a CSS spinner has the display compositor record 60 frames a second that are
+ * not submitted to the GPU queue until something waits on it; the map's first WebGL draw is that
+ * something, and it ran all of them in one main-thread task: 12-17 s after a 55-80 s wait for a
+ * million points (a debug server's first PCA). One repaint a second leaves nothing to speak of.
+ */
+function Waiting({ label }: { label: string }) {
+  const [s, setS] = useState(0);
+  useEffect(() => {
+    const t0 = performance.now();
+    const tick = window.setInterval(() => setS(Math.floor((performance.now() - t0) / 1000)), 1000);
+    return () => clearInterval(tick);
+  }, []);
+  return (
+    <div class="state loading" role="status">
+      {label}
+      {s > 0 && <span class="muted"> {s} s</span>}
     </div>
   );
 }

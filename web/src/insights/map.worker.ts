@@ -4,6 +4,7 @@ import type { ClassDef } from "../api";
 import type { FromWorker, LegendEntry, ToWorker } from "./map-protocol";
 
 let ids: string[] = [];
+let loaded = false; // the ids and attributes have come
 const attributes = new Map<string, unknown[]>();
 let positions: Float32Array<ArrayBufferLike> = new Float32Array(0);
 let colorBy = "class";
@@ -190,7 +191,8 @@ function colors(): { colors: Uint8Array; legend: LegendEntry[]; ramp: boolean; n
 }
 
 function sendColors() {
-  if (positions.length === 0) return;
+  // Not before the ids and attributes are in: until then the map draws its points in one grey.
+  if (positions.length === 0 || !loaded) return;
   const c = colors();
   post({ type: "colors", ...c, by: colorBy }, [c.colors.buffer]);
 }
@@ -223,6 +225,7 @@ async function loadIds(url: string, token: string | null, wanted: string[]) {
   const data = (await r.json()) as { ids: string[]; attributes: Record<string, unknown[]> };
   ids = data.ids;
   for (const [k, v] of Object.entries(data.attributes ?? {})) attributes.set(k, v);
+  loaded = true;
   return { missing };
 }
 

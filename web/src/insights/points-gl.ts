@@ -45,7 +45,7 @@ export class PointsRenderer {
   private loc: { center: WebGLUniformLocation; scale: WebGLUniformLocation; size: WebGLUniformLocation; round: WebGLUniformLocation };
   private count = 0;
   private coloured = 0;
-  private bound = 0; // the stride the VAO is set up with
+  private bound = ""; // the stride (and whether with colours) the VAO is set up with
 
   constructor(readonly canvas: HTMLCanvasElement) {
     // preserveDrawingBuffer: the picture stays readable (tests, screenshots) after it is composited.
@@ -85,11 +85,9 @@ export class PointsRenderer {
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
     gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
     this.count = xy.length / 2;
-    if (this.coloured !== this.count) {
-      // Until the colours come (from the worker), every point is drawn in one grey.
-      this.setColors(new Uint8Array(this.count * 4).fill(120));
-    }
-    this.bound = 0;
+    // Until colours for as many points come (from the worker), every point is drawn in one grey: a
+    // constant attribute, not a buffer of a million copies of it.
+    this.bound = "";
   }
 
   setColors(rgba: Uint8Array) {
@@ -97,19 +95,27 @@ export class PointsRenderer {
     gl.bindBuffer(gl.ARRAY_BUFFER, this.colBuf);
     gl.bufferData(gl.ARRAY_BUFFER, rgba, gl.DYNAMIC_DRAW);
     this.coloured = rgba.length / 4;
+    this.bound = "";
   }
 
   private bind(step: number) {
-    if (this.bound === step) return;
+    const coloured = this.coloured === this.count;
+    const key = `${step}${coloured ? "c" : ""}`;
+    if (this.bound === key) return;
     const gl = this.gl;
     gl.bindVertexArray(this.vao);
     gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuf);
     gl.enableVertexAttribArray(0);
     gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 8 * step, 0);
-    gl.bindBuffer(gl.ARRAY_BUFFER, this.colBuf);
-    gl.enableVertexAttribArray(1);
-    gl.vertexAttribPointer(1, 4, gl.UNSIGNED_BYTE, true, 4 * step, 0);
-    this.bound = step;
+    if (coloured) {
+      gl.bindBuffer(gl.ARRAY_BUFFER, this.colBuf);
+      gl.enableVertexAttribArray(1);
+      gl.vertexAttribPointer(1, 4, gl.UNSIGNED_BYTE, true, 4 * step, 0);
+    } else {
+      gl.disableVertexAttribArray(1);
+      gl.vertexAttrib4f(1, 120 / 255, 120 / 255, 120 / 255, 120 / 255);
+    }
+    this.bound = key;
   }
 
   /** Draw the points under `view`; `moving` draws the subsample. Returns how many points were drawn. */
