@@ -4,9 +4,12 @@
 // /tmp/milkglass-bench; run bench.mjs first), and uploads 8-d frame embeddings once (clustered, so the
 // map has structure). Reports: first map paint, pan/zoom frame times (p50/p95), and a lasso of about
 // 100k points resolved to ids (time and long tasks).
+// Environment: BENCH_FRAMES (how many points), MILKGLASS_BIN (the server), MILKGLASS_WEB_DIST=1 (the app
+// as web/dist holds it now, not the copy a release binary embedded when it was built; see harness.mjs),
+// BENCH_POINTS_DELAY_MS (hold the points back), BENCH_PROFILE=1 (a CPU profile of the first paint).
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { BIN, freePort, launch, newPage, signIn, spawnUntil, stop } from "./harness.mjs";
+import { BIN, appServer, freePort, launch, newPage, signIn, spawnUntil, stop } from "./harness.mjs";
 
 const DIR = process.env.BENCH_DIR ?? "/tmp/milkglass-bench";
 const N = Number(process.env.BENCH_FRAMES ?? 1_000_000);
@@ -18,6 +21,7 @@ const token = JSON.parse(readFileSync(join(DIR, "demo-tokens.json"), "utf8")).ad
 const [http, flight] = [await freePort(), await freePort()];
 const { child } = await spawnUntil(BIN, ["serve", "--data-dir", DIR, "--http-addr", `127.0.0.1:${http}`, "--flight-addr", `127.0.0.1:${flight}`], /^milkglass serving/);
 const url = `http://127.0.0.1:${http}`;
+appServer(url); // MILKGLASS_WEB_DIST=1 serves the app from web/dist (see harness.mjs)
 const api = async (path, init = {}) => {
   const r = await fetch(url + path, { ...init, headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) } });
   const t = await r.text();
@@ -60,6 +64,10 @@ try {
     window.__long = [];
     new PerformanceObserver((l) => window.__long.push(...l.getEntries().map((e) => ({ at: e.startTime, ms: e.duration })))).observe({ type: "longtask", buffered: true });
   });
+  // BENCH_POINTS_DELAY_MS: the map's points held back that long (as a debug server's first PCA of 1M
+  // vectors does, 55-80 s here), to check that a long wait does not make the first draw slow.
+  const delay = Number(process.env.BENCH_POINTS_DELAY_MS ?? 0);
+  if (delay) await page.route((u) => u.pathname.endsWith("/insights/map"), (r) => setTimeout(() => r.continue(), delay));
   await signIn(page, url, token);
   await page.goto(`${url}/p/shapes/d/million`);
   await page.waitForSelector(".tabs a[data-view=map]");
@@ -92,6 +100,8 @@ try {
   out.paint_after_points_arrived_ms = await page.evaluate(() => Math.round(performance.now() - Number(document.querySelector("canvas.map-canvas").dataset.pointsAt)));
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
   out.first_map_paint_ms = Math.round(performance.now() - t);
+  // Which build of the app ran (its hashed map chunk): the binary's own, or web/dist's with MILKGLASS_WEB_DIST=1.
+  out.map_chunk = await page.evaluate(() => performance.getEntriesByType("resource").map((r) => r.name.split("/").pop()).find((n) => /^map-.*\.js$/.test(n)));
   await page.waitForSelector(".map-legend li.total", { timeout: 900_000 });
   out.coloured_with_legend_ms = Math.round(performance.now() - t);
   await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));

@@ -8,7 +8,7 @@ import { createServer } from "node:http";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { spawnSync } from "node:child_process";
-import { BIN, DIST, freePort, launch, newPage, signIn, spawnUntil, stop } from "./harness.mjs";
+import { BIN, DIST, appServer, freePort, launch, newPage, signIn, spawnUntil, stop } from "./harness.mjs";
 
 const DIR = process.env.BENCH_DIR ?? "/tmp/milkglass-bench";
 const IMG_PORT = Number(process.env.BENCH_IMG_PORT ?? 7799);
@@ -43,6 +43,7 @@ await new Promise((r) => images.listen(IMG_PORT, "127.0.0.1", r));
 const [http, flight] = [await freePort(), await freePort()];
 const { child } = await spawnUntil(BIN, ["serve", "--data-dir", DIR, "--http-addr", `127.0.0.1:${http}`, "--flight-addr", `127.0.0.1:${flight}`], /^milkglass serving/);
 const url = `http://127.0.0.1:${http}`;
+appServer(url); // MILKGLASS_WEB_DIST=1 serves the app from web/dist (see harness.mjs)
 const api = async (path, init = {}) => {
   const r = await fetch(url + path, { ...init, headers: { Authorization: `Bearer ${token}`, ...(init.headers ?? {}) } });
   const t = await r.text();

@@ -76,6 +76,7 @@ export async function startDemo({ frames = 300, args = [] } = {}) {
     /^milkglass serving/,
   );
   const server = `http://127.0.0.1:${http}`;
+  appServer(server);
   const tokens = Object.fromEntries(
     Object.entries(JSON.parse(readFileSync(join(dir, "demo", "demo-tokens.json"), "utf8"))).map(([k, v]) => [k, v.token]),
   );
@@ -114,9 +115,46 @@ export async function launch() {
   return chromium.launch({ executablePath: chromiumPath(), args: ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"] });
 }
 
+const TYPES = { ".js": "text/javascript", ".css": "text/css", ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".woff2": "font/woff2" };
+
+/** The milkglass servers of this process (startDemo's, and the benchmarks' via appServer). */
+const appOrigins = new Set();
+export const appServer = (url) => appOrigins.add(new URL(url).origin);
+
+/**
+ * MILKGLASS_WEB_DIST=1 (or a directory): the browser gets the app's files (index.html for the app's
+ * routes, /static/*) from web/dist (or that directory) instead of from the binary, with the binary's own
+ * headers (CSP included). For a release binary, which embeds web/dist as it was when cargo built it:
+ * the tests and benchmarks then run the app as built now, without rebuilding the server. Only the app's
+ * files of the servers named by appServer are answered here; the API and other hosts go through.
+ * Caveat: once a route exists Playwright pauses every request and continues the others, and the
+ * signed bucket images of s3.test.mjs then fail (net::ERR_FAILED); run that file without it.
+ */
+async function serveDist(context, dist) {
+  const own = (u) => appOrigins.has(u.origin) && !/^\/(api|sample|assets|healthz)(\/|$)/.test(u.pathname);
+  await context.route(own, async (route) => {
+    const req = route.request();
+    const u = new URL(req.url());
+    const file = u.pathname.startsWith("/static/") ? join(dist, u.pathname) : req.resourceType() === "document" ? join(dist, "index.html") : null;
+    if (!file) return route.fallback();
+    // The binary's headers for its index page (CSP, nosniff), with the file's type and caching.
+    const real = await route.fetch({ url: `${u.origin}/` });
+    const headers = { ...real.headers() };
+    delete headers["content-length"];
+    delete headers["content-encoding"];
+    delete headers["transfer-encoding"];
+    if (!existsSync(file) || !file.startsWith(dist + "/")) return route.fulfill({ status: 404, headers: { "content-type": "text/plain" }, body: "not in web/dist" });
+    headers["content-type"] = TYPES[file.slice(file.lastIndexOf("."))] ?? "application/octet-stream";
+    headers["cache-control"] = file.endsWith("index.html") ? "no-cache" : "public, max-age=31536000, immutable";
+    return route.fulfill({ status: 200, headers, body: readFileSync(file) });
+  });
+}
+
 /** A page that fails the test on console errors and CSP violations. */
 export async function newPage(browser, { width = 1280, height = 800 } = {}) {
   const context = await browser.newContext({ viewport: { width, height } });
+  const dist = process.env.MILKGLASS_WEB_DIST;
+  if (dist) await serveDist(context, dist === "1" ? DIST : resolve(dist));
   const page = await context.newPage();
   page.errors = [];
   page.on("pageerror", (e) => page.errors.push(String(e)));
