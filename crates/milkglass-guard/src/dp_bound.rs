@@ -193,8 +193,7 @@ impl Bounder {
             }
             return Ok(());
         }
-        scratch.units.clear();
-        self.units.intern(&batch.columns()[k..=k], &mut scratch.units).map_err(failed)?;
+        self.number_persons(batch.column(k), scratch)?;
         scratch.hashes.clear();
         scratch.hashes.resize(rows, 0);
         create_hashes(&batch.columns()[..=k], seed, &mut scratch.hashes).map_err(failed)?;
@@ -232,6 +231,32 @@ impl Bounder {
             self.persons.resize_with(self.units.len(), Vec::new);
             self.admits_below.resize(self.units.len(), u64::MAX);
         }
+    }
+
+    /// Each row's person number in `scratch.units`. Only the first row of each run of equal
+    /// persons is looked up: a DP table is stored sorted by its unit, so a person's rows come
+    /// together and the lookups fall from one per row to one per person; in any other order
+    /// the runs are single rows and the answer is the same.
+    fn number_persons(&mut self, unit: &ArrayRef, scratch: &mut Scratch) -> Result<(), GuardError> {
+        let rows = unit.len();
+        scratch.units.clear();
+        scratch.starts.clear();
+        scratch.starts.push(0u32);
+        if rows > 1 {
+            let changed = arrow::compute::kernels::cmp::distinct(&unit.slice(0, rows - 1), &unit.slice(1, rows - 1))
+                .map_err(failed)?;
+            scratch.starts.extend(changed.values().set_indices().map(|i| i as u32 + 1));
+        }
+        let firsts =
+            arrow::compute::take(unit.as_ref(), &arrow::array::UInt32Array::from(scratch.starts.clone()), None)
+                .map_err(failed)?;
+        scratch.run_persons.clear();
+        self.units.intern(&[firsts], &mut scratch.run_persons).map_err(failed)?;
+        for (run, &person) in scratch.run_persons.iter().enumerate() {
+            let end = scratch.starts.get(run + 1).map_or(rows, |&e| e as usize);
+            scratch.units.resize(end, person);
+        }
+        Ok(())
     }
 
     /// Adds `parts` to `person`'s entry for `group`, making one if the group's rank earns it
@@ -410,6 +435,9 @@ fn highest_rank(kept: &[u64], stride: usize) -> (usize, u64) {
 #[derive(Default)]
 struct Scratch {
     candidates: Vec<u32>,
+    /// The first row of each run of one person, and each run's person number.
+    starts: Vec<u32>,
+    run_persons: Vec<usize>,
     groups: Vec<usize>,
     units: Vec<usize>,
     hashes: Vec<u64>,
@@ -548,11 +576,15 @@ mod tests {
     /// merge to what one pass would keep): the totals obey the bounds exactly.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_person_adds_to_at_most_k_groups_whatever_the_partitioning() {
-        // 50 persons, each in 40 groups with 3 rows in each.
-        let rows: Vec<(i64, i64, f64)> =
+        // 50 persons, each in 40 groups with 3 rows in each: each person's rows together (as
+        // a DP table is stored), and the same rows with the persons interleaved.
+        let together: Vec<(i64, i64, f64)> =
             (0..50).flat_map(|u| (0..40).flat_map(move |k| (0..3).map(move |_| (k, u, 1.0)))).collect();
-        for partitions in [1, 2, 4] {
-            let totals = by_key(&run(&rows, partitions, layout(4, 2.0)).await.sums);
+        let mut interleaved = together.clone();
+        interleaved.sort_by_key(|&(k, u, _)| (k, u % 7, u));
+        for (rows, partitions) in [(&together, 1), (&together, 2), (&together, 4), (&interleaved, 1), (&interleaved, 3)]
+        {
+            let totals = by_key(&run(rows, partitions, layout(4, 2.0)).await.sums);
             let persons: f64 = totals.values().map(|t| t.0).sum();
             let rows_counted: f64 = totals.values().map(|t| t.1).sum();
             assert_eq!(persons, 50.0 * 4.0, "{partitions} partitions: each person in exactly 4 groups");

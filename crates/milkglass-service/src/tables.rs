@@ -49,7 +49,8 @@ pub async fn publish(services: &Services, user: &User, table: Publication<'_>) -
             table.name
         )));
     }
-    let imported = store.import_table_file(table.name, table.file, table.format).await?;
+    let unit = table.policy.dp.as_ref().and_then(|dp| dp.privacy_unit.as_deref());
+    let imported = store.import_table_file(table.name, table.file, table.format, unit).await?;
     if imported.rows == 0 {
         let _ = std::fs::remove_file(&imported.file);
         return Err(ServiceError::invalid("file", "the table has no rows; publish a file with at least one row"));

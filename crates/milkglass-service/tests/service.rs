@@ -30,7 +30,7 @@ async fn fixture(handling: &str) -> Fixture {
             "sanitized_columns": ["Name"]}}"#
     ))
     .unwrap();
-    let imported = store.import_table_file("titanic", TITANIC.as_ref(), TableFormat::Csv).await.unwrap();
+    let imported = store.import_table_file("titanic", TITANIC.as_ref(), TableFormat::Csv, None).await.unwrap();
     store.publish_table(&owner, "titanic", &policy, None, &imported).unwrap();
     let (sam, tess) = (store.user_by_name("sam").unwrap(), store.user_by_name("tess").unwrap());
     let config = ServiceConfig { review_wait: Duration::from_secs(5), ..ServiceConfig::default() };
@@ -137,7 +137,7 @@ async fn hidden_tables_read_like_missing_ones() {
     let f = fixture("reject").await;
     let store = &f.services.store;
     let policy = Policy::from_json(r#"{"safe_zone": true}"#).unwrap();
-    let imported = store.import_table_file("private", TITANIC.as_ref(), TableFormat::Csv).await.unwrap();
+    let imported = store.import_table_file("private", TITANIC.as_ref(), TableFormat::Csv, None).await.unwrap();
     store.publish_table(&f.owner, "private", &policy, Some(&["tess".to_string()]), &imported).unwrap();
 
     let hidden = access::readable_table(store, &f.sam, "private").err().unwrap();

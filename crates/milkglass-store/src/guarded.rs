@@ -358,22 +358,32 @@ enum TableSource<'a> {
 impl Store {
     /// Converts an uploaded file into a table file with row ids; returns (path, rows, columns).
     /// The result is complete and synced before it is returned; on error nothing is left behind.
+    /// With `cluster_by` (a DP table's privacy unit), rows are stored sorted by that column, so
+    /// that each person's rows lie together: the DP mode's bounding then finds a person's
+    /// state in cache instead of missing it on nearly every row. A column the file lacks is
+    /// left to the policy check that follows.
     pub async fn import_table_file(
         &self,
         name: &str,
         source: &Path,
         format: TableFormat,
+        cluster_by: Option<&str>,
     ) -> StoreResult<ImportedTable> {
-        self.import_table(name, TableSource::File(source, format)).await
+        self.import_table(name, TableSource::File(source, format), cluster_by).await
     }
 
     /// Like [`Store::import_table_file`], from batches already in memory (a saved result), so
     /// they need no round trip through a file.
     pub async fn import_table_batches(&self, name: &str, batches: Vec<RecordBatch>) -> StoreResult<ImportedTable> {
-        self.import_table(name, TableSource::Batches(batches)).await
+        self.import_table(name, TableSource::Batches(batches), None).await
     }
 
-    async fn import_table(&self, name: &str, source: TableSource<'_>) -> StoreResult<ImportedTable> {
+    async fn import_table(
+        &self,
+        name: &str,
+        source: TableSource<'_>,
+        cluster_by: Option<&str>,
+    ) -> StoreResult<ImportedTable> {
         use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionContext};
         use futures::StreamExt;
         let invalid = |e: &dyn std::fmt::Display| StoreError::invalid("file", format!("cannot read the file: {e}"));
@@ -404,6 +414,12 @@ impl Store {
                     in_memory(read_arrow_ipc(path).map_err(|e| invalid(&e))?)?
                 }
                 TableSource::Batches(batches) => in_memory(batches)?,
+            };
+            let frame = match cluster_by {
+                Some(column) if frame.schema().has_column_with_unqualified_name(column) => {
+                    frame.sort(vec![datafusion::prelude::ident(column).sort(true, true)]).map_err(|e| invalid(&e))?
+                }
+                _ => frame,
             };
             let mut stream: datafusion::execution::SendableRecordBatchStream =
                 frame.execute_stream().await.map_err(|e| invalid(&e))?;
