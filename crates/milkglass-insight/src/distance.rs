@@ -10,6 +10,7 @@
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -191,11 +192,17 @@ mod simd {
 
 /// Scales `vector` to unit length; a zero vector stays zero.
 pub fn normalize(vector: &mut [f32]) {
-    let norm = dot(vector, vector).sqrt();
-    if norm > 0.0 {
-        let inverse = 1.0 / norm;
+    let inverse = inverse_norm(vector);
+    if inverse > 0.0 {
         vector.iter_mut().for_each(|x| *x *= inverse);
     }
+}
+
+/// `1 / |vector|`, and 0 for the zero vector (whose cosine distance to anything is then 1).
+#[inline]
+pub fn inverse_norm(vector: &[f32]) -> f32 {
+    let norm = dot(vector, vector).sqrt();
+    if norm > 0.0 { 1.0 / norm } else { 0.0 }
 }
 
 /// One search hit: the vector's id and its reported distance.
@@ -227,23 +234,24 @@ impl Ord for Scored {
 }
 
 /// Vectors of one dimension stored one after another: the layout both the index and exact
-/// search read.
+/// search read. Copy-on-write: a clone shares the floats until one side changes them, so the
+/// similarity index and the server's cache of a version's vectors hold one copy, not two.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VectorSet {
     dim: usize,
-    data: Vec<f32>,
+    data: Arc<Vec<f32>>,
 }
 
 impl VectorSet {
     pub fn new(dim: usize) -> VectorSet {
         assert!(dim > 0, "vectors need at least one dimension");
-        VectorSet { dim, data: Vec::new() }
+        VectorSet { dim, data: Arc::default() }
     }
 
     /// Wraps `data` (length a multiple of `dim`).
     pub fn from_flat(dim: usize, data: Vec<f32>) -> VectorSet {
         assert!(dim > 0 && data.len().is_multiple_of(dim), "flat data must hold whole vectors");
-        VectorSet { dim, data }
+        VectorSet { dim, data: Arc::new(data) }
     }
 
     pub fn dim(&self) -> usize {
@@ -267,7 +275,7 @@ impl VectorSet {
     pub fn push(&mut self, vector: &[f32]) -> u32 {
         assert_eq!(vector.len(), self.dim, "vector has the wrong dimension");
         let id = self.len() as u32;
-        self.data.extend_from_slice(vector);
+        Arc::make_mut(&mut self.data).extend_from_slice(vector);
         id
     }
 
@@ -275,14 +283,20 @@ impl VectorSet {
         &self.data
     }
 
+    /// The floats, shared with this set and its clones.
+    pub fn shared(&self) -> Arc<Vec<f32>> {
+        self.data.clone()
+    }
+
+    /// The floats, copied only when a clone still shares them.
     pub fn into_flat(self) -> Vec<f32> {
-        self.data
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 
     /// Prepares every vector for `metric` in place.
     pub fn prepare(&mut self, metric: Metric) {
         if metric == Metric::Cosine {
-            self.data.chunks_exact_mut(self.dim).for_each(normalize);
+            Arc::make_mut(&mut self.data).chunks_exact_mut(self.dim).for_each(normalize);
         }
     }
 }
@@ -298,6 +312,44 @@ pub fn exact_knn(
 ) -> Vec<Neighbor> {
     let mut query = query.to_vec();
     metric.prepare(&mut query);
+    nearest(vectors, metric, k, allow, |vector| metric.internal(&query, vector))
+}
+
+/// [`exact_knn`] over vectors as stored, not prepared for `metric`: cosine scales each dot
+/// product by the vector's inverse norm instead, so a search copies nothing of a large set
+/// (preparing a copy of a million 256-d vectors per query took a GiB). The arithmetic is the
+/// similarity index's ([`crate::Hnsw`] keeps vectors as given too), so the two report the same
+/// distances for the same pair.
+pub fn exact_knn_unprepared(
+    vectors: &VectorSet,
+    metric: Metric,
+    query: &[f32],
+    k: usize,
+    allow: Option<&dyn Fn(u32) -> bool>,
+) -> Vec<Neighbor> {
+    if metric == Metric::L2 {
+        // L2 prepares nothing.
+        return exact_knn(vectors, metric, query, k, allow);
+    }
+    let mut query = query.to_vec();
+    metric.prepare(&mut query);
+    nearest(vectors, metric, k, allow, |vector| cosine_to_unprepared(&query, vector, inverse_norm(vector)))
+}
+
+/// The cosine distance of a unit-length `query` to a vector as stored, given its inverse norm.
+#[inline]
+pub(crate) fn cosine_to_unprepared(query: &[f32], vector: &[f32], inverse_norm: f32) -> f32 {
+    1.0 - dot(query, vector) * inverse_norm
+}
+
+/// The `k` allowed ids of smallest internal `distance`, nearest first, reported in the metric's terms.
+fn nearest(
+    vectors: &VectorSet,
+    metric: Metric,
+    k: usize,
+    allow: Option<&dyn Fn(u32) -> bool>,
+    mut distance: impl FnMut(&[f32]) -> f32,
+) -> Vec<Neighbor> {
     let mut heap: BinaryHeap<Scored> = BinaryHeap::with_capacity(k + 1);
     if k == 0 {
         return Vec::new();
@@ -307,7 +359,7 @@ pub fn exact_knn(
         if allow.is_some_and(|allow| !allow(id)) {
             continue;
         }
-        let distance = metric.internal(&query, vector);
+        let distance = distance(vector);
         if heap.len() < k {
             heap.push(Scored { distance, id });
         } else if distance < heap.peek().expect("heap is full").distance {
@@ -369,5 +421,28 @@ mod tests {
         let hits = exact_knn(&set, Metric::L2, &[0.0], 2, Some(&odd_only));
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![1, 3]);
         assert!(exact_knn(&set, Metric::L2, &[0.0], 0, None).is_empty());
+    }
+
+    #[test]
+    fn unprepared_search_finds_what_a_prepared_copy_finds() {
+        let mut set = VectorSet::new(3);
+        for i in 0..200u32 {
+            let f = i as f32;
+            set.push(&[(f * 0.37).sin() * (1.0 + f), (f * 0.11).cos() * 3.0, f % 7.0 - 3.0]);
+        }
+        let mut prepared = set.clone();
+        prepared.prepare(Metric::Cosine);
+        let skip_fives = |id: u32| !id.is_multiple_of(5);
+        for query in [[1.0, 0.5, -2.0], [0.0, 0.0, 1.0]] {
+            for metric in [Metric::Cosine, Metric::L2] {
+                let expected = if metric == Metric::Cosine { &prepared } else { &set };
+                let want = exact_knn(expected, metric, &query, 7, Some(&skip_fives));
+                let got = exact_knn_unprepared(&set, metric, &query, 7, Some(&skip_fives));
+                assert_eq!(got.iter().map(|n| n.id).collect::<Vec<_>>(), want.iter().map(|n| n.id).collect::<Vec<_>>());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g.distance - w.distance).abs() < 1e-5, "{metric:?}: {g:?} against {w:?}");
+                }
+            }
+        }
     }
 }

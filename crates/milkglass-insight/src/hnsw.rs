@@ -1,7 +1,9 @@
 //! A hierarchical navigable small world graph (Malkov & Yashunin, 2016) over f32 vectors.
 //!
 //! Layout, chosen for speed:
-//! - vectors live in one contiguous `Vec<f32>`, prepared for the metric (cosine: unit length);
+//! - vectors live in one contiguous array, as given and shared with the caller's copy (a
+//!   [`VectorSet`] clone costs nothing); for cosine each node's inverse norm sits beside them,
+//!   so a distance is one dot product and one multiply, and no normalised second copy exists;
 //! - level 0, which every search spends most of its time in, is one flat array of
 //!   `[count, id_1 .. id_m0]` blocks, one block per node, so a node's neighbours are one read;
 //! - the few nodes on upper levels keep their blocks in a second flat array, found by offset;
@@ -22,13 +24,14 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 /// Nodes are never placed above this level; with m >= 4 reaching it is vanishingly rare.
 const MAX_LEVEL: usize = 15;
 const NO_ENTRY: u32 = u32::MAX;
-const FILE_MAGIC: &[u8; 8] = b"MGHNSW01";
+// 02: vectors stored as given, not normalised (01 files are rebuilt).
+const FILE_MAGIC: &[u8; 8] = b"MGHNSW02";
 const FILE_END: &[u8; 8] = b"MGHNSWEN";
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -64,7 +67,9 @@ pub struct Hnsw {
     params: HnswParams,
     /// Level-0 capacity (2 m).
     m0: usize,
-    vectors: Vec<f32>,
+    vectors: Arc<Vec<f32>>,
+    /// Cosine: `1 / |v|` of each node's vector (empty for L2).
+    inverse_norms: Vec<f32>,
     levels: Vec<u8>,
     links0: Vec<AtomicU32>,
     /// Start of each node's upper-level blocks in `links_upper`, NO_ENTRY when it has none.
@@ -228,7 +233,8 @@ impl Hnsw {
             dim,
             m0: params.m * 2,
             params,
-            vectors: Vec::new(),
+            vectors: Arc::default(),
+            inverse_norms: Vec::new(),
             levels: Vec::new(),
             links0: Vec::new(),
             upper_offset: Vec::new(),
@@ -247,12 +253,12 @@ impl Hnsw {
         Hnsw::build_owned(vectors.clone(), metric, params, progress)
     }
 
-    /// Like [`Hnsw::build`], taking the vectors over instead of copying them (half the peak
-    /// memory for large sets).
+    /// Like [`Hnsw::build`], taking the vectors over; they stay shared with any clone of the
+    /// set the caller keeps (one copy in memory, not two).
     pub fn build_owned(vectors: VectorSet, metric: Metric, params: HnswParams, progress: Option<Progress>) -> Hnsw {
         let mut index = Hnsw::new(vectors.dim(), metric, params);
         let count = vectors.len();
-        index.vectors = vectors.into_flat();
+        index.vectors = vectors.shared();
         index.link_new(count, progress);
         index.advise_huge_pages();
         index
@@ -284,7 +290,18 @@ impl Hnsw {
         self.len() - self.deleted_count
     }
 
-    /// The stored (prepared) vector of `id`.
+    /// Shares `vectors`' floats instead of the index's own when they are the same (node n is
+    /// vector n, as after a build from scratch): an index loaded from disk then costs its links,
+    /// not a second copy of what the caller holds. False, and nothing changed, otherwise.
+    pub fn share_vectors(&mut self, vectors: &VectorSet) -> bool {
+        let same = vectors.dim() == self.dim && vectors.as_flat() == &self.vectors[..];
+        if same {
+            self.vectors = vectors.shared();
+        }
+        same
+    }
+
+    /// The stored vector of `id`, as it was given.
     pub fn vector(&self, id: u32) -> &[f32] {
         let start = id as usize * self.dim;
         &self.vectors[start..start + self.dim]
@@ -315,7 +332,8 @@ impl Hnsw {
     /// using the configured threads; returns the id of the first.
     pub fn add_batch(&mut self, flat: &[f32], progress: Option<Progress>) -> u32 {
         assert!(flat.len().is_multiple_of(self.dim), "batch must hold whole vectors of the index's dimension");
-        self.vectors.extend_from_slice(flat);
+        // Copies the vectors first if the caller still shares them.
+        Arc::make_mut(&mut self.vectors).extend_from_slice(flat);
         self.link_new(flat.len() / self.dim, progress)
     }
 
@@ -368,12 +386,13 @@ impl Hnsw {
         first as u32
     }
 
-    /// Makes nodes of the `count` vectors past the last node: prepares them, draws levels, and
-    /// appends empty links.
+    /// Makes nodes of the `count` vectors past the last node: their inverse norms (cosine),
+    /// levels, and empty links.
     fn reserve_nodes(&mut self, count: usize) {
         let start = self.len() * self.dim;
         if self.metric == Metric::Cosine {
-            self.vectors[start..].chunks_exact_mut(self.dim).for_each(crate::distance::normalize);
+            let new = self.vectors[start..].chunks_exact(self.dim).map(crate::distance::inverse_norm);
+            self.inverse_norms.extend(new);
         }
         let level_scale = 1.0 / (self.params.m as f64).ln();
         let block = self.params.m + 1;
@@ -434,9 +453,34 @@ impl Hnsw {
         prefetch_span(self.vectors.as_ptr().wrapping_add(id as usize * self.dim), self.dim);
     }
 
+    /// The internal distance of a prepared query (cosine: unit length) to node `id`.
     #[inline]
     fn distance_to(&self, query: &[f32], id: u32) -> f32 {
-        self.metric.internal(query, self.vector(id))
+        match self.metric {
+            Metric::Cosine => {
+                crate::distance::cosine_to_unprepared(query, self.vector(id), self.inverse_norms[id as usize])
+            }
+            Metric::L2 => self.metric.internal(query, self.vector(id)),
+        }
+    }
+
+    /// The internal distance of two nodes.
+    #[inline]
+    fn distance_between(&self, a: u32, b: u32) -> f32 {
+        match self.metric {
+            Metric::Cosine => {
+                let scale = self.inverse_norms[a as usize] * self.inverse_norms[b as usize];
+                1.0 - crate::distance::dot(self.vector(a), self.vector(b)) * scale
+            }
+            Metric::L2 => self.metric.internal(self.vector(a), self.vector(b)),
+        }
+    }
+
+    /// Node `id`'s vector prepared as a query.
+    fn node_query(&self, id: u32) -> Vec<f32> {
+        let mut query = self.vector(id).to_vec();
+        self.metric.prepare(&mut query);
+        query
     }
 
     fn insert(&self, id: u32) {
@@ -448,7 +492,7 @@ impl Hnsw {
             return;
         }
         let top = self.max_level.load(Relaxed);
-        let query = self.vector(id);
+        let query = &self.node_query(id)[..];
         let mut nearest = Scored { distance: self.distance_to(query, entry), id: entry };
         for layer in (level + 1..=top).rev() {
             nearest = self.greedy_step(query, nearest, layer);
@@ -492,9 +536,8 @@ impl Hnsw {
             return;
         }
         current.push(new);
-        let base = self.vector(node);
         let mut scored: Vec<Scored> =
-            current.into_iter().map(|nb| Scored { distance: self.distance_to(base, nb), id: nb }).collect();
+            current.into_iter().map(|nb| Scored { distance: self.distance_between(node, nb), id: nb }).collect();
         scored.sort_unstable();
         let kept = self.select_neighbors(&scored, capacity);
         self.set_neighbors(node, layer, &kept);
@@ -512,8 +555,7 @@ impl Hnsw {
             if kept.len() >= max {
                 break;
             }
-            let vector = self.vector(candidate.id);
-            if kept.iter().all(|&k| self.distance_to(vector, k) > candidate.distance) {
+            if kept.iter().all(|&k| self.distance_between(candidate.id, k) > candidate.distance) {
                 kept.push(candidate.id);
             }
         }
@@ -672,6 +714,7 @@ impl Hnsw {
     /// Bytes held by vectors and links (what a memory report should show).
     pub fn memory_bytes(&self) -> usize {
         self.vectors.len() * 4
+            + self.inverse_norms.len() * 4
             + self.links0.len() * 4
             + self.links_upper.len() * 4
             + self.upper_offset.len() * 4
@@ -757,7 +800,10 @@ impl Hnsw {
         }
         let params = HnswParams { m, ef_construction, seed: seed as u64, threads };
         let mut index = Hnsw::new(dim, metric, params);
-        index.vectors = read_u32s(&mut input, len * dim)?.into_iter().map(f32::from_bits).collect();
+        index.vectors = Arc::new(read_u32s(&mut input, len * dim)?.into_iter().map(f32::from_bits).collect());
+        if metric == Metric::Cosine {
+            index.inverse_norms = index.vectors.chunks_exact(dim).map(crate::distance::inverse_norm).collect();
+        }
         index.levels = vec![0u8; len];
         input.read_exact(&mut index.levels)?;
         index.upper_offset = read_u32s(&mut input, len)?;

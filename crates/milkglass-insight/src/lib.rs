@@ -13,7 +13,7 @@
 pub mod distance;
 pub mod hnsw;
 
-pub use distance::{Metric, Neighbor, VectorSet, exact_knn};
+pub use distance::{Metric, Neighbor, VectorSet, exact_knn, exact_knn_unprepared};
 pub use hnsw::{Hnsw, HnswParams};
 pub mod label_errors;
 pub mod map;

@@ -23,6 +23,28 @@ pub struct BoxRecord {
     pub embedding: Option<i64>,
 }
 
+/// Column `i` of a row as text, borrowed from the row.
+fn borrowed_text<'a>(row: &'a rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'a str> {
+    row.get_ref(i)?
+        .as_str()
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+/// A [`BoxRecord`] borrowed from the row being read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BoxRow<'a> {
+    pub frame_id: &'a str,
+    pub label_id: &'a str,
+    pub class_id: Option<i64>,
+    pub left: f64,
+    pub top: f64,
+    pub width: f64,
+    pub height: f64,
+    pub confidence: Option<f64>,
+    pub iscrowd: bool,
+    pub embedding: Option<i64>,
+}
+
 /// A classification label or inference: its class, and for inferences the confidence and the
 /// class probabilities in class-map order when the model gave them.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +270,33 @@ impl Store {
         dataset: &DatasetInfo,
         inference_set: Option<&InferenceSetInfo>,
     ) -> StoreResult<Vec<BoxRecord>> {
+        let mut boxes = Vec::new();
+        self.for_each_current_box(dataset, inference_set, |row| {
+            boxes.push(BoxRecord {
+                frame_id: row.frame_id.to_string(),
+                label_id: row.label_id.to_string(),
+                class_id: row.class_id,
+                left: row.left,
+                top: row.top,
+                width: row.width,
+                height: row.height,
+                confidence: row.confidence,
+                iscrowd: row.iscrowd,
+                embedding: row.embedding,
+            })
+        })?;
+        Ok(boxes)
+    }
+
+    /// [`Store::current_boxes`] one row at a time, the ids borrowed from SQLite's row: what a
+    /// reader keeping its own compact form uses, since ten million records with two owned
+    /// strings each are gigabytes.
+    pub fn for_each_current_box(
+        &self,
+        dataset: &DatasetInfo,
+        inference_set: Option<&InferenceSetInfo>,
+        mut each: impl FnMut(BoxRow<'_>),
+    ) -> StoreResult<()> {
         let set_id = inference_set.map_or(0, |s| s.id);
         self.db().read(|conn| {
             let mut stmt = conn.prepare(
@@ -255,10 +304,11 @@ impl Store {
                  FROM labels WHERE dataset_id = ?1 AND inference_set_id = ?2 AND valid_to IS NULL AND kind = 'box2d'
                  ORDER BY frame_id, label_id",
             )?;
-            let rows = stmt.query_map([dataset.id, set_id], |r| {
-                Ok(BoxRecord {
-                    frame_id: r.get(0)?,
-                    label_id: r.get(1)?,
+            let mut rows = stmt.query([dataset.id, set_id])?;
+            while let Some(r) = rows.next()? {
+                each(BoxRow {
+                    frame_id: borrowed_text(r, 0)?,
+                    label_id: borrowed_text(r, 1)?,
                     class_id: r.get(2)?,
                     left: r.get(3)?,
                     top: r.get(4)?,
@@ -267,9 +317,9 @@ impl Store {
                     confidence: r.get(7)?,
                     iscrowd: r.get::<_, i64>(8)? != 0,
                     embedding: r.get(9)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                });
+            }
+            Ok(())
         })
     }
 

@@ -49,7 +49,7 @@ pub use error::{StoreError, StoreResult};
 pub use frame_index::{FrameIndex, Selection};
 pub use guarded::{GuardedTableInfo, ImportedTable, ROW_ID, TableFormat};
 pub use ingest::{BatchReport, EmbeddingRecord, EmbeddingTarget, Upload, UploadKind};
-pub use insight::{BoxRecord, ClassRecord, FrameRecord, Segment, SegmentSpec};
+pub use insight::{BoxRecord, BoxRow, ClassRecord, FrameRecord, Segment, SegmentSpec};
 pub use publications::{DatasetPublication, dataset_table_name};
 pub use reviews::{Reveals, ReviewRequest};
 pub use rows::{FrameFilter, FramePage, FrameRow, LabelRow, MAX_PAGE, MetaOp, MetaPredicate, StoredFrame};
