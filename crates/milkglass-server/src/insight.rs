@@ -105,11 +105,12 @@ async fn metrics(
     Path((project, dataset)): Path<(String, String)>,
     Query(pairs): Query<Vec<(String, String)>>,
 ) -> ApiResult<Json<ModelMetrics>> {
-    let p = Params::new(pairs, &["inference_set", "iou", "confidence"])?;
+    let p = Params::new(pairs, &["inference_set", "iou", "confidence", "cell_ids"])?;
     let query = MetricsQuery {
         inference_set: p.required("inference_set")?,
-        iou: p.number("iou", 0.5)?,
-        confidence: p.number("confidence", 0.5)?,
+        iou: p.number("iou", insights::DEFAULT_THRESHOLDS.0)?,
+        confidence: p.number("confidence", insights::DEFAULT_THRESHOLDS.1)?,
+        cell_ids: p.number("cell_ids", insights::DEFAULT_CELL_IDS)?,
     };
     Ok(Json(blocking(move || insights::metrics(&state.services, &caller.0, &project, &dataset, &query)).await?))
 }

@@ -137,6 +137,15 @@ pub struct Preparation {
     /// The similarity index of frame embeddings (cosine); `none` also below the size where
     /// search is exact anyway.
     pub similarity_index: Preparing,
+    /// Per inference set, by name: its label errors and its metrics at the default thresholds
+    /// (`ready` once kept for the current version; they are made while `version` runs).
+    pub inference_sets: std::collections::BTreeMap<String, ModelInsights>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelInsights {
+    pub label_errors: Preparing,
+    pub metrics: Preparing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -154,6 +163,12 @@ pub fn status(services: &Services, user: &User, project: &str, name: &str) -> Se
         version: services.preparer.state(project, name),
         filter_index: services.frame_indexes.state(&services.store, &status.dataset),
         similarity_index: services.indexes.similarity_state(&status.dataset),
+        inference_sets: (services.store.list_inference_sets(&status.dataset)?.into_iter())
+            .map(|set| {
+                let ready = services.indexes.model_insights_state(&status.dataset, &set);
+                (set.name, ready)
+            })
+            .collect(),
     };
     Ok(StatusAnswer { status, preparation })
 }

@@ -161,7 +161,7 @@ pub fn upload(
 }
 
 /// What a new version's first requests would wait for, made ahead of them: its counts,
-/// filter index, map, similarity index and SQL tables. Run by the preparation queue, which
+/// filter index, map, similarity index, label errors and metrics, and SQL tables. Run by the preparation queue, which
 /// calls it once for a burst of uploads; it reads the version that is current when it runs.
 pub(crate) fn prepare_newest(
     store: &Store,
@@ -172,6 +172,7 @@ pub(crate) fn prepare_newest(
     let prepared = store.dataset_status(project, name).map_err(ServiceError::from).and_then(|status| {
         frame_indexes.build_here(store, &status.dataset);
         indexes.warm(store, &status.dataset)?;
+        crate::insights::warm_inference_sets(indexes, store, &status.dataset)?;
         crate::dataset_tables::prepare(indexes, store, &status.dataset)
     });
     if let Err(e) = prepared {

@@ -11,7 +11,7 @@ use milkglass_insight::label_errors::IssueKind;
 use milkglass_insight::label_errors::{DetectionParams, NeighborVote, detection_issues, frame_scores};
 use milkglass_insight::metrics::{Bbox, Object, coco_evaluate, confusion_matrix};
 use milkglass_insight::neighbors::{KnnGraph, label_agreement};
-use milkglass_insight::{Metric, VectorSet, exact_knn, map};
+use milkglass_insight::{Metric, VectorSet, exact_knn, exact_knn_unprepared, map};
 use milkglass_store::{
     BoxRecord, DatasetInfo, InferenceSetInfo, ProjectInfo, Segment, SegmentSpec, Space, Store, User,
 };
@@ -72,8 +72,10 @@ impl IndexCache {
 
     /// A version's metrics at one pair of thresholds, evaluated once by `evaluate`. Slider
     /// positions are few; past `MAX_KEPT_METRICS` answers the oldest versions' go first.
+    /// The default thresholds' answer is also saved to disk, for a restarted server.
     fn metrics(
         &self,
+        store: &Store,
         dataset: &DatasetInfo,
         set: &InferenceSetInfo,
         thresholds: (f64, f64),
@@ -86,7 +88,20 @@ impl IndexCache {
         {
             return Ok(kept.clone());
         }
-        let evaluated = Arc::new(evaluate()?);
+        let saved = (thresholds == DEFAULT_THRESHOLDS)
+            .then(|| saved_answer(store, dataset, format!("metrics-{}", set.id), &set.created_at));
+        let evaluated = match saved.as_ref().and_then(|s| s.read_json()) {
+            Some(read) => Arc::new(read),
+            None => {
+                let evaluated = as_job(store, dataset, &format!("metrics:{}", set.name), || {
+                    evaluate().map(|m| (m, "evaluated".to_string()))
+                })?;
+                if let Some(saved) = &saved {
+                    saved.write_json(&evaluated);
+                }
+                Arc::new(evaluated)
+            }
+        };
         let mut kept = self.metrics.lock().unwrap_or_else(|e| e.into_inner());
         if kept.len() >= MAX_KEPT_METRICS {
             kept.retain(|_, (version, _)| *version == dataset.version);
@@ -99,8 +114,10 @@ impl IndexCache {
     }
 
     /// The ranked label errors of the dataset's version against `set`, ranked once by `rank`.
+    /// Saved to disk too, for a restarted server.
     fn ranked_issues(
         &self,
+        store: &Store,
         dataset: &DatasetInfo,
         set: &InferenceSetInfo,
         rank: impl FnOnce() -> ServiceResult<RankedIssues>,
@@ -111,7 +128,20 @@ impl IndexCache {
         {
             return Ok(ranked.clone());
         }
-        let ranked = Arc::new(rank()?);
+        let saved = saved_answer(store, dataset, format!("label-errors-{}", set.id), &set.created_at);
+        let ranked = match saved.read_json() {
+            Some(read) => Arc::new(read),
+            None => {
+                let ranked = as_job(store, dataset, &format!("label_errors:{}", set.name), || {
+                    rank().map(|r| {
+                        let message = format!("{} issues ranked", r.issues.len());
+                        (r, message)
+                    })
+                })?;
+                saved.write_json(&ranked);
+                Arc::new(ranked)
+            }
+        };
         self.issues.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (dataset.version, ranked.clone()));
         Ok(ranked)
     }
@@ -144,6 +174,20 @@ impl IndexCache {
         {
             return Ok((*points, bytes.clone()));
         }
+        let layout_name = match layout {
+            Layout::Pca => "pca",
+            Layout::Umap => "umap",
+        };
+        let saved = saved_answer(store, dataset, format!("map-{}-{layout_name}", space_name(space)), "");
+        if let Some(read) = saved.read_bytes() {
+            // Two f32 per point.
+            let answer = (read.len() / 8, bytes::Bytes::from(read));
+            self.maps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, (dataset.version, answer.0, answer.1.clone()));
+            return Ok(answer);
+        }
         let data = self.space_vectors(store, dataset, space)?;
         let pca = map::pca_2d(&data.vectors, 0);
         let points = match layout {
@@ -155,6 +199,10 @@ impl IndexCache {
             }
         };
         let bytes = bytes::Bytes::from(map::pack_le(&points));
+        // Only what was computed from this very version is saved under it.
+        if data.version == dataset.version {
+            saved.write_bytes(&bytes);
+        }
         let answer = (data.ids.len(), bytes);
         self.maps.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (dataset.version, answer.0, answer.1.clone()));
         Ok(answer)
@@ -205,6 +253,24 @@ impl IndexCache {
         Ok(loaded)
     }
 
+    /// Whether the current version's label errors and default-threshold metrics against
+    /// `set` are kept.
+    pub(crate) fn model_insights_state(
+        &self,
+        dataset: &DatasetInfo,
+        set: &InferenceSetInfo,
+    ) -> crate::datasets::ModelInsights {
+        use crate::datasets::Preparing;
+        let key = (dataset.id, dataset.created_at.clone(), set.id, set.created_at.clone());
+        let current =
+            |version: Option<i64>| if version == Some(dataset.version) { Preparing::Ready } else { Preparing::None };
+        let issues = self.issues.lock().unwrap_or_else(|e| e.into_inner()).get(&key).map(|(v, _)| *v);
+        let (iou, confidence) = DEFAULT_THRESHOLDS;
+        let metrics_key = (key, iou.to_bits(), confidence.to_bits());
+        let metrics = self.metrics.lock().unwrap_or_else(|e| e.into_inner()).get(&metrics_key).map(|(v, _)| *v);
+        crate::datasets::ModelInsights { label_errors: current(issues), metrics: current(metrics) }
+    }
+
     /// Where the default similarity index of the dataset's current version stands.
     pub(crate) fn similarity_state(&self, dataset: &DatasetInfo) -> crate::datasets::Preparing {
         let key = (dataset.id, dataset.created_at.clone(), space_name(Space::Frames), default_metric().name());
@@ -221,27 +287,70 @@ impl IndexCache {
 }
 
 /// A dataset's boxes in the form the algorithms read, with the ids to map results back.
+/// Compact on purpose: at a million frames it holds ten million boxes.
 struct Detection {
     frame_ids: Vec<String>,
     labels: Vec<Object>,
-    label_records: Vec<BoxRecord>,
+    label_ids: PackedIds,
+    /// Each label's crop-embedding ordinal.
+    label_embeddings: Vec<Option<i64>>,
     inferences: Vec<Object>,
-    inference_records: Vec<BoxRecord>,
+    inference_ids: PackedIds,
     classes: Vec<u32>,
     class_names: HashMap<u32, String>,
 }
 
-fn objects(records: &[BoxRecord], frame_index: &BTreeMap<String, u32>) -> Vec<Object> {
-    records
-        .iter()
-        .map(|r| Object {
-            frame: frame_index[&r.frame_id],
-            class: r.class_id.unwrap_or(-1).max(-1) as u32,
-            bbox: Bbox::new(r.left, r.top, r.width, r.height),
-            iscrowd: r.iscrowd,
-            score: r.confidence.unwrap_or(0.0),
-        })
-        .collect()
+/// Strings end to end in one buffer: the id's bytes and an offset, where a `String` of its own
+/// costs 24 bytes more and an allocation.
+#[derive(Default)]
+struct PackedIds {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl PackedIds {
+    fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+
+    fn get(&self, n: usize) -> &str {
+        let start = if n == 0 { 0 } else { self.ends[n - 1] };
+        &self.text[start..self.ends[n]]
+    }
+}
+
+/// One side's boxes (labels or inferences) as read, frames numbered in the order met.
+#[derive(Default)]
+struct BoxSide {
+    /// The distinct frames, in the store's (byte) order.
+    frames: Vec<String>,
+    objects: Vec<Object>,
+    ids: PackedIds,
+    embeddings: Vec<Option<i64>>,
+}
+
+/// The current boxes of one side with a class; `objects[i].frame` indexes `frames` until
+/// [`load_detection`] renumbers them.
+fn read_boxes(store: &Store, dataset: &DatasetInfo, set: Option<&InferenceSetInfo>) -> ServiceResult<BoxSide> {
+    let mut side = BoxSide::default();
+    store.for_each_current_box(dataset, set, |row| {
+        let Some(class) = row.class_id else { return };
+        // Rows come ordered by frame: a new frame is one unlike the last.
+        if side.frames.last().is_none_or(|last| last != row.frame_id) {
+            side.frames.push(row.frame_id.to_string());
+        }
+        side.objects.push(Object {
+            frame: side.frames.len() as u32 - 1,
+            class: class.max(-1) as u32,
+            bbox: Bbox::new(row.left, row.top, row.width, row.height),
+            iscrowd: row.iscrowd,
+            score: row.confidence.unwrap_or(0.0),
+        });
+        side.ids.push(row.label_id);
+        side.embeddings.push(row.embedding);
+    })?;
+    Ok(side)
 }
 
 fn load_detection(
@@ -250,28 +359,59 @@ fn load_detection(
     dataset: &DatasetInfo,
     set: &InferenceSetInfo,
 ) -> ServiceResult<Detection> {
-    let label_records: Vec<BoxRecord> =
-        store.current_boxes(dataset, None)?.into_iter().filter(|r| r.class_id.is_some()).collect();
-    let inference_records: Vec<BoxRecord> =
-        store.current_boxes(dataset, Some(set))?.into_iter().filter(|r| r.class_id.is_some()).collect();
-    let mut frame_index: BTreeMap<String, u32> = BTreeMap::new();
-    for r in label_records.iter().chain(&inference_records) {
-        frame_index.entry(r.frame_id.clone()).or_insert(0);
+    let mut labels = read_boxes(store, dataset, None)?;
+    let mut inferences = read_boxes(store, dataset, Some(set))?;
+    // One numbering of the frames of both sides, in id order.
+    let frame_index: BTreeMap<&str, u32> = {
+        let mut index: BTreeMap<&str, u32> =
+            labels.frames.iter().chain(&inferences.frames).map(|f| (f.as_str(), 0)).collect();
+        for (n, slot) in index.values_mut().enumerate() {
+            *slot = n as u32;
+        }
+        index
+    };
+    let renumber = |side: &BoxSide| -> Vec<u32> { side.frames.iter().map(|f| frame_index[f.as_str()]).collect() };
+    let renumbered = [renumber(&labels), renumber(&inferences)];
+    let frame_ids = frame_index.into_keys().map(String::from).collect();
+    for (side, renumber) in [&mut labels, &mut inferences].into_iter().zip(renumbered) {
+        side.objects.iter_mut().for_each(|o| o.frame = renumber[o.frame as usize]);
     }
-    for (n, slot) in frame_index.values_mut().enumerate() {
-        *slot = n as u32;
-    }
-    let labels = objects(&label_records, &frame_index);
-    let inferences = objects(&inference_records, &frame_index);
     Ok(Detection {
-        frame_ids: frame_index.into_keys().collect(),
-        labels,
-        label_records,
-        inferences,
-        inference_records,
+        frame_ids,
+        labels: labels.objects,
+        label_ids: labels.ids,
+        label_embeddings: labels.embeddings,
+        inferences: inferences.objects,
+        inference_ids: inferences.ids,
         classes: project.classes.0.iter().map(|c| c.id).collect(),
         class_names: project.classes.0.iter().map(|c| (c.id, c.name.clone())).collect(),
     })
+}
+
+/// Where the version's answer named `stem` is saved; `of` adds the creation time of what
+/// it answers about (an inference set's), beside the dataset's.
+fn saved_answer(store: &Store, dataset: &DatasetInfo, stem: String, of: &str) -> crate::saved::SavedAnswer {
+    let key = format!("dataset {} {}; {of}", dataset.id, dataset.created_at);
+    crate::saved::SavedAnswer::new(store.index_dir(dataset.id), &stem, dataset.version, key)
+}
+
+/// Runs `work` as a job of the dataset (shown in its status: running, then done with the
+/// message `work` gives, or failed with the error).
+fn as_job<T>(
+    store: &Store,
+    dataset: &DatasetInfo,
+    kind: &str,
+    work: impl FnOnce() -> ServiceResult<(T, String)>,
+) -> ServiceResult<T> {
+    let job = store.start_job(dataset, kind, None).ok();
+    let result = work();
+    if let Some(job) = job {
+        let _ = match &result {
+            Ok((_, message)) => store.update_job(job, 0, Some(("done", Some(message)))),
+            Err(e) => store.update_job(job, 0, Some(("failed", Some(&e.message)))),
+        };
+    }
+    result.map(|(value, _)| value)
 }
 
 /// Vectors of `ordinals` from the dataset's file for `space`, with the positions that had one.
@@ -306,8 +446,7 @@ fn label_votes(
     if dataset.label_embedding_dim.is_none() {
         return Ok(None);
     }
-    let ordinals: Vec<Option<i64>> = detection.label_records.iter().map(|r| r.embedding).collect();
-    let (vectors, positions) = load_vectors(store, dataset, Space::Labels, &ordinals)?;
+    let (vectors, positions) = load_vectors(store, dataset, Space::Labels, &detection.label_embeddings)?;
     if vectors.len() < 11 {
         return Ok(None);
     }
@@ -332,7 +471,7 @@ pub struct LabelErrorQuery {
 }
 
 /// One likely label error, by the ids the user knows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabelIssue {
     pub kind: IssueKind,
     pub score: f64,
@@ -346,7 +485,7 @@ pub struct LabelIssue {
 }
 
 /// A frame ranked by its issues.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FrameIssues {
     pub frame_id: String,
     pub score: f64,
@@ -387,7 +526,11 @@ pub fn label_errors(
         .issues
         .iter()
         .filter(|i| query.kind.is_none_or(|k| k == i.kind))
-        .filter(|i| !dismissed.contains(&issue_key(i.kind, i.label_id.as_deref(), i.inference_id.as_deref())))
+        // A key per issue is a string per issue: built only when something was dismissed.
+        .filter(|i| {
+            dismissed.is_empty()
+                || !dismissed.contains(&issue_key(i.kind, i.label_id.as_deref(), i.inference_id.as_deref()))
+        })
         .collect();
     Ok(LabelErrors {
         inference_set: set.name,
@@ -408,7 +551,7 @@ fn ranked_issues(
     dataset: &DatasetInfo,
     set: &InferenceSetInfo,
 ) -> ServiceResult<Arc<RankedIssues>> {
-    indexes.ranked_issues(dataset, set, || {
+    indexes.ranked_issues(store, dataset, set, || {
         let truths = store.current_classifications(dataset, None)?;
         if truths.is_empty() {
             rank_detection(store, project, dataset, set)
@@ -418,8 +561,25 @@ fn ranked_issues(
     })
 }
 
+/// What the label-error queue and the metrics page ask first, made after an upload: each
+/// inference set's ranking and its metrics at the default thresholds. Blocking.
+pub(crate) fn warm_inference_sets(indexes: &IndexCache, store: &Store, dataset: &DatasetInfo) -> ServiceResult<()> {
+    // Another upload may have landed since: work on the version that is current now.
+    let dataset = store.dataset(&dataset.project, &dataset.name)?;
+    let project = store.project(&dataset.project)?;
+    for set in store.list_inference_sets(&dataset)? {
+        ranked_issues(indexes, store, &project, &dataset, &set)?;
+        let (iou, confidence) = DEFAULT_THRESHOLDS;
+        indexes.metrics(store, &dataset, &set, DEFAULT_THRESHOLDS, || {
+            evaluate_metrics(store, &project, &dataset, &set, iou, confidence)
+        })?;
+    }
+    Ok(())
+}
+
 /// Every likely label error of one dataset version against one inference set, ranked: what
 /// the queue pages through, made once per version.
+#[derive(Serialize, Deserialize)]
 struct RankedIssues {
     issues: Vec<LabelIssue>,
     frames: Vec<FrameIssues>,
@@ -438,8 +598,8 @@ fn rank_detection(
         detection_issues(&detection.labels, &detection.inferences, votes.as_deref(), &DetectionParams::default());
     let frames = frame_scores(&issues);
     let class = |id: Option<u32>| id.and_then(|c| detection.class_names.get(&c).cloned());
-    let label_id = |n: Option<u32>| n.map(|n| detection.label_records[n as usize].label_id.clone());
-    let inference_id = |n: Option<u32>| n.map(|n| detection.inference_records[n as usize].label_id.clone());
+    let label_id = |n: Option<u32>| n.map(|n| detection.label_ids.get(n as usize).to_string());
+    let inference_id = |n: Option<u32>| n.map(|n| detection.inference_ids.get(n as usize).to_string());
     Ok(RankedIssues {
         issues: issues
             .iter()
@@ -567,10 +727,23 @@ pub struct MetricsQuery {
     pub inference_set: String,
     pub iou: f64,
     pub confidence: f64,
+    /// At most this many ids in each of a confusion cell's id lists: at a million frames the
+    /// whole lists are hundreds of MB, and a cell opens at most 1,000 frames at a time anyway.
+    pub cell_ids: usize,
 }
 
+/// The default of [`MetricsQuery::cell_ids`]: as many frames as one `GET {ds}/frames?id=...` takes.
+pub const DEFAULT_CELL_IDS: usize = 1000;
+
+/// The most ids a kept answer holds per cell list, and so the largest `cell_ids`: past it, a
+/// version's kept metrics would hold every label and inference id of the dataset.
+pub const MAX_CELL_IDS: usize = 10_000;
+
+/// The (IoU, confidence) thresholds the metrics page opens at, whose answer an upload prepares.
+pub const DEFAULT_THRESHOLDS: (f64, f64) = (0.5, 0.5);
+
 /// Counts of one class at the query's IoU and confidence thresholds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThresholdScores {
     pub true_positives: usize,
     pub false_positives: usize,
@@ -581,7 +754,7 @@ pub struct ThresholdScores {
 }
 
 /// COCO figures of one class; `None` where the class has no ground truth.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassMetrics {
     pub class: String,
     pub ap: Option<f64>,
@@ -592,17 +765,21 @@ pub struct ClassMetrics {
 }
 
 /// One cell of the confusion matrix, with the ids behind its count.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConfusionCell {
     pub count: usize,
     pub label_ids: Vec<String>,
     pub inference_ids: Vec<String>,
     /// The frames those labels and inferences are on, each once, in id order.
     pub frame_ids: Vec<String>,
+    /// How many frames those are (more than `frame_ids` holds when the lists were cut).
+    pub frames: usize,
+    /// False when the query's `cell_ids` cut any of the three lists.
+    pub ids_complete: bool,
 }
 
 /// Rows are the labels' classes, columns the inferences', each ending in `background`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Confusion {
     pub iou: f64,
     pub confidence: f64,
@@ -612,9 +789,9 @@ pub struct Confusion {
 }
 
 /// A model's detection metrics on a dataset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Metrics {
-    pub task: &'static str,
+    pub task: String,
     pub inference_set: String,
     pub version: i64,
     pub map: Option<f64>,
@@ -625,7 +802,7 @@ pub struct Metrics {
 }
 
 /// A model's metrics on a dataset: detection (COCO) or classification, by the labels it has.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ModelMetrics {
     Detection(Metrics),
@@ -633,7 +810,7 @@ pub enum ModelMetrics {
 }
 
 /// Precision, recall and F1 of one class, over the examples labelled or predicted as it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassReport {
     pub class: String,
     /// Examples labelled with the class.
@@ -644,14 +821,16 @@ pub struct ClassReport {
 }
 
 /// One cell of a classification confusion matrix: its count and the frames behind it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassificationCell {
     pub count: usize,
     pub frame_ids: Vec<String>,
+    /// False when the query's `cell_ids` cut `frame_ids`.
+    pub ids_complete: bool,
 }
 
 /// Examples whose predicted class's confidence fell in `[lower, upper)`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReliabilityBin {
     pub lower: f64,
     pub upper: f64,
@@ -660,23 +839,23 @@ pub struct ReliabilityBin {
     pub accuracy: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Calibration {
     /// Expected calibration error: the bins' |accuracy - confidence|, weighted by their counts.
     pub ece: f64,
     pub bins: Vec<ReliabilityBin>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TopK {
     pub k: usize,
     pub accuracy: f64,
 }
 
 /// A classification model's metrics on a dataset.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassificationMetrics {
-    pub task: &'static str,
+    pub task: String,
     pub inference_set: String,
     pub version: i64,
     /// Frames with both a label and a prediction.
@@ -690,7 +869,7 @@ pub struct ClassificationMetrics {
     pub calibration: Calibration,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClassificationConfusion {
     pub rows: Vec<String>,
     pub columns: Vec<String>,
@@ -759,7 +938,7 @@ fn classification_metrics(
         .sum();
     let names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
     Ok(ClassificationMetrics {
-        task: "classification",
+        task: "classification".to_string(),
         inference_set: set.name.clone(),
         version: dataset.version,
         examples,
@@ -772,7 +951,16 @@ fn classification_metrics(
             cells: cells
                 .into_iter()
                 .map(|row| {
-                    row.into_iter().map(|frame_ids| ClassificationCell { count: frame_ids.len(), frame_ids }).collect()
+                    row.into_iter()
+                        .map(|mut frame_ids| ClassificationCell {
+                            count: frame_ids.len(),
+                            ids_complete: frame_ids.len() <= MAX_CELL_IDS,
+                            frame_ids: {
+                                frame_ids.truncate(MAX_CELL_IDS);
+                                frame_ids
+                            },
+                        })
+                        .collect()
                 })
                 .collect(),
         },
@@ -797,12 +985,85 @@ pub fn metrics(
     if !(0.0..=1.0).contains(&query.confidence) {
         return Err(ServiceError::invalid("confidence", "confidence must be in [0, 1]"));
     }
+    if query.cell_ids > MAX_CELL_IDS {
+        return Err(ServiceError::invalid("cell_ids", format!("cell_ids must be between 0 and {MAX_CELL_IDS}")));
+    }
     let store = &services.store;
     let set = store.inference_set(&dataset, &query.inference_set)?;
-    let kept = services.indexes.metrics(&dataset, &set, (query.iou, query.confidence), || {
-        evaluate_metrics(store, &project, &dataset, &set, query)
+    let kept = services.indexes.metrics(store, &dataset, &set, (query.iou, query.confidence), || {
+        evaluate_metrics(store, &project, &dataset, &set, query.iou, query.confidence)
     })?;
-    Ok((*kept).clone())
+    Ok(kept.with_cell_ids(query.cell_ids))
+}
+
+impl ModelMetrics {
+    /// A copy whose confusion cells list at most `limit` ids each: the kept answer holds them
+    /// all, and copying it whole per request would cost more than computing small answers.
+    fn with_cell_ids(&self, limit: usize) -> ModelMetrics {
+        fn first(ids: &[String], limit: usize) -> Vec<String> {
+            ids[..ids.len().min(limit)].to_vec()
+        }
+        match self {
+            ModelMetrics::Detection(m) => {
+                let cells = m.confusion.cells.iter().map(|row| {
+                    row.iter()
+                        .map(|c| ConfusionCell {
+                            count: c.count,
+                            label_ids: first(&c.label_ids, limit),
+                            inference_ids: first(&c.inference_ids, limit),
+                            frame_ids: first(&c.frame_ids, limit),
+                            frames: c.frames,
+                            ids_complete: c.ids_complete
+                                && [&c.label_ids, &c.inference_ids, &c.frame_ids].iter().all(|l| l.len() <= limit),
+                        })
+                        .collect()
+                });
+                let confusion = Confusion {
+                    iou: m.confusion.iou,
+                    confidence: m.confusion.confidence,
+                    rows: m.confusion.rows.clone(),
+                    columns: m.confusion.columns.clone(),
+                    cells: cells.collect(),
+                };
+                ModelMetrics::Detection(Metrics {
+                    task: m.task.clone(),
+                    inference_set: m.inference_set.clone(),
+                    version: m.version,
+                    map: m.map,
+                    map50: m.map50,
+                    recall_thresholds: m.recall_thresholds.clone(),
+                    classes: m.classes.clone(),
+                    confusion,
+                })
+            }
+            ModelMetrics::Classification(m) => {
+                let cells = m.confusion.cells.iter().map(|row| {
+                    row.iter()
+                        .map(|c| ClassificationCell {
+                            count: c.count,
+                            frame_ids: first(&c.frame_ids, limit),
+                            ids_complete: c.ids_complete && c.frame_ids.len() <= limit,
+                        })
+                        .collect()
+                });
+                ModelMetrics::Classification(ClassificationMetrics {
+                    confusion: ClassificationConfusion {
+                        rows: m.confusion.rows.clone(),
+                        columns: m.confusion.columns.clone(),
+                        cells: cells.collect(),
+                    },
+                    task: m.task.clone(),
+                    inference_set: m.inference_set.clone(),
+                    version: m.version,
+                    examples: m.examples,
+                    accuracy: m.accuracy,
+                    top_k: m.top_k.clone(),
+                    classes: m.classes.clone(),
+                    calibration: m.calibration.clone(),
+                })
+            }
+        }
+    }
 }
 
 /// The metrics of one version against one inference set, computed afresh.
@@ -811,7 +1072,8 @@ fn evaluate_metrics(
     project: &ProjectInfo,
     dataset: &DatasetInfo,
     set: &InferenceSetInfo,
-    query: &MetricsQuery,
+    iou: f64,
+    confidence: f64,
 ) -> ServiceResult<ModelMetrics> {
     let truths = store.current_classifications(dataset, None)?;
     if !truths.is_empty() {
@@ -819,7 +1081,7 @@ fn evaluate_metrics(
     }
     let d = load_detection(store, project, dataset, set)?;
     let coco = coco_evaluate(&d.labels, &d.inferences, &d.classes, 100);
-    let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, query.iou, query.confidence);
+    let matrix = confusion_matrix(&d.labels, &d.inferences, &d.classes, iou, confidence);
     let name = |c: u32| d.class_names.get(&c).cloned().unwrap_or_else(|| c.to_string());
     let class_scores = matrix.class_scores();
     let classes = coco
@@ -850,29 +1112,38 @@ fn evaluate_metrics(
         .map(|row| {
             row.iter()
                 .map(|cell| {
-                    let labels = cell.labels.iter().map(|&n| &d.label_records[n as usize]);
-                    let inferences = cell.inferences.iter().map(|&n| &d.inference_records[n as usize]);
+                    let frame_of = |o: &Object| d.frame_ids[o.frame as usize].as_str();
                     let frames: std::collections::BTreeSet<&str> =
-                        labels.clone().chain(inferences.clone()).map(|r| r.frame_id.as_str()).collect();
+                        (cell.labels.iter().map(|&n| frame_of(&d.labels[n as usize])))
+                            .chain(cell.inferences.iter().map(|&n| frame_of(&d.inferences[n as usize])))
+                            .collect();
+                    let complete =
+                        [cell.labels.len(), cell.inferences.len(), frames.len()].iter().all(|&n| n <= MAX_CELL_IDS);
                     ConfusionCell {
                         count: cell.count,
-                        label_ids: labels.map(|r| r.label_id.clone()).collect(),
-                        inference_ids: inferences.map(|r| r.label_id.clone()).collect(),
-                        frame_ids: frames.into_iter().map(String::from).collect(),
+                        label_ids: (cell.labels.iter().take(MAX_CELL_IDS))
+                            .map(|&n| d.label_ids.get(n as usize).to_string())
+                            .collect(),
+                        inference_ids: (cell.inferences.iter().take(MAX_CELL_IDS))
+                            .map(|&n| d.inference_ids.get(n as usize).to_string())
+                            .collect(),
+                        frames: frames.len(),
+                        frame_ids: frames.into_iter().take(MAX_CELL_IDS).map(String::from).collect(),
+                        ids_complete: complete,
                     }
                 })
                 .collect()
         })
         .collect();
     Ok(ModelMetrics::Detection(Metrics {
-        task: "detection",
+        task: "detection".to_string(),
         inference_set: set.name.clone(),
         version: dataset.version,
         map: finite(coco.map),
         map50: finite(coco.map50),
         recall_thresholds: coco.recall_thresholds.clone(),
         classes,
-        confusion: Confusion { iou: query.iou, confidence: query.confidence, rows: axis.clone(), columns: axis, cells },
+        confusion: Confusion { iou, confidence, rows: axis.clone(), columns: axis, cells },
     }))
 }
 
@@ -1046,7 +1317,10 @@ fn ready_index(
     {
         return Some(built.clone());
     }
-    if !entry.1 {
+    // A caller holding an older version (a preparation that a newer upload overtook) must not
+    // bring the index back to it: it answers exactly, and the index stays on the newer one.
+    let stale = entry.0.as_ref().is_some_and(|built| built.version > dataset.version);
+    if !entry.1 && !stale {
         entry.1 = true;
         let previous = entry.0.as_ref().map(|b| b.version);
         let (store, dataset, cache) = (store.clone(), dataset.clone(), cache.clone());
@@ -1063,7 +1337,9 @@ fn ready_index(
             let mut indexes = cache.slots();
             let entry = indexes.entry(key).or_insert((None, false));
             entry.1 = false;
-            if let Some(built) = built {
+            if let Some(built) = built
+                && entry.0.as_ref().is_none_or(|kept| kept.version <= built.version)
+            {
                 entry.0 = Some(Arc::new(built));
             }
         });
@@ -1102,7 +1378,9 @@ fn refresh_index(
     previous: Option<i64>,
 ) -> Option<BuiltIndex> {
     let paths = index_paths(store, dataset, space, metric, dataset.version);
-    let publish = |index: Hnsw, ids: Vec<String>| {
+    let publish = |mut index: Hnsw, ids: Vec<String>| {
+        // One copy of the vectors where the index's are the cache's.
+        index.share_vectors(&data.vectors);
         let position_of: HashMap<&str, u32> =
             data.ids.iter().enumerate().map(|(p, id)| (id.as_str(), p as u32)).collect();
         let positions = (0..index.len() as u32)
@@ -1146,10 +1424,10 @@ fn refresh_index(
             let mut added_ids = Vec::new();
             let mut deleted = 0usize;
             for (position, id) in data.ids.iter().enumerate() {
-                let mut vector = data.vectors.get(position as u32).to_vec();
-                metric.prepare(&mut vector);
+                // The index keeps vectors as given: an unchanged one compares equal.
+                let vector = data.vectors.get(position as u32);
                 match live.remove(id) {
-                    Some(node) if index.vector(node) == &vector[..] => {}
+                    Some(node) if index.vector(node) == vector => {}
                     found => {
                         if let Some(node) = found {
                             index.delete(node);
@@ -1290,11 +1568,7 @@ pub fn similar(
                     .collect();
                 (found, SearchMethod::Hnsw)
             }
-            None => {
-                let mut prepared = data.vectors.clone();
-                prepared.prepare(metric);
-                (exact_knn(&prepared, metric, &query, request.k, Some(&allow)), SearchMethod::Exact)
-            }
+            None => (exact_knn_unprepared(&data.vectors, metric, &query, request.k, Some(&allow)), SearchMethod::Exact),
         };
     let neighbors = neighbors
         .iter()

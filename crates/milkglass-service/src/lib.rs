@@ -21,6 +21,7 @@ mod preparation;
 pub mod query;
 pub mod raw;
 pub mod reviews;
+mod saved;
 mod sign_ins;
 pub mod sso;
 pub mod tables;

@@ -107,6 +107,33 @@ fn label_errors_metrics_similarity_and_map_over_http() {
     assert_eq!(diagonal["label_ids"].as_array().unwrap().len() as u64, diagonal["count"].as_u64().unwrap());
     assert_eq!(metrics["classes"][0]["pr_curve_iou50"].as_array().unwrap().len(), 101);
     assert_eq!(field_of(demo.get(&format!("{INSIGHTS}/metrics?inference_set=detector_v1&iou=2")), 400), "iou");
+    // Id lists cut to `cell_ids` say so, and keep the counts of the whole lists.
+    let cut: Value = demo
+        .get(&format!("{INSIGHTS}/metrics?inference_set=detector_v1&iou=0.5&confidence=0.3&cell_ids=1"))
+        .json()
+        .unwrap();
+    for (row, cut_row) in cells.iter().zip(cut["confusion"]["cells"].as_array().unwrap()) {
+        for (whole, cut) in row.as_array().unwrap().iter().zip(cut_row.as_array().unwrap()) {
+            assert_eq!(whole["ids_complete"], true);
+            assert_eq!(
+                (cut["count"].clone(), cut["frames"].clone()),
+                (whole["count"].clone(), whole["frames"].clone())
+            );
+            assert_eq!(whole["frames"].as_u64().unwrap() as usize, whole["frame_ids"].as_array().unwrap().len());
+            let lists = ["label_ids", "inference_ids", "frame_ids"];
+            assert!(lists.iter().all(|l| cut[l].as_array().unwrap().len() <= 1));
+            let longest = lists.iter().map(|l| whole[l].as_array().unwrap().len()).max().unwrap();
+            assert_eq!(cut["ids_complete"], longest <= 1, "{cut}");
+            assert_eq!(
+                cut["frame_ids"].as_array().unwrap()[..],
+                whole["frame_ids"].as_array().unwrap()[..cut["frame_ids"].as_array().unwrap().len()]
+            );
+        }
+    }
+    assert_eq!(
+        field_of(demo.get(&format!("{INSIGHTS}/metrics?inference_set=detector_v1&cell_ids=10001")), 400),
+        "cell_ids"
+    );
 
     // Similarity: by frame (never itself), with a metadata filter, by label, by vector.
     let near: Value =
@@ -327,4 +354,113 @@ fn not_an_issue_marks_segments_export_and_collection() {
     let deleted = demo.client.delete(format!("{}{segments}/hard", demo.base)).bearer_auth(&demo.admin).send().unwrap();
     assert_eq!(deleted.status(), 204);
     assert_eq!(demo.get(&format!("{segments}/hard")).status(), 404);
+}
+
+/// Polls the dataset status until the preparation is idle and `ready` says it is done.
+fn wait_for_preparation(server: &common::Server, token: &str, ds: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..1200 {
+        let status: Value = server.get(token, &format!("{ds}/status")).json().unwrap();
+        if status["preparation"]["version"] == "idle" && ready(&status["preparation"]) {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the preparation did not finish");
+}
+
+#[test]
+fn label_errors_and_metrics_are_made_after_the_upload_and_equal_a_fresh_computation() {
+    let (mut server, admin) = common::Server::start(&[]);
+    server.project_with_dataset(&admin, "p", "d");
+    let ds = "/api/projects/p/datasets/d";
+    let square = |top: u32| json!({"kind": "box2d", "top": top, "left": 20, "width": 50, "height": 40});
+    let frames: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"frame_id": format!("f{i:02}"), "labels": [
+                {"label_id": format!("f{i:02}_0"), "class": "cat", "geometry": square(10)},
+                {"label_id": format!("f{i:02}_1"), "class": "dog", "geometry": square(200)},
+            ]})
+        })
+        .collect();
+    assert_eq!(server.upload_lines(&admin, &format!("{ds}/frames"), &frames).status(), 200);
+    assert_eq!(server.post_json(&admin, &format!("{ds}/inference_sets"), &json!({"name": "m"})).status(), 201);
+    // The model calls every seventh cat a dog.
+    let inference = |i: usize, class: &str| {
+        json!({"label_id": format!("f{i:02}_p0"), "frame_id": format!("f{i:02}"), "class": class,
+               "confidence": 0.9, "geometry": square(11)})
+    };
+    let inferences: Vec<Value> = (0..40)
+        .flat_map(|i| {
+            let dog = json!({"label_id": format!("f{i:02}_p1"), "frame_id": format!("f{i:02}"), "class": "dog",
+                             "confidence": 0.8, "geometry": square(201)});
+            [inference(i, if i % 7 == 0 { "dog" } else { "cat" }), dog]
+        })
+        .collect();
+    let path = format!("{ds}/inference_sets/m/inferences");
+    assert_eq!(server.upload_lines(&admin, &path, &inferences).status(), 200);
+
+    // Made by the upload, before anyone asks.
+    let both_ready = |p: &Value| p["inference_sets"]["m"] == json!({"label_errors": "ready", "metrics": "ready"});
+    wait_for_preparation(&server, &admin, ds, both_ready);
+    let read = |server: &common::Server| -> (Value, Value) {
+        let errors = server.get(&admin, &format!("{ds}/insights/label_errors?inference_set=m&limit=10000"));
+        let metrics = server.get(&admin, &format!("{ds}/insights/metrics?inference_set=m"));
+        (errors.json().unwrap(), metrics.json().unwrap())
+    };
+    let (prepared_errors, prepared_metrics) = read(&server);
+    let confused: Vec<&Value> = (prepared_errors["issues"].as_array().unwrap().iter())
+        .filter(|i| i["kind"] == "class_confusion")
+        .map(|i| &i["label_id"])
+        .collect();
+    assert_eq!(confused.len(), 6, "{prepared_errors}");
+    let cell = |m: &Value, row: usize, column: usize| m["confusion"]["cells"][row][column]["count"].clone();
+    assert_eq!(cell(&prepared_metrics, 0, 1), 6, "cats called dogs");
+
+    // A restarted server serves them from disk: the same answers, no new ranking or evaluation.
+    let jobs = |server: &common::Server, kind: &str| -> usize {
+        let status: Value = server.get(&admin, &format!("{ds}/status")).json().unwrap();
+        status["jobs"].as_array().unwrap().iter().filter(|j| j["kind"] == kind && j["state"] == "done").count()
+    };
+    let made = (jobs(&server, "label_errors:m"), jobs(&server, "metrics:m"));
+    // (One each per version prepared; the upload of the frames may have made one too.)
+    assert!(made.0 >= 1 && made.1 >= 1, "{made:?}");
+    server.kill();
+    let dir = server.dir.clone();
+    let mut server = common::Server::start_on(&dir, &[]);
+    assert_eq!(read(&server), (prepared_errors.clone(), prepared_metrics.clone()));
+    assert_eq!((jobs(&server, "label_errors:m"), jobs(&server, "metrics:m")), made, "read from disk, not recomputed");
+
+    // Without the saved files a restarted server computes them afresh, and gets the same answers.
+    server.kill();
+    let saved: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("indexes"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(['l', 'm']))
+        .collect();
+    assert!(saved.len() >= 2, "{saved:?}");
+    saved.iter().for_each(|p| std::fs::remove_file(p).unwrap());
+    let server = common::Server::start_on(&dir, &[]);
+    let status: Value = server.get(&admin, &format!("{ds}/status")).json().unwrap();
+    assert_eq!(status["preparation"]["inference_sets"]["m"]["label_errors"], "none");
+    let (fresh_errors, fresh_metrics) = read(&server);
+    assert_eq!(fresh_errors, prepared_errors);
+    assert_eq!(fresh_metrics, prepared_metrics);
+    assert_eq!((jobs(&server, "label_errors:m"), jobs(&server, "metrics:m")), (made.0 + 1, made.1 + 1));
+
+    // An upload that fixes one inference makes a new version whose answers reflect it.
+    let fixed = [inference(7, "cat")];
+    assert_eq!(server.upload_lines(&admin, &path, &fixed).status(), 200);
+    let version = status["dataset"]["version"].as_i64().unwrap() + 1;
+    wait_for_preparation(&server, &admin, ds, both_ready);
+    let (errors, metrics) = read(&server);
+    assert_eq!((errors["version"].as_i64(), metrics["version"].as_i64()), (Some(version), Some(version)));
+    assert_eq!(cell(&metrics, 0, 1), 5);
+    assert!(
+        !errors["issues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["label_id"] == "f07_0" && i["kind"] == "class_confusion")
+    );
 }

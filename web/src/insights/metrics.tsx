@@ -15,6 +15,10 @@ interface Cell {
   label_ids?: string[];
   inference_ids?: string[];
   frame_ids?: string[];
+  /** Detection: how many frames the cell's objects are on, when the lists were cut. */
+  frames?: number;
+  /** False when the server cut the id lists (a cell of a million-frame dataset). */
+  ids_complete?: boolean;
 }
 interface ClassMetrics {
   class: string;
@@ -256,7 +260,8 @@ function Confusion({ c, normalised }: { c: { rows: string[]; columns: string[]; 
   const open = (row: string, col: string, cell: Cell) => {
     if (!cell.frame_ids) return alert("This server does not list the frames behind a cell yet.");
     const ids = [...new Set(cell.frame_ids)];
-    navigate(withQuery({ view: null, list: putList({ ids, title: `${fmt(ids.length)} frames of cell ${row} → ${col}` }), at: null, frame: null, i: null }));
+    const of = cell.ids_complete === false ? `the first ${fmt(ids.length)} of ${fmt(cell.frames ?? cell.count)}` : fmt(ids.length);
+    navigate(withQuery({ view: null, list: putList({ ids, title: `${of} frames of cell ${row} → ${col}` }), at: null, frame: null, i: null }));
   };
   return (
     <table class="confusion" role="grid">

@@ -67,7 +67,8 @@ pub async fn scenario_metrics(
             let (iou, confidence) = (percent("iou")?, percent("confidence")?);
             let (dataset, set) = split_inference_set_id(&state.services, &user, &project, name)?
                 .ok_or_else(|| ServiceError::invalid(field("name"), format!("{name:?} names no inference set")))?;
-            let query = MetricsQuery { inference_set: set, iou: iou / 100.0, confidence: confidence / 100.0 };
+            // Counts only: the manager shows no ids.
+            let query = MetricsQuery { inference_set: set, iou: iou / 100.0, confidence: confidence / 100.0, cell_ids: 0 };
             let ModelMetrics::Detection(metrics) = insights::metrics(&state.services, &user, &project, &dataset, &query)? else {
                 return Err(ServiceError::invalid(
                     field("name"),
