@@ -110,6 +110,13 @@ pub enum BenchCommand {
         /// How long to wait for the similarity index before giving up on timing it, in seconds.
         #[arg(long, default_value_t = 1200)]
         index_wait: u64,
+        /// Samples for FiftyOne answering the same routes afterwards, side by side (0: leave it out;
+        /// needs `pip install -r scripts/bench-fiftyone-requirements.txt`).
+        #[arg(long, default_value_t = 100_000)]
+        fiftyone_samples: usize,
+        /// The Python that has FiftyOne installed.
+        #[arg(long, default_value = "python3")]
+        fiftyone_python: String,
         #[arg(long, default_value = "./bench-work")]
         dir: PathBuf,
     },
@@ -158,7 +165,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Differencing { rows, queries, dir } => differencing(rows, queries, &dir),
         BenchCommand::Dp { rows, units, groups, runs, dir } => dp(rows, units, groups, runs, &dir),
         BenchCommand::DatasetSql { frames, boxes, runs, dir } => dataset_sql(frames, boxes, runs, &dir),
-        BenchCommand::Api { frames, requests, index_wait, dir } => api(frames, requests, index_wait, &dir),
+        BenchCommand::Api { frames, requests, index_wait, fiftyone_samples, fiftyone_python, dir } => {
+            let peer = (fiftyone_samples > 0).then_some(Peer { samples: fiftyone_samples, python: fiftyone_python });
+            api(frames, requests, index_wait, peer.as_ref(), &dir)
+        }
         BenchCommand::IngestPhase { phase, input, dir } => ingest_phase(&phase, &input, &dir),
         BenchCommand::Load { analysts, uploaders, browsers, seconds, frames, dir } => {
             let plan = crate::load::LoadPlan {
@@ -788,6 +798,81 @@ fn dataset_sql(frames: usize, boxes: usize, runs: usize, dir: &Path) -> Result<(
     frame_reads_in(&store, &dataset, frames)
 }
 
+/// The inference set `bench api` uploads.
+const MODEL: &str = "model";
+
+/// A model's boxes for the frames of `bench ingest`'s input: most labels found with a small
+/// shift, some with the wrong class or badly placed, some missed, and some boxes where there
+/// is no label, so that every kind of label error and every cell of the confusion matrix has
+/// members. Seeded: the same file every time.
+fn write_inferences(input: &Path, output: &Path) -> Result<()> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Float64Type;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("label_id", DataType::Utf8, false),
+        Field::new("frame_id", DataType::Utf8, false),
+        Field::new("class", DataType::Utf8, false),
+        Field::new("top", DataType::Float64, false),
+        Field::new("left", DataType::Float64, false),
+        Field::new("width", DataType::Float64, false),
+        Field::new("height", DataType::Float64, false),
+        Field::new("confidence", DataType::Float64, false),
+    ]));
+    let reader = StreamReader::try_new(std::io::BufReader::new(std::fs::File::open(input)?), None)?;
+    let temp = output.with_extension("partial");
+    let mut writer = StreamWriter::try_new(std::io::BufWriter::new(std::fs::File::create(&temp)?), &schema)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for batch in reader {
+        let batch = batch?;
+        let frame_ids = batch.column_by_name("frame_id").context("frame_id")?.as_string::<i32>();
+        let labels = batch.column_by_name("labels").context("labels")?.as_list::<i32>();
+        let (mut ids, mut frames, mut classes) = (StringBuilder::new(), StringBuilder::new(), StringBuilder::new());
+        let mut numbers: [Float64Builder; 5] = std::array::from_fn(|_| Float64Builder::new());
+        for row in 0..batch.num_rows() {
+            let frame = frame_ids.value(row);
+            let boxes = labels.value(row);
+            let boxes = boxes.as_struct();
+            let class = boxes.column(1).as_string::<i32>();
+            let coordinate = |c: usize, i: usize| boxes.column(c).as_primitive::<Float64Type>().value(i);
+            let mut push = |n: usize, class: &str, [top, left, width, height]: [f64; 4], confidence: f64| {
+                ids.append_value(format!("{frame}_p{n}"));
+                frames.append_value(frame);
+                classes.append_value(class);
+                for (b, v) in numbers.iter_mut().zip([top, left, width, height, confidence]) {
+                    b.append_value(v);
+                }
+            };
+            for i in 0..boxes.len() {
+                let [top, left, width, height] = [2, 3, 4, 5].map(|c| coordinate(c, i));
+                let jitter = |rng: &mut rand::rngs::StdRng, v: f64, size: f64| v + size * rng.random_range(-0.04..0.04);
+                let found = [jitter(&mut rng, top, height), jitter(&mut rng, left, width), width, height];
+                match rng.random_range(0..100) {
+                    0..85 => push(i, class.value(i), found, rng.random_range(0.5..1.0)),
+                    85..90 => {
+                        let other = format!("c{}", rng.random_range(0..CLASSES));
+                        push(i, &other, found, rng.random_range(0.6..1.0))
+                    }
+                    90..95 => {
+                        push(i, class.value(i), [top + height * 0.6, left, width, height], rng.random_range(0.5..1.0))
+                    }
+                    _ => {}
+                }
+            }
+            if rng.random_range(0..10) == 0 {
+                let spot = [rng.random_range(0.0..600.0), rng.random_range(0.0..1100.0), 60.0, 40.0];
+                push(boxes.len(), &format!("c{}", rng.random_range(0..CLASSES)), spot, rng.random_range(0.7..1.0));
+            }
+        }
+        let mut columns: Vec<ArrayRef> =
+            vec![Arc::new(ids.finish()), Arc::new(frames.finish()), Arc::new(classes.finish())];
+        columns.extend(numbers.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        writer.write(&RecordBatch::try_new(schema.clone(), columns)?)?;
+    }
+    writer.finish()?;
+    std::fs::rename(&temp, output)?;
+    Ok(())
+}
+
 /// A `milkglass serve` process on the bench store, for `bench api`.
 /// `milkglass serve` in a process of its own on free loopback ports, with an admin token.
 pub(crate) struct BenchServer {
@@ -882,12 +967,41 @@ impl BenchServer {
         Ok((secs, bytes.len(), value))
     }
 
+    /// The status code of a request without a body, whatever it is.
+    fn status(&self, method: reqwest::Method, path: &str) -> Result<u16> {
+        let response = self.client.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token).send()?;
+        Ok(response.status().as_u16())
+    }
+
+    /// Streams an Arrow IPC stream file to an upload route; its summary.
+    fn upload(&self, path: &str, file: &Path) -> Result<serde_json::Value> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/vnd.apache.arrow.stream")
+            .body(std::fs::File::open(file)?)
+            .send()?;
+        let status = response.status();
+        let body: serde_json::Value = response.json()?;
+        if !status.is_success() {
+            bail!("{path}: {status} {body}");
+        }
+        Ok(body)
+    }
+
     pub(crate) fn peak_bytes(&self) -> Option<u64> {
         self.status_kib("VmHWM:").map(|kib| kib * 1024)
     }
 }
 
-fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()> {
+/// FiftyOne beside `bench api`: how many samples, run by which Python.
+struct Peer {
+    samples: usize,
+    python: String,
+}
+
+fn api(frames: usize, requests: usize, index_wait: u64, fiftyone: Option<&Peer>, dir: &Path) -> Result<()> {
     use reqwest::Method;
     use serde_json::json;
     if cfg!(debug_assertions) {
@@ -904,13 +1018,53 @@ fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()
     let server = BenchServer::start(&store_dir)?;
     let ds = "/api/projects/bench/datasets/frames";
     println!("\nserver up after {:.1} s on {}", started.elapsed().as_secs_f64(), server.base);
+    // The label-error queue and the metrics need a model's outputs: uploaded once, after which
+    // the server prepares them in the background like any upload's version.
+    let prepared_after = if server.status(reqwest::Method::GET, &format!("{ds}/inference_sets/{MODEL}"))? == 404 {
+        let input = dir.join(format!("ingest-{frames}x5-256d.arrows"));
+        let inferences = dir.join(format!("inferences-{frames}x5.arrows"));
+        if !inferences.exists() {
+            write_inferences(&input, &inferences)?;
+        }
+        server.call(Method::POST, &format!("{ds}/inference_sets"), Some(&json!({ "name": MODEL })))?;
+        let start = Instant::now();
+        let answer = server.upload(&format!("{ds}/inference_sets/{MODEL}/inferences"), &inferences)?;
+        let secs = start.elapsed().as_secs_f64();
+        let records = answer["records"].as_u64().unwrap_or(0);
+        println!("inferences uploaded: {records} in {secs:.1} s ({:.0}/s)", records as f64 / secs);
+        let start = Instant::now();
+        loop {
+            let (_, _, status) = server.call(Method::GET, &format!("{ds}/status"), None)?;
+            if status["preparation"]["version"] == "idle" {
+                break;
+            }
+            if start.elapsed().as_secs() > 1800 {
+                bail!("the upload's preparation did not end within 30 minutes");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        println!(
+            "preparation done {:.1} s after the upload; server memory now {} MiB, peak {} MiB",
+            start.elapsed().as_secs_f64(),
+            fmt_peak(server.resident_bytes()),
+            fmt_peak(server.peak_bytes())
+        );
+        Some(start.elapsed().as_secs_f64())
+    } else {
+        None
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let mut rows: Vec<String> = Vec::new();
+    let mut rows: Vec<RouteTimes> = Vec::new();
     let mut report = |route: &str, first: Option<f64>, mut times: Vec<f64>, bytes: usize| {
         times.sort_by(f64::total_cmp);
         let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize] * 1000.0;
-        let first = first.map_or("".to_string(), |f| format!("{:.0}", f * 1000.0));
-        rows.push(format!("| {route} | {first} | {:.1} | {:.1} | {:.1} |", at(0.5), at(0.99), bytes as f64 / 1024.0));
+        rows.push(RouteTimes {
+            route: route.to_string(),
+            first_ms: first.map(|f| f * 1000.0),
+            p50_ms: at(0.5),
+            p99_ms: at(0.99),
+            kib: bytes as f64 / 1024.0,
+        });
     };
     let mut timed = |route: &str, path: &dyn Fn(&mut rand::rngs::StdRng) -> String| -> Result<()> {
         let (first, bytes, _) = server.call(Method::GET, &path(&mut rng), None)?;
@@ -950,6 +1104,12 @@ fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()
     timed("GET frames, matches nothing + count", &|_| {
         format!("{ds}/frames?meta=split:eq:nothing&count=true&limit=50")
     })?;
+    timed("GET label errors, first page", &|_| format!("{ds}/insights/label_errors?inference_set={MODEL}&limit=100"))?;
+    timed("GET label errors, one kind at a random offset", &|r| {
+        let kind = ["missing_label", "class_confusion", "bad_localization"][r.random_range(0..3)];
+        format!("{ds}/insights/label_errors?inference_set={MODEL}&kind={kind}&offset={}", r.random_range(0..10_000))
+    })?;
+    timed("GET metrics, default thresholds", &|_| format!("{ds}/insights/metrics?inference_set={MODEL}"))?;
     timed("GET map (PCA, f32 pairs)", &|_| format!("{ds}/insights/map?space=frames"))?;
     timed("GET map/ids", &|_| format!("{ds}/insights/map/ids?space=frames"))?;
     // Similarity: the first query starts the index build; it answers exactly meanwhile.
@@ -979,20 +1139,103 @@ fn api(frames: usize, requests: usize, index_wait: u64, dir: &Path) -> Result<()
             let body = similar(&mut rng);
             times.push(server.call(Method::POST, &format!("{ds}/insights/similar"), Some(&body))?.0);
         }
-        report("POST similar (HNSW index)", None, times, 0);
+        report("POST similar (index)", None, times, 0);
     }
     println!("\n{frames} frames, {requests} timed requests per route after one untimed first request (ms):\n");
-    println!("| route | first | p50 | p99 | response KiB |\n|---|---:|---:|---:|---:|");
-    for row in &rows {
-        println!("{row}");
+    let (resident, peak) = (server.resident_bytes(), server.peak_bytes());
+    // The peer runs alone, after milkglass's server has given the cores back.
+    drop(server);
+    let peer = fiftyone.map(|fiftyone| run_fiftyone(fiftyone, requests, dir)).transpose()?;
+    let fiftyone_samples = fiftyone.map_or(0, |f| f.samples);
+    let peer_routes = peer.as_ref().and_then(|p| p["routes"].as_array().cloned()).unwrap_or_default();
+    let peer_row = |route: &str| peer_routes.iter().find(|r| r["route"] == route);
+    if peer.is_some() {
+        println!(
+            "| route | first | p50 | p99 | response KiB | FiftyOne {fiftyone_samples}: first | p50 | p99 | \
+             FiftyOne p99 / milkglass p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+    } else {
+        println!("| route | first | p50 | p99 | response KiB |\n|---|---:|---:|---:|---:|");
     }
-    println!("\nfilter index ready {index_secs:.1} s after the first filtered listing");
+    for row in &rows {
+        let first = row.first_ms.map_or(String::new(), |f| format!("{f:.0}"));
+        let mut line = format!("| {} | {first} | {:.1} | {:.1} | {:.1} |", row.route, row.p50_ms, row.p99_ms, row.kib);
+        if peer.is_some() {
+            match peer_row(&row.route) {
+                Some(theirs) => {
+                    let ms = |key: &str| theirs[key].as_f64().unwrap_or(f64::NAN);
+                    line += &format!(
+                        " {:.0} | {:.1} | {:.1} | {:.1} |",
+                        ms("first_ms"),
+                        ms("p50_ms"),
+                        ms("p99_ms"),
+                        ms("p99_ms") / row.p99_ms
+                    );
+                }
+                None => line += " | | | |",
+            }
+        }
+        println!("{line}");
+    }
+    if let Some(peer) = &peer {
+        println!(
+            "\nFiftyOne {}: loaded in {:.0} s, similarity index (sklearn) built in {:.0} s, peak memory {:.0} MiB \
+             (Python {:.0} + mongod {:.0})",
+            peer["samples"],
+            peer["load_s"].as_f64().unwrap_or(f64::NAN),
+            peer["index_s"].as_f64().unwrap_or(f64::NAN),
+            peer["peak_mib"]["python"].as_f64().unwrap_or(0.0) + peer["peak_mib"]["mongod"].as_f64().unwrap_or(0.0),
+            peer["peak_mib"]["python"].as_f64().unwrap_or(f64::NAN),
+            peer["peak_mib"]["mongod"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
+    match prepared_after {
+        Some(secs) => {
+            println!("\nthe inference upload's preparation (label errors, metrics, ...) ended {secs:.1} s after it")
+        }
+        None => println!(
+            "\nthe inference set was uploaded by an earlier run: label errors and metrics were made by their first request"
+        ),
+    }
+    println!("filter index ready {index_secs:.1} s after the first filtered listing");
     match index_ready {
         Some(secs) => println!("similarity index answering {secs:.0} s after the first similar query"),
         None => println!("similarity index not ready after {index_wait} s"),
     }
-    println!("server peak memory: {}", fmt_peak(server.peak_bytes()));
+    println!("milkglass server memory: {} MiB at the end, peak {} MiB", fmt_peak(resident), fmt_peak(peak));
     Ok(())
+}
+
+/// One route's timings in `bench api`.
+struct RouteTimes {
+    route: String,
+    first_ms: Option<f64>,
+    p50_ms: f64,
+    p99_ms: f64,
+    kib: f64,
+}
+
+/// FiftyOne answering the same routes on `samples` samples of the same shape
+/// (`scripts/bench-fiftyone.py`, in a process of its own): its JSON report.
+fn run_fiftyone(peer: &Peer, requests: usize, dir: &Path) -> Result<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench-fiftyone.py");
+    println!("\nFiftyOne on {} samples ({}) ...", peer.samples, script.display());
+    let out = std::process::Command::new(&peer.python)
+        .arg(&script)
+        .args(["--samples", &peer.samples.to_string(), "--requests", &requests.to_string(), "--json", "--dir"])
+        .arg(dir.join("fiftyone"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not start python3 for the FiftyOne side")?;
+    if !out.status.success() {
+        bail!(
+            "the FiftyOne side failed (install it with `pip install -r scripts/bench-fiftyone-requirements.txt`, \
+             name that Python with --fiftyone-python, or leave it out with --fiftyone-samples 0)"
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().context("the FiftyOne side printed nothing")?;
+    Ok(serde_json::from_str(line)?)
 }
 
 fn differencing(rows: usize, queries: usize, dir: &Path) -> Result<()> {
