@@ -288,11 +288,6 @@ impl VectorSet {
         self.data.clone()
     }
 
-    /// The floats, copied only when a clone still shares them.
-    pub fn into_flat(self) -> Vec<f32> {
-        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
-    }
-
     /// Prepares every vector for `metric` in place.
     pub fn prepare(&mut self, metric: Metric) {
         if metric == Metric::Cosine {

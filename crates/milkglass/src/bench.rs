@@ -1335,15 +1335,7 @@ fn guard_bench_table(
     groups: usize,
     w_values: i64,
 ) -> Result<(Store, milkglass_store::GuardedTableInfo)> {
-    if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    let store = Store::open(dir)?;
-    store.add_user("owner", Role::Owner)?;
-    let owner = store.user_by_name("owner")?;
+    let (store, owner) = fresh_bench_store(dir)?;
     let file = store.new_table_file("t")?;
     write_guard_table(&file, rows, groups, w_values, true)?;
     let policy = milkglass_core::Policy::from_json(
@@ -1353,6 +1345,21 @@ fn guard_bench_table(
     let imported = milkglass_store::ImportedTable { file, rows: rows as i64, columns: columns.to_vec() };
     let table = store.publish_table(&owner, "t", &policy, None, &imported)?;
     Ok((store, table))
+}
+
+/// A new store in `dir` (an old one there is removed) with the user "owner", who publishes
+/// the guard and DP benches' tables.
+fn fresh_bench_store(dir: &Path) -> Result<(Store, milkglass_store::User)> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
+    let store = Store::open(dir)?;
+    store.add_user("owner", Role::Owner)?;
+    let owner = store.user_by_name("owner")?;
+    Ok((store, owner))
 }
 
 /// The middle value (the upper one of an even count).
@@ -1370,15 +1377,7 @@ fn dp_bench_table(
     groups: usize,
     w_values: i64,
 ) -> Result<(Store, milkglass_store::GuardedTableInfo)> {
-    if cfg!(debug_assertions) {
-        eprintln!("warning: this is a debug build; benchmark figures need `cargo run --release`");
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    let store = Store::open(dir)?;
-    store.add_user("owner", Role::Owner)?;
-    let owner = store.user_by_name("owner")?;
+    let (store, owner) = fresh_bench_store(dir)?;
     let raw = dir.join("generated.parquet");
     write_guard_table(&raw, rows, groups, w_values, false)?;
     let start = Instant::now();
